@@ -1,0 +1,163 @@
+"""The one exception tree of assetsync.
+
+Every error the engine raises is an :class:`EngineError`. Library exceptions (aiohttp, OSError,
+sqlite3) are translated where they arise (``raise ... from exc``) so callers never need to know
+which library was underneath. Each class says whether trying again can help (``retryable``) and
+which process exit code it maps to (``exit_code``)::
+
+    EngineError
+    ├── UsageError                  bad input, bad config, bad destination          exit 2
+    ├── AuthError                   the platform refused the token                  exit 3
+    ├── LockHeldError               another run holds the lock on DEST              exit 4
+    ├── Interrupted                 SIGINT / SIGTERM                                exit 130/143
+    ├── PlatformError               the platform API answered with an error
+    │   ├── NotFoundError           404 (unknown version, asset, data)
+    │   └── ApiUnavailable          429 / 5xx / connection failure       retryable
+    ├── TransferError               one object could not be written to one file
+    │   ├── TransientTransferError  connection reset, 5xx, 429, stall    retryable
+    │   │   ├── StallError          no byte for the stall timeout
+    │   │   ├── UrlExpired          storage said the signed URL expired  (refresh, then retry)
+    │   │   └── ObjectChanged       the object changed under a resume    (restart from zero)
+    │   └── PermanentTransferError  404/410, 403 on a fresh URL, bad size    not retryable
+    │       └── IntegrityError      the bytes do not match what the server announced
+    ├── LocalStorageError           the local disk refused a write
+    │   └── DiskFullError           ENOSPC: partial files are kept for a later resume
+    └── ManifestError               the manifest database is unusable
+
+``retry_after`` carries a server's ``Retry-After`` (seconds) when there was one.
+Messages never contain tokens or URL signatures: pass URLs through
+:func:`engine.signed_urls.redact` before putting them in a message.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "ApiUnavailable",
+    "AuthError",
+    "DiskFullError",
+    "EngineError",
+    "IntegrityError",
+    "Interrupted",
+    "LocalStorageError",
+    "LockHeldError",
+    "ManifestError",
+    "NotFoundError",
+    "ObjectChanged",
+    "PermanentTransferError",
+    "PlatformError",
+    "StallError",
+    "TransferError",
+    "TransientTransferError",
+    "UrlExpired",
+    "UsageError",
+]
+
+
+class EngineError(Exception):
+    """Base of every error assetsync raises."""
+
+    retryable: ClassVar[bool] = False
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(EngineError):
+    """Bad command line, bad configuration or bad destination: nothing was attempted."""
+
+    exit_code = 2
+
+
+class AuthError(EngineError):
+    """The platform rejected the token (401/403 on the API)."""
+
+    exit_code = 3
+
+
+class LockHeldError(EngineError):
+    """Another live run holds the lock on the destination."""
+
+    exit_code = 4
+
+
+class Interrupted(EngineError):
+    """The run was stopped by a signal after saving its state."""
+
+    def __init__(self, message: str, *, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+
+    @property
+    def code(self) -> int:
+        """The conventional shell exit code: 128 + signal number (130 SIGINT, 143 SIGTERM)."""
+        return 128 + self.signal_number
+
+
+class PlatformError(EngineError):
+    """The platform API answered with an error status."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.status = status
+
+
+class NotFoundError(PlatformError):
+    """The platform has no such object (404)."""
+
+
+class ApiUnavailable(PlatformError):
+    """The API is overloaded or unreachable (429, 5xx, connection failure): try again later."""
+
+    retryable = True
+
+
+class TransferError(EngineError):
+    """An object could not be transferred to its file."""
+
+
+class TransientTransferError(TransferError):
+    """A failure that another attempt can fix (reset, 5xx, 429, timeout)."""
+
+    retryable = True
+
+
+class StallError(TransientTransferError):
+    """No byte arrived for the stall timeout."""
+
+
+class UrlExpired(TransientTransferError):
+    """Storage answered that the signed URL expired: get a fresh one and carry on."""
+
+
+class ObjectChanged(TransientTransferError):
+    """The object changed between two requests: the partial bytes must be discarded."""
+
+
+class PermanentTransferError(TransferError):
+    """A failure another attempt will not fix (404/410, 403 on a fresh URL)."""
+
+
+class IntegrityError(PermanentTransferError):
+    """The bytes received do not match the size or validator the server announced."""
+
+
+class LocalStorageError(EngineError):
+    """The local file system refused an operation."""
+
+
+class DiskFullError(LocalStorageError):
+    """No space left on the destination's device; partial files are kept for resume."""
+
+
+class ManifestError(EngineError):
+    """The manifest database could not be opened, migrated or written."""

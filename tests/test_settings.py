@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.errors import UsageError
+from engine.settings import load_settings
+
+
+def test_precedence_cli_over_env_over_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        'dataset_version = "from-file"\nlayout = "id"\n'
+        "[transfer]\nsegments = 7\nchunk_size = 65536\n[limits]\nconcurrency = 5\n"
+    )
+    monkeypatch.setenv("ASSETSYNC_TRANSFER__CHUNK_SIZE", "131072")
+    monkeypatch.setenv("ASSETSYNC_LAYOUT", "name")
+    s = load_settings({"dataset_version": "from-cli", "limits": {"per_host": 3}}, config_file=cfg)
+    assert s.dataset_version == "from-cli"  # command line beats the file
+    assert s.layout == "name"  # environment beats the file
+    assert s.transfer.chunk_size == 131072  # nested environment beats the file
+    assert s.transfer.segments == 7  # the file beats the default, and merges with the env
+    assert (s.limits.concurrency, s.limits.per_host) == (5, 3)
+
+
+def test_token_sources_and_secrecy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("ASSETSYNC_TOKEN", raising=False)
+    monkeypatch.setenv("PICSELLIA_TOKEN", "tok-from-env")
+    s = load_settings()
+    assert s.token is not None
+    assert s.token.get_secret_value() == "tok-from-env"
+    assert "tok-from-env" not in repr(s) and "tok-from-env" not in str(s.model_dump())
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-from-file\n")
+    s = load_settings(token_file=token_file)
+    assert s.token is not None and s.token.get_secret_value() == "tok-from-file"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"limits": {"concurrency": 0}}, "limits.concurrency"),
+        ({"api_url": "ftp://x"}, "api_url"),
+        ({"layout": "flat"}, "layout"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_bad_values_are_one_line_usage_errors(overrides, fragment):
+    with pytest.raises(UsageError) as info:
+        load_settings(overrides)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_broken_config_files(tmp_path: Path):
+    with pytest.raises(UsageError, match="not found"):
+        load_settings(config_file=tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("this is = = not toml")
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_settings(config_file=bad)
