@@ -17,8 +17,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic.fields import FieldInfo
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -137,18 +137,20 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _TomlSource(settings_cls))
 
 
-_config_values: ContextVar[dict[str, Any]] = ContextVar("assetsync_config_values", default={})
+_config_values: ContextVar[dict[str, Any] | None] = ContextVar(
+    "assetsync_config_values", default=None
+)
 
 
 class _TomlSource(PydanticBaseSettingsSource):
     """The values of the TOML file chosen for this load (see :func:`load_settings`)."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        values = _config_values.get()
+        values = _config_values.get() or {}
         return values.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_config_values.get())
+        return dict(_config_values.get() or {})
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

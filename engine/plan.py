@@ -1,0 +1,127 @@
+"""Pure planning: what to do with each listed asset, and whether a run may delete.
+
+No I/O and no async here. The scheduler gathers the facts (the listed asset, its manifest row, what
+``stat`` said about the local file, digests of the tags and annotations it fetched) and asks
+:func:`decide`; after a complete listing it asks :func:`deletion_verdict`. Keeping the decisions
+pure lets them be tested exhaustively (see ``tests/test_plan.py``), the way rclone keeps
+``NeedTransfer`` apart from the transfer machinery.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "Action",
+    "Decision",
+    "DeletionVerdict",
+    "LocalFile",
+    "StoredAsset",
+    "decide",
+    "deletion_verdict",
+]
+
+
+class Action(enum.Enum):
+    DOWNLOAD = "download"
+    UPDATE_METADATA = "update"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAsset:
+    """What the manifest remembers of an asset (the subset the decision needs)."""
+
+    data_id: str
+    object_name: str
+    path: str | None
+    size: int | None
+    state: str
+    tags_digest: str | None
+    annotations_digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """What ``lstat`` said about the recorded path: ``None`` for the whole object if absent."""
+
+    size: int
+    is_regular: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    reason: str
+    metadata_changed: bool
+
+
+def decide(
+    *,
+    data_id: str,
+    object_name: str,
+    stored: StoredAsset | None,
+    local: LocalFile | None,
+    tags_digest: str,
+    annotations_digest: str | None,
+) -> Decision:
+    """Decide one asset.
+
+    ``annotations_digest`` is ``None`` when annotations were not fetched this run (then they are
+    not compared). Content is judged only by identity, as the platform contract allows: ``data``
+    is immutable, so an unchanged ``data.id`` and ``object_name`` mean unchanged bytes, and a file
+    that is present at the recorded size needs no storage request at all.
+    """
+    if stored is None:
+        return Decision(Action.DOWNLOAD, "new", metadata_changed=True)
+    metadata_changed = stored.tags_digest != tags_digest or (
+        annotations_digest is not None and stored.annotations_digest != annotations_digest
+    )
+    if stored.data_id != data_id or stored.object_name != object_name:
+        return Decision(Action.DOWNLOAD, "content changed", metadata_changed)
+    if stored.state != "ok":
+        return Decision(Action.DOWNLOAD, f"previously {stored.state}", metadata_changed)
+    if stored.path is None or local is None:
+        return Decision(Action.DOWNLOAD, "file missing", metadata_changed)
+    if not local.is_regular:
+        return Decision(Action.DOWNLOAD, "not a regular file", metadata_changed)
+    if stored.size is None or local.size != stored.size:
+        return Decision(Action.DOWNLOAD, "size differs", metadata_changed)
+    if metadata_changed:
+        return Decision(Action.UPDATE_METADATA, "metadata changed", metadata_changed)
+    return Decision(Action.SKIP, "up to date", metadata_changed)
+
+
+@dataclass(frozen=True, slots=True)
+class DeletionVerdict:
+    allowed: bool
+    reason: str
+
+
+def deletion_verdict(
+    *,
+    candidates: int,
+    total: int,
+    listing_complete: bool,
+    max_delete_percent: float,
+    force: bool,
+) -> DeletionVerdict:
+    """May this run delete ``candidates`` of the ``total`` assets the manifest holds?
+
+    Never after an incomplete listing (an asset missing from a broken listing is not gone), and
+    not more than ``max_delete_percent`` of the mirror without ``force``: a wrong filter or an
+    emptied version should not wipe a mirror overnight.
+    """
+    if candidates == 0:
+        return DeletionVerdict(True, "nothing to delete")
+    if not listing_complete:
+        return DeletionVerdict(False, "the listing did not complete without errors")
+    share = 100.0 * candidates / total if total else 100.0
+    if share > max_delete_percent and not force:
+        return DeletionVerdict(
+            False,
+            f"{candidates} of {total} files ({share:.0f}%) would be deleted, more than "
+            f"--max-delete {max_delete_percent:g}%; use --force to allow it",
+        )
+    return DeletionVerdict(True, f"{candidates} files are no longer in the version")
