@@ -31,9 +31,10 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Mark every coroutine test for anyio's plugin so tests need no decorator.
-    for item in items:
-        func = getattr(item, "function", None)
-        if func is not None and inspect.iscoroutinefunction(func):
-            item.add_marker(pytest.mark.anyio)
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    # Mark every coroutine test for anyio's plugin so tests need no decorator. This must happen
+    # at collection, before parametrization: anyio's plugin parametrizes marked tests over
+    # ``anyio_backend``, and a marker added later would leave them with one unnamed backend.
+    if collector.funcnamefilter(name) and inspect.iscoroutinefunction(obj):  # type: ignore[attr-defined]
+        pytest.mark.anyio(obj)

@@ -1,0 +1,111 @@
+"""Cursor paging with one page of read-ahead (against the raw server: exact request order)."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+
+import aiohttp
+import anyio
+import pytest
+from pydantic import SecretStr
+
+from engine.errors import NotFoundError, PlatformError
+from engine.platform import PlatformClient
+from engine.settings import RetryPolicy
+
+from .conftest import RawServer, Reply, Seen
+
+pytestmark = pytest.mark.anyio
+
+DV = "dv"
+PAGES = 5
+
+
+def pager(seen: Seen) -> Reply:
+    cursor = dict(seen.query).get("cursor")
+    n = 0 if cursor is None else int(cursor)
+    if n == 2 and dict(seen.query).get("limit") == "7":
+        return Reply(status=404, body={"message": "cursor gone"})
+    items = [{"id": f"a{n}-{i}", "data": {"id": f"d{n}-{i}", "object_name": "o"}} for i in range(3)]
+    following = str(n + 1) if n + 1 < PAGES else None
+    return Reply(body={"items": items, "count": 3 * PAGES, "next_cursor": following})
+
+
+def api(session: aiohttp.ClientSession, url: str) -> PlatformClient:
+    return PlatformClient(session, url, SecretStr("t"), RetryPolicy(attempts=1))
+
+
+async def wait_for(condition, what: str) -> None:
+    with anyio.fail_after(10):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+async def test_next_page_is_requested_while_the_caller_works(raw_server: RawServer) -> None:
+    raw_server.set(pager)
+    async with aiohttp.ClientSession() as session:
+        pages = api(session, raw_server.url).asset_pages(DV)
+        seen_ids = []
+        async for page in pages:
+            seen_ids += [a.id for a in page.items]
+            index = len(seen_ids) // 3  # pages received so far
+            if index < PAGES:
+                # The request for the next page arrives without us asking for it...
+                wanted = index + 1
+                await wait_for(lambda n=wanted: len(raw_server.seen) == n, "read-ahead")
+                # ...and no further: one page ahead, never the whole listing.
+                await anyio.sleep(0.02)
+                assert len(raw_server.seen) == index + 1
+            else:
+                assert len(raw_server.seen) == PAGES
+    assert len(seen_ids) == 3 * PAGES
+    assert len(set(seen_ids)) == 3 * PAGES
+    cursors = [dict(s.query).get("cursor") for s in raw_server.seen]
+    assert cursors == [None, "1", "2", "3", "4"]
+
+
+async def test_abandoned_listing_cancels_its_read_ahead(raw_server: RawServer) -> None:
+    raw_server.set(pager)
+    async with aiohttp.ClientSession() as session:
+        pages = api(session, raw_server.url).asset_pages(DV)
+        async with contextlib.aclosing(pages):  # type: ignore[type-var]
+            async for _ in pages:
+                break
+        gc.collect()
+        await anyio.sleep(0.02)
+    assert len(raw_server.seen) <= 2
+
+
+async def test_error_of_the_prefetched_page_surfaces_in_order(raw_server: RawServer) -> None:
+    raw_server.set(pager)
+    got: list[object] = []
+
+    async def consume(session: aiohttp.ClientSession) -> None:
+        async for page in api(session, raw_server.url).asset_pages(DV, limit=7):
+            got.append(page)
+
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(NotFoundError, match="cursor gone"):
+            await consume(session)
+    assert len(got) == 2  # the two good pages came first
+
+
+async def test_empty_page_or_null_cursor_ends(raw_server: RawServer) -> None:
+    raw_server.set(lambda _: Reply(body={"items": [], "count": 0, "next_cursor": "more"}))
+    async with aiohttp.ClientSession() as session:
+        pages = [p async for p in api(session, raw_server.url).asset_pages(DV)]
+        assert len(pages) == 1
+        assert len(raw_server.seen) == 1
+        raw_server.set(lambda _: Reply(body={"items": ["x"], "count": 1, "next_cursor": None}))
+        ids = [i async for i in api(session, raw_server.url).asset_id_pages(DV, q="q")]
+        assert ids == [["x"]]
+
+
+async def test_a_cursor_that_does_not_advance_is_an_error(raw_server: RawServer) -> None:
+    raw_server.set(lambda _: Reply(body={"items": ["x"], "count": 9, "next_cursor": "same"}))
+    async with aiohttp.ClientSession() as session:
+        pages = api(session, raw_server.url).asset_id_pages(DV)
+        with pytest.raises(PlatformError, match="did not advance"):
+            [_ async for _ in pages]
+    assert len(raw_server.seen) == 2
