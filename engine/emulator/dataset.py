@@ -1,0 +1,452 @@
+"""The emulated dataset version: a lazy generator plus small overlays for mutations.
+
+Asset ``i`` (in creation order) is derived from ``(seed, i)``; its current data from
+``(seed, i, gen)`` where ``gen`` counts :meth:`Dataset.replace_data` calls. The live listing is
+``range(next_index)`` minus a deleted set, so listing a million assets holds nothing per asset.
+Tags, annotations and replacements are kept only for the assets they touch.
+
+Replacing an asset's data changes its content, size, data id and object name only: the new data
+keeps the old data's tags and dimensions, so the annotations stay valid. Objects of replaced or
+deleted assets stay in storage (a datalake keeps its data): their data ids still resolve, so old
+signed URLs keep working until they expire, as on a real object store.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import os
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.emulator.annotations import (
+    LABELS,
+    annotation_number,
+    generate_annotations,
+    split_annotation_number,
+)
+from engine.emulator.content import ContentSource, ObjectSource
+from engine.emulator.ids import IdCodec
+from engine.emulator.query import Query
+from engine.emulator.records import (
+    ASSET_TAG_POOL,
+    DATA_TAG_POOL,
+    AssetRecord,
+    FileEntry,
+    GeneratorSpec,
+    RecordFactory,
+    split_data_number,
+)
+
+__all__ = ["Dataset", "ExpectedAsset", "scan_dir"]
+
+
+@dataclass
+class ExpectedAsset:
+    """What a faithful mirror of one asset must contain; digests are computed on first access."""
+
+    asset_id: str
+    data_id: str
+    object_name: str
+    filename: str
+    size: int
+    content_type: str
+    width: int
+    height: int
+    tags: list[str]
+    data_tags: list[str]
+    annotations: list[dict[str, Any]]
+    last_modified: int
+    _content: ContentSource = field(repr=False, compare=False)
+    _source: ObjectSource = field(repr=False, compare=False)
+
+    @property
+    def sha256(self) -> str:
+        return self._content.digests(self._source).sha256
+
+    @property
+    def md5(self) -> str:
+        return self._content.digests(self._source).md5
+
+    @property
+    def etag(self) -> str:
+        """The quoted ETag storage sends (multipart-style for objects above the part size)."""
+        return self._content.digests(self._source).etag
+
+
+def scan_dir(root: Path) -> list[FileEntry]:
+    """Regular files under ``root`` (symlinks not followed), sorted by relative POSIX path."""
+    entries: list[FileEntry] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            stat = path.stat()
+            rel = path.relative_to(root).as_posix()
+            entries.append(FileEntry(rel, path, stat.st_size, int(stat.st_mtime)))
+    entries.sort(key=lambda e: e.relpath)
+    return entries
+
+
+class Dataset:
+    """One dataset version, its datalake and its organisation (see the module docstring)."""
+
+    def __init__(
+        self, spec: GeneratorSpec, *, from_dir: Path | None = None, multipart_part_size: int
+    ) -> None:
+        self.spec = spec
+        self.codec = IdCodec(spec.seed)
+        self.organization_id = self.codec.encode("organization", 0)
+        self.datalake_id = self.codec.encode("datalake", 0)
+        self.dataset_id = self.codec.encode("dataset", 0)
+        self.dataset_version_id = self.codec.encode("version", 0)
+        files = scan_dir(from_dir) if from_dir is not None else None
+        self.factory = RecordFactory(spec, self.codec, self.datalake_id, files)
+        self.content_source = ContentSource(spec.seed, multipart_part_size=multipart_part_size)
+        self._next_index = len(files) if files is not None else spec.assets
+        self._deleted: set[int] = set()
+        self._deleted_sorted: list[int] = []
+        self._data_gen: dict[int, int] = {}
+        self._asset_tags: dict[int, tuple[str, ...]] = {}
+        self._data_tags: dict[tuple[int, int], tuple[str, ...]] = {}
+        self._ann_gen: dict[int, int] = {}
+        self._ann_override: dict[int, list[dict[str, Any]]] = {}
+        self._override_ann_owner: dict[str, int] = {}
+        self._override_counter = 0
+        self._asset_tag_names: dict[str, None] = dict.fromkeys(ASSET_TAG_POOL)
+        self._data_tag_names: dict[str, None] = dict.fromkeys(DATA_TAG_POOL)
+        self.version = 0  # bumped by every mutation; keys the caches below
+        self._cache: dict[tuple[str, int], Any] = {}
+
+    # ----- identity and lookup -------------------------------------------------------------
+
+    @property
+    def next_index(self) -> int:
+        return self._next_index
+
+    def is_live(self, index: int) -> bool:
+        return 0 <= index < self._next_index and index not in self._deleted
+
+    def index_of(self, asset_id: str) -> int | None:
+        """Index of a live asset, or None."""
+        index = self.codec.decode("asset", asset_id)
+        return index if index is not None and self.is_live(index) else None
+
+    def gen_of(self, index: int) -> int:
+        return self._data_gen.get(index, 0)
+
+    def record(self, index: int) -> AssetRecord:
+        """The asset's current record (its latest data)."""
+        return self.factory.record(index, self.gen_of(index))
+
+    def data_record(self, data_id: str) -> AssetRecord | None:
+        """The record of any data id ever issued (current or replaced), or None."""
+        number = self.codec.decode("data", data_id)
+        if number is None:
+            return None
+        index, gen = split_data_number(number)
+        if not 0 <= index < self._next_index or gen > self.gen_of(index):
+            return None
+        return self.factory.record(index, gen)
+
+    def object_record(self, object_name: str) -> AssetRecord | None:
+        """The record whose storage object is ``object_name``, or None."""
+        lake, _, rest = object_name.partition("/")
+        if lake != self.datalake_id or "/" in rest:
+            return None
+        record = self.data_record(rest.split(".", 1)[0])
+        return record if record is not None and record.object_name == object_name else None
+
+    def asset_tags(self, index: int) -> tuple[str, ...]:
+        found = self._asset_tags.get(index)
+        if found is not None:
+            return found
+        return RecordFactory.generated_asset_tags(self.factory.asset_digest(index))
+
+    def data_tags(self, record: AssetRecord) -> tuple[str, ...]:
+        # Replaced data is tagged like the data it replaces (a mutation changes one thing);
+        # set_data_tags changes the tags of the current data.
+        for gen in range(record.gen, -1, -1):
+            found = self._data_tags.get((record.index, gen))
+            if found is not None:
+                return found
+        if record.gen == 0:
+            return RecordFactory.generated_data_tags(record.data_digest)
+        original = self.factory.data_digest(record.index, 0)
+        return RecordFactory.generated_data_tags(original)
+
+    def asset_tag_names(self) -> list[str]:
+        return list(self._asset_tag_names)
+
+    def data_tag_names(self) -> list[str]:
+        return list(self._data_tag_names)
+
+    def label_names(self) -> list[str]:
+        return list(LABELS)
+
+    # ----- annotations ---------------------------------------------------------------------
+
+    def annotations(self, index: int) -> list[dict[str, Any]]:
+        """BulkAnnotation dicts of a live asset, newest first (copies)."""
+        override = self._ann_override.get(index)
+        if override is not None:
+            return copy.deepcopy(override)
+        gen = self._ann_gen.get(index, 0)
+        record = self.record(index)
+        count = RecordFactory.generated_annotation_count(record.asset_digest, gen)
+        ids = [
+            self.codec.encode("annotation", annotation_number(index, gen, k)) for k in range(count)
+        ]
+        return generate_annotations(
+            seed=self.spec.seed,
+            index=index,
+            gen=gen,
+            count=count,
+            width=record.width,
+            height=record.height,
+            ids=ids,
+            asset_id=record.asset_id,
+        )
+
+    def annotation(self, annotation_id: str) -> dict[str, Any] | None:
+        """One current annotation of a live asset, by id."""
+        owner = self._override_ann_owner.get(annotation_id)
+        if owner is None:
+            number = self.codec.decode("annotation", annotation_id)
+            if number is None:
+                return None
+            owner, gen, _ = split_annotation_number(number)
+            if owner in self._ann_override or gen != self._ann_gen.get(owner, 0):
+                return None
+        if not self.is_live(owner):
+            return None
+        for item in self.annotations(owner):
+            if item["id"] == annotation_id:
+                return item
+        return None
+
+    # ----- listing -------------------------------------------------------------------------
+
+    def iter_live(self, after: int = -1) -> Iterator[int]:
+        """Live indices greater than ``after``, in creation order (safe under mutation)."""
+        index = after + 1
+        while index < self._next_index:
+            if index not in self._deleted:
+                yield index
+            index += 1
+
+    def matches(self, index: int, query: Query | None) -> bool:
+        if query is None:
+            return True
+        return query.matches(self.asset_tags(index), self.data_tags(self.record(index)))
+
+    def count(self, query: Query | None = None) -> int:
+        if query is None:
+            return self._next_index - len(self._deleted)
+        key = ("count:" + query.fingerprint(), self.version)
+        if key not in self._cache:
+            self._cache[key] = sum(1 for i in self.iter_live() if self.matches(i, query))
+        result: int = self._cache[key]
+        return result
+
+    def page(self, after: int, limit: int, query: Query | None, skip: int = 0) -> list[int]:
+        """Cursor mode: up to ``limit`` matching indices after ``after``, skipping ``skip``."""
+        out: list[int] = []
+        if query is None and skip:
+            # Unfiltered: jump straight to the first wanted index instead of walking to it.
+            live_up_to_after = after + 1 - bisect.bisect_right(self._deleted_sorted, after)
+            after = self._nth_live(live_up_to_after + skip) - 1
+            skip = 0
+        for index in self.iter_live(after):
+            if not self.matches(index, query):
+                continue
+            if skip:
+                skip -= 1
+                continue
+            out.append(index)
+            if len(out) >= limit:
+                break
+        return out
+
+    def _nth_live(self, k: int) -> int:
+        """The k-th live index (0-based) of the unfiltered listing."""
+        shift = 0
+        while True:
+            moved = bisect.bisect_right(self._deleted_sorted, k + shift)
+            if moved == shift:
+                return k + shift
+            shift = moved
+
+    def ordered_slice(
+        self, order_by: list[str], query: Query | None, offset: int, limit: int
+    ) -> list[int]:
+        """Offset mode: ``limit`` indices at ``offset`` in the order ``order_by`` asks for."""
+        fields = [field.lstrip("-") for field in order_by]
+        if query is None and fields == ["created_at"]:
+            total = self.count()
+            stop = min(offset + limit, total)
+            positions = range(offset, stop)
+            if order_by[0].startswith("-"):
+                positions = range(total - 1 - offset, total - 1 - stop, -1)
+            return [self._nth_live(k) for k in positions]
+        key = ("order:" + repr(order_by) + (query.fingerprint() if query else ""), self.version)
+        if key not in self._cache:
+            indices = [i for i in self.iter_live() if self.matches(i, query)]
+            for name in reversed(order_by):  # stable sorts, last key first
+                reverse = name.startswith("-")
+                if name.lstrip("-") == "filename":
+                    indices.sort(key=lambda i: self.record(i).filename, reverse=reverse)
+                else:
+                    indices.sort(reverse=reverse)
+            self._cache[key] = indices
+        ordered: list[int] = self._cache[key]
+        return ordered[offset : offset + limit]
+
+    def asset_ids(self) -> Iterator[str]:
+        """Ids of the live assets in listing order."""
+        for index in self.iter_live():
+            yield self.codec.encode("asset", index)
+
+    def expected(self, asset_id: str) -> ExpectedAsset:
+        index = self.index_of(asset_id)
+        if index is None:
+            raise KeyError(asset_id)
+        record = self.record(index)
+        return ExpectedAsset(
+            asset_id=record.asset_id,
+            data_id=record.data_id,
+            object_name=record.object_name,
+            filename=record.filename,
+            size=record.source.size,
+            content_type=record.content_type,
+            width=record.width,
+            height=record.height,
+            tags=list(self.asset_tags(index)),
+            data_tags=list(self.data_tags(record)),
+            annotations=self.annotations(index),
+            last_modified=record.last_modified,
+            _content=self.content_source,
+            _source=record.source,
+        )
+
+    def content(self, data_id: str) -> bytes:
+        return b"".join(self.iter_content(data_id))
+
+    def iter_content(self, data_id: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        record = self.data_record(data_id)
+        if record is None:
+            raise KeyError(data_id)
+        return self.content_source.iter_bytes(record.source, start, end)
+
+    def write_objects(self, root: Path) -> int:
+        """Write every live asset's current object to ``root/<object_name>``; returns bytes.
+
+        This is how an external storage server (nginx serving ``root`` under ``/objects/``)
+        gets the same bytes the built-in storage would serve.
+        """
+        total = 0
+        for index in self.iter_live():
+            record = self.record(index)
+            target = root / record.object_name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as handle:
+                for chunk in self.content_source.iter_bytes(record.source):
+                    handle.write(chunk)
+            total += record.source.size
+        return total
+
+    # ----- mutations -----------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._cache.clear()
+
+    def _require(self, asset_id: str) -> int:
+        index = self.index_of(asset_id)
+        if index is None:
+            raise KeyError(f"no live asset {asset_id}")
+        return index
+
+    def replace_data(self, asset_id: str) -> str:
+        index = self._require(asset_id)
+        self._data_gen[index] = self.gen_of(index) + 1
+        self._changed()
+        return self.record(index).data_id
+
+    def add_assets(self, n: int) -> list[str]:
+        start = self._next_index
+        self._next_index += n
+        self._changed()
+        return [self.codec.encode("asset", i) for i in range(start, start + n)]
+
+    def delete_assets(self, asset_ids: Iterable[str]) -> None:
+        for asset_id in asset_ids:
+            index = self._require(asset_id)
+            self._deleted.add(index)
+            bisect.insort(self._deleted_sorted, index)
+        self._changed()
+
+    def set_asset_tags(self, asset_id: str, names: Iterable[str]) -> None:
+        index = self._require(asset_id)
+        tags = tuple(dict.fromkeys(names))
+        self._asset_tags[index] = tags
+        self._asset_tag_names.update(dict.fromkeys(tags))
+        self._changed()
+
+    def set_data_tags(self, asset_id: str, names: Iterable[str]) -> None:
+        index = self._require(asset_id)
+        tags = tuple(dict.fromkeys(names))
+        self._data_tags[(index, self.gen_of(index))] = tags
+        self._data_tag_names.update(dict.fromkeys(tags))
+        self._changed()
+
+    def set_annotations(self, asset_id: str, annotations: list[dict[str, Any]]) -> list[str]:
+        """Replace an asset's annotations (newest first); missing ids are assigned."""
+        index = self._require(asset_id)
+        for old in self._ann_override.get(index, []):
+            self._override_ann_owner.pop(old["id"], None)
+        stored: list[dict[str, Any]] = []
+        for item in annotations:
+            entry = copy.deepcopy(item)
+            if not entry.get("id"):
+                self._override_counter += 1
+                entry["id"] = self.codec.encode("annotation-set", self._override_counter)
+            entry["asset_id"] = asset_id
+            entry.setdefault("status", "ACCEPTED")
+            entry.setdefault("duration", 0.0)
+            entry.setdefault("attributes", {})
+            for kind in ("rectangles", "polygons", "classifications", "lines", "points"):
+                entry.setdefault(kind, [])
+            self._override_ann_owner[entry["id"]] = index
+            stored.append(entry)
+        self._ann_override[index] = stored
+        self._changed()
+        return [entry["id"] for entry in stored]
+
+    def mutate_annotations(self, asset_id: str) -> list[str]:
+        """Regenerate an asset's annotations (new ids, new shapes, at least one)."""
+        index = self._require(asset_id)
+        for old in self._ann_override.pop(index, []):
+            self._override_ann_owner.pop(old["id"], None)
+        self._ann_gen[index] = self._ann_gen.get(index, 0) + 1
+        self._changed()
+        return [item["id"] for item in self.annotations(index)]
+
+    def drift(self, add: int, remove: int, rng: random.Random) -> tuple[list[str], list[str]]:
+        """Listing drift: append ``add`` assets and delete ``remove`` random live ones."""
+        added = self.add_assets(add) if add else []
+        removed: list[str] = []
+        for _ in range(min(remove, self.count())):
+            while True:
+                index = rng.randrange(self._next_index)
+                if self.is_live(index):
+                    break
+            asset_id = self.codec.encode("asset", index)
+            self.delete_assets([asset_id])
+            removed.append(asset_id)
+        return added, removed
