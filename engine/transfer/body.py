@@ -1,0 +1,186 @@
+"""Moving one response body to its place in the partial file.
+
+Two paths, chosen by size, because a thread hop costs more than a small write but much less
+than a large one:
+
+* a body of at most ``chunk_size`` is read and written on the event loop: one ``read``, one
+  ``pwrite`` into the page cache, no thread, no extra copy;
+* a larger body is gathered in batches of ``chunk_size`` (aiohttp's buffers, not joined) and each
+  batch goes to disk with one ``pwritev`` in a writer thread, while the loop keeps receiving the
+  next batch. One batch in flight per body bounds memory to about two ``chunk_size``.
+
+Bytes count as done (sidecar record, hash frontier, progress) only once written. Whatever ends a
+body — its last byte, a reset, a stall, a cancellation — every byte received is written before
+this module returns: a retry then resumes after them, and the partial's descriptor is never
+closed under a writing thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING
+
+import aiohttp
+import anyio
+
+from engine.errors import IntegrityError, TransientTransferError
+from engine.signed_urls import SignedUrl, redact
+from engine.transfer.retry import Backoff
+from engine.transfer.wire import translate
+
+if TYPE_CHECKING:
+    from engine.transfer.segments import Job
+
+__all__ = ["stream_body"]
+
+# pwritev takes at most IOV_MAX (1024 on Linux) buffers; tiny chunks are flushed sooner.
+_MAX_BUFFERS = 512
+# Seconds a partly filled batch may wait in memory when the body arrives slowly.
+_FLUSH_AFTER = 0.5
+
+
+class _Batch:
+    """Bytes handed to a writer thread, and whether the job has counted them yet."""
+
+    __slots__ = ("chunks", "counted", "index", "job", "size")
+
+    def __init__(self, job: Job, index: int, chunks: list[bytes], size: int) -> None:
+        self.job = job
+        self.index = index
+        self.chunks = chunks
+        self.size = size
+        self.counted = False
+
+    def count(self) -> None:
+        """Once written: count the bytes, exactly once. Batches of one body are counted in
+        order because each is counted (at the latest) before the next one is written."""
+        if not self.counted:
+            self.counted = True
+            self.job.landed(self.index, self.size, self.chunks)
+
+    def on_written(self, future: asyncio.Future[None]) -> None:
+        # As soon as the write finishes, not when the next batch is ready: a process killed
+        # in between must find these bytes in the sidecar.
+        if not future.cancelled() and future.exception() is None:
+            self.count()
+
+
+async def stream_body(
+    job: Job,
+    index: int,
+    response: aiohttp.ClientResponse,
+    url: SignedUrl,
+    pos: int,
+    stop: int,
+    backoff: Backoff,
+    executor: Executor,
+) -> None:
+    """Write bytes ``[pos, stop)`` of segment ``index`` from ``response``'s body."""
+    if stop - pos <= job.ctx.options.chunk_size:
+        await _small(job, index, response, url, pos, stop, backoff)
+    else:
+        await _large(job, index, response, url, pos, stop, backoff, executor)
+
+
+async def _small(
+    job: Job,
+    index: int,
+    response: aiohttp.ClientResponse,
+    url: SignedUrl,
+    pos: int,
+    stop: int,
+    backoff: Backoff,
+) -> None:
+    content = response.content
+    write = job.partial.write
+    remaining = stop - pos
+    while remaining > 0:
+        try:
+            # read(n) returns what is buffered, up to n: usually the whole body at once.
+            data = await content.read(remaining)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise translate(exc, url, "body") from None
+        n = len(data)
+        if n == 0:
+            raise TransientTransferError(f"{redact(url.url)}: body ended {remaining} bytes early")
+        job.received(data)
+        backoff.failures = 0
+        write(data, pos)
+        job.landed(index, n)
+        pos += n
+        remaining -= n
+
+
+async def _large(
+    job: Job,
+    index: int,
+    response: aiohttp.ClientResponse,
+    url: SignedUrl,
+    pos: int,
+    stop: int,
+    backoff: Backoff,
+    executor: Executor,
+) -> None:
+    loop = asyncio.get_running_loop()
+    write_many = job.partial.write_many
+    content = response.content
+    chunk_size = job.ctx.options.chunk_size
+    remaining = stop - pos
+    batch: list[bytes] = []
+    batched = 0
+    batch_started = 0.0
+    inflight: asyncio.Future[None] | None = None
+    written = _Batch(job, index, [], 0)
+
+    try:
+        while remaining > 0:
+            try:
+                # readchunk hands over aiohttp's buffers one by one, without joining them.
+                data, end_of_chunk = await content.readchunk()
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise translate(exc, url, "body") from None
+            n = len(data)
+            if n == 0:
+                if end_of_chunk:  # a chunked body's chunk ended exactly here: not the end
+                    continue
+                raise TransientTransferError(
+                    f"{redact(url.url)}: body ended {remaining} bytes early"
+                )
+            if n > remaining:
+                raise IntegrityError(f"{redact(url.url)}: more bytes than announced")
+            remaining -= n
+            job.received(data)
+            backoff.failures = 0
+            if not batch:
+                batch_started = loop.time()
+            batch.append(data)
+            batched += n
+            if (
+                batched >= chunk_size
+                or remaining == 0
+                or len(batch) >= _MAX_BUFFERS
+                # A slow body still reaches the disk (and the sidecar) every so often.
+                or (inflight is None and loop.time() - batch_started >= _FLUSH_AFTER)
+            ):
+                if inflight is not None:
+                    # shield: a cancellation here must not detach us from the running write.
+                    await asyncio.shield(inflight)
+                    # Its done callback may still be queued: count it before the next batch.
+                    written.count()
+                written = _Batch(job, index, batch, batched)
+                inflight = loop.run_in_executor(executor, write_many, batch, pos)
+                inflight.add_done_callback(written.on_written)
+                pos += batched
+                batch = []
+                batched = 0
+    finally:
+        # Land everything received, whatever ended the body; a disk error raised here outranks
+        # the network error that brought us here (retrying the network would not help).
+        with anyio.CancelScope(shield=True):
+            if inflight is not None:
+                await inflight
+                written.count()
+            if batch:
+                write_many(batch, pos)
+                job.landed(index, batched)

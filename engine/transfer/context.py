@@ -1,0 +1,108 @@
+"""Per-fetch state and the retry loop shared by the first request and every segment."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+
+import aiohttp
+import anyio
+
+from engine.errors import ObjectChanged, TransientTransferError, UrlExpired
+from engine.settings import TransferOptions
+from engine.signed_urls import SignedUrl
+from engine.transfer.progress import EventKind, ProgressEvent, TransferStats
+from engine.transfer.retry import Backoff
+from engine.transfer.urls import UrlSource
+
+__all__ = ["Context"]
+
+
+class Context:
+    """What one fetch shares between its workers: the session, the URL, counters, events."""
+
+    def __init__(
+        self,
+        *,
+        asset_id: str,
+        data_id: str,
+        session: aiohttp.ClientSession,
+        options: TransferOptions,
+        client_timeout: aiohttp.ClientTimeout,
+        read_bufsize: int,
+        clock: Callable[[], float],
+        urls: UrlSource,
+        stats: TransferStats,
+        on_progress: Callable[[ProgressEvent], None] | None,
+        executor: Executor,
+        rng: random.Random,
+    ) -> None:
+        self.asset_id = asset_id
+        self.data_id = data_id
+        self.session = session
+        self.options = options
+        self.timeout = client_timeout
+        self.read_bufsize = read_bufsize
+        self.clock = clock
+        self.urls = urls
+        self.stats = stats
+        self.on_progress = on_progress
+        self.executor = executor  # file-system work off the loop
+        self.rng = rng  # for backoff jitter
+        self.retries = 0
+        self.restarts = 0
+        self.received = 0  # bytes that came over the network in this fetch, all attempts
+        # None when nobody listens, so the hot loop skips the call entirely.
+        self.emit_bytes: Callable[[int, int, int], None] | None = (
+            self._emit_bytes if on_progress is not None else None
+        )
+
+    def emit(self, kind: EventKind, delta: int, done: int, total: int | None) -> None:
+        if self.on_progress is not None:
+            self.on_progress(ProgressEvent(self.asset_id, self.data_id, kind, delta, done, total))
+
+    def _emit_bytes(self, delta: int, done: int, total: int) -> None:
+        self.emit("bytes", delta, done, total)
+
+    def emit_restart(self, lost: int) -> None:
+        """The bytes on disk were discarded (``lost`` of them): the download starts over."""
+        self.restarts += 1
+        self.stats.restarts += 1
+        self.emit("restart", -lost, 0, None)
+
+    async def with_retries(
+        self,
+        backoff: Backoff,
+        attempt: Callable[[SignedUrl], Awaitable[None]],
+        finished: Callable[[], bool],
+        url: SignedUrl | None = None,
+    ) -> None:
+        """Call ``attempt`` until ``finished()``, each time with a URL valid for the margin
+        (``url``, when given, is used as is for the first call).
+
+        A refused URL is replaced (the source raises if it was fresh) and tried again at once;
+        other transient failures wait for the backoff or ``Retry-After``. A budget spent
+        re-raises the last error; :class:`ObjectChanged` goes straight up to the restart.
+        """
+        while not finished():
+            if url is None:
+                url = await self.urls.get()
+            try:
+                await attempt(url)
+            except ObjectChanged:
+                raise
+            except UrlExpired as exc:
+                url = await self.urls.refused(url, exc)
+                if backoff.next_delay(0.0) is None:
+                    raise
+                continue
+            except TransientTransferError as exc:
+                delay = backoff.next_delay(exc.retry_after)
+                if delay is None:
+                    raise
+                self.retries += 1
+                self.stats.retries += 1
+                self.emit("retry", 0, 0, None)
+                await anyio.sleep(delay)
+            url = None

@@ -1,0 +1,296 @@
+"""The transfer core's entry point: :meth:`Transferer.fetch` — one signed object, one file.
+
+Flow of one fetch::
+
+    open partial (lock, sidecar) ──resumable──▶ Job(segments with their bytes on disk)
+            │ nothing usable                         │
+            ▼                                        │
+    first request, Range 0..segment_size-1 (first.py)│
+            │ ≤ chunk_size: body read whole, then    │
+            │ hashed, written, placed in one thread  │
+            ▼ hop (placement.write_and_place)        ▼
+    Job.run: workers fill segments (parallel above segment_threshold), SHA-256 on the way
+            │ ObjectChanged (ETag differs, 200 to a range, 416) → discard, restart from zero
+            ▼
+    check size → fsync (setting) → rename into place under dest_root (no symlink followed)
+    → drop the sidecar
+
+Every request goes through :meth:`Context.with_retries`: the URL is made valid for
+``url_margin`` first; a refused URL is refreshed (a freshly obtained one being refused is
+permanent); connection errors, resets, stalls, 5xx and 429 back off exponentially with jitter or
+for ``Retry-After``; the budget resets whenever bytes arrive.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import aiohttp
+import anyio
+import anyio.to_thread
+
+from engine.errors import IntegrityError, ObjectChanged
+from engine.settings import TransferOptions
+from engine.signed_urls import SignedUrl
+from engine.transfer.context import Context
+from engine.transfer.first import start_fresh
+from engine.transfer.partial import Partial, PartialDir, ResumeState, Validator
+from engine.transfer.placement import check_rel_path, place, write_and_place
+from engine.transfer.progress import ProgressEvent, TransferStats
+from engine.transfer.ranges import plan_segments
+from engine.transfer.segments import Job, RangeIgnored
+from engine.transfer.threads import in_thread
+from engine.transfer.urls import UrlProvider, UrlSource
+
+__all__ = ["ObjectRef", "TransferResult", "Transferer"]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """The identity of one stored object: the asset and its (immutable) data."""
+
+    asset_id: str
+    data_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    """A file in place. ``bytes_downloaded`` came over the network in this fetch (all
+    attempts); ``bytes_resumed`` were already on disk from an earlier attempt or process."""
+
+    rel_path: PurePosixPath
+    size: int
+    sha256: str
+    etag: str | None
+    content_type: str | None
+    last_modified: str | None
+    bytes_downloaded: int
+    bytes_resumed: int
+    retries: int
+    refreshes: int
+    resumed: bool
+    segmented: bool
+    restarts: int = 0
+
+
+class Transferer:
+    """Downloads objects to files. One per run; many :meth:`fetch` calls may run concurrently.
+
+    ``session`` is the caller's (shared, so connections are reused across objects);
+    ``state_dir`` holds partial files (``state_dir/partial``) and should be on the file system
+    of the destinations so that placement is a rename (otherwise it is a copy).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        options: TransferOptions,
+        state_dir: Path,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.session = session
+        self.options = options
+        self.state_dir = Path(state_dir)
+        self.on_progress = on_progress
+        self.clock = clock
+        self.stats = TransferStats()
+        t = options.timeouts
+        # connect: the TCP connect only (waiting for a pooled connection is not a failure);
+        # sock_read: the wait for headers; the body's stall timeout replaces it once they came.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=t.connect, sock_read=t.read
+        )
+        # aiohttp buffers up to twice this per connection before pausing the socket.
+        self._read_bufsize = max(options.chunk_size, 64 * 1024)
+        # Hashers hold a thread for a whole download; more of them than cores gains nothing.
+        self._hash_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self._partial_dir = PartialDir(self.state_dir)
+        # File-system work off the loop: batches of large bodies (one in flight per body),
+        # small objects written and placed whole, fsync and placement. An own pool, so that it
+        # never queues behind (or holds up) DNS lookups in the loop's default executor.
+        self._io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="assetsync-io")
+        # Jitter needs randomness, not a fresh generator (seeding one costs) per fetch.
+        self._rng = random.Random()
+
+    def close(self) -> None:
+        """Release the writer threads and the partial folder's descriptor (idempotent)."""
+        self._io.shutdown(wait=True)
+        self._partial_dir.close()
+
+    async def __aenter__(self) -> Transferer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def fetch(
+        self,
+        ref: ObjectRef,
+        url: str | SignedUrl | None,
+        refresh: UrlProvider,
+        dest_root: Path,
+        rel_path: PurePosixPath,
+    ) -> TransferResult:
+        """Download ``ref`` to ``dest_root/rel_path``: afterwards the verified file is there,
+        or nothing new is. ``url`` is the listing's URL (None: ask ``refresh`` first).
+        Raises only :class:`~engine.errors.EngineError` subclasses."""
+        check_rel_path(rel_path)
+        options = self.options
+        urls = UrlSource(
+            url,
+            refresh,
+            margin=options.url_margin,
+            unknown_lifetime=options.unknown_url_lifetime,
+            clock=self.clock,
+            on_refresh=self._count_refresh,
+        )
+        ctx = Context(
+            asset_id=ref.asset_id,
+            data_id=ref.data_id,
+            session=self.session,
+            options=options,
+            client_timeout=self._timeout,
+            read_bufsize=self._read_bufsize,
+            clock=self.clock,
+            urls=urls,
+            stats=self.stats,
+            on_progress=self.on_progress,
+            executor=self._io,
+            rng=self._rng,
+        )
+        partial = Partial(self._partial_dir, ref.asset_id, ref.data_id)
+        try:
+            resume = partial.open()
+            result = await self._download(ctx, partial, resume, dest_root, rel_path)
+        except Exception:
+            self.stats.failures += 1
+            ctx.emit("failed", 0, 0, None)
+            raise
+        finally:
+            partial.close()
+        self.stats.files += 1
+        self.stats.bytes += result.bytes_downloaded
+        ctx.emit("done", 0, result.size, result.size)
+        return result
+
+    def _count_refresh(self) -> None:
+        self.stats.refreshes += 1
+
+    async def _download(
+        self,
+        ctx: Context,
+        partial: Partial,
+        resume: ResumeState | None,
+        dest_root: Path,
+        rel_path: PurePosixPath,
+    ) -> TransferResult:
+        ranged = True
+        resumed = 0
+        workers = 1
+        while True:
+            job: Job | None = None
+            try:
+                if resume is not None:
+                    job = self._resumed_job(ctx, partial, resume)
+                    first = None
+                    self.stats.resumes += 1
+                    validator = resume.validator
+                    resume = None
+                else:
+                    fresh = await start_fresh(ctx, partial, ranged)
+                    job, first, validator = fresh.job, fresh.first, fresh.validator
+                    digest = fresh.digest
+                    if fresh.body is not None:
+                        digest = await self._place_small(partial, fresh.body, dest_root, rel_path)
+                        return self._result(ctx, validator, digest, rel_path, 0, 1)
+                if job is not None:
+                    resumed = job.resumed_bytes
+                    ctx.emit("start", 0, resumed, job.size)
+                    workers = self._workers(job)
+                    digest = await job.run(workers, first, self._hash_limiter)
+                break
+            except ObjectChanged as exc:
+                if isinstance(exc, RangeIgnored):
+                    ranged = False
+                if ctx.restarts >= self.options.retry.attempts:
+                    raise
+                partial.discard()
+                resume = None
+                ctx.emit_restart(job.resumed_bytes + job.downloaded if job is not None else 0)
+                resumed = 0
+        assert digest is not None
+        on_disk = partial.size_on_disk()
+        if on_disk != validator.size:
+            raise IntegrityError(
+                f"{partial.path}: {on_disk} bytes on disk, {validator.size} expected"
+            )
+        await self._place(partial, dest_root, rel_path)
+        return self._result(ctx, validator, digest, rel_path, resumed, workers)
+
+    @staticmethod
+    def _result(
+        ctx: Context,
+        validator: Validator,
+        digest: str,
+        rel_path: PurePosixPath,
+        resumed: int,
+        workers: int,
+    ) -> TransferResult:
+        return TransferResult(
+            rel_path=rel_path,
+            size=validator.size,
+            sha256=digest,
+            etag=validator.etag,
+            content_type=validator.content_type,
+            last_modified=validator.last_modified,
+            bytes_downloaded=ctx.received,
+            bytes_resumed=resumed,
+            retries=ctx.retries,
+            refreshes=ctx.urls.refreshes,
+            resumed=resumed > 0,
+            segmented=workers > 1,
+            restarts=ctx.restarts,
+        )
+
+    async def _place_small(
+        self, partial: Partial, body: list[bytes], dest_root: Path, rel_path: PurePosixPath
+    ) -> str:
+        dir_fd = partial.dir_fd
+        fsync = self.options.fsync
+
+        def run() -> str:
+            return write_and_place(dir_fd, partial.name, body, dest_root, rel_path, fsync=fsync)
+
+        return await in_thread(self._io, run)
+
+    def _workers(self, job: Job) -> int:
+        if not job.ranged or job.size < self.options.segment_threshold:
+            return 1
+        return max(1, min(self.options.segments, job.pending()))
+
+    @staticmethod
+    def _resumed_job(ctx: Context, partial: Partial, state: ResumeState) -> Job:
+        segments = plan_segments(state.validator.size, state.segment_size)
+        return Job(
+            ctx, partial, state.validator, segments, state.done, ranged=True, inline_hash=False
+        )
+
+    async def _place(self, partial: Partial, dest_root: Path, rel_path: PurePosixPath) -> None:
+        if self.options.fsync:
+
+            def sync_and_place() -> None:
+                partial.sync()
+                place(partial.dir_fd, partial.name, dest_root, rel_path, fsync=True)
+
+            await in_thread(self._io, sync_and_place)
+        else:
+            # A few syscalls on page-cache metadata: cheaper than a hop to a thread.
+            place(partial.dir_fd, partial.name, dest_root, rel_path, fsync=False)
+        partial.remove()

@@ -1,0 +1,368 @@
+"""One download in flight: segments, the workers that fill them, and their retry loop.
+
+A :class:`Job` knows the object's validator and its segment plan (``[start, stop)`` pieces of
+``segment_size``; one piece per request). Workers claim pieces in order and fill each one with
+``Range`` requests from where its bytes on disk end, so a piece interrupted by a reset, a stall
+or an expired URL resumes on its own. Bytes are written at their offsets into the partial file
+as they arrive (:mod:`engine.transfer.body`); the job accounts for them once they are on disk
+(:meth:`Job.landed`): sidecar record, hash frontier, progress, durability checkpoints.
+
+Verification: a 206 must carry the asked-for ``Content-Range`` (a shorter prefix is accepted, the
+rest asked for next), the object's total size and its ETag; a 200 to a range request, a 416 or
+an ETag change mean the object is not the one on disk: :class:`ObjectChanged` goes up to the
+orchestrator, which discards the partial and restarts. Old and new bytes are never spliced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+import aiohttp
+import anyio
+import anyio.to_thread
+
+from engine.errors import (
+    DiskFullError,
+    EngineError,
+    LocalStorageError,
+    ObjectChanged,
+    PermanentTransferError,
+    TransientTransferError,
+)
+from engine.signed_urls import SignedUrl, redact
+from engine.transfer.body import stream_body
+from engine.transfer.hashing import PrefixHasher
+from engine.transfer.partial import Partial, Validator
+from engine.transfer.ranges import RangeMismatch, check_partial_response
+from engine.transfer.retry import Backoff
+from engine.transfer.wire import error_for, open_get, read_error_body, set_stall_timeout
+
+if TYPE_CHECKING:
+    from engine.transfer.context import Context
+
+__all__ = ["Job", "RangeIgnored", "content_length", "pick_error"]
+
+# With fsync on, make the bytes counted as done durable every this many new bytes, so a reboot
+# loses at most this much of a large download.
+CHECKPOINT_BYTES = 256 * 1024 * 1024
+
+
+class RangeIgnored(ObjectChanged):
+    """The server answered a range request with the whole object and the same ETag: it does
+    not do ranges. The download restarts as one plain stream."""
+
+
+def content_length(response: aiohttp.ClientResponse) -> int | None:
+    value = response.headers.get("Content-Length")
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        else:
+            out.append(exc)
+    return out
+
+
+def _rank(exc: BaseException) -> int:
+    # The error that explains the failure best: a local disk problem over a permanent remote
+    # one, over "the object changed" (restart), over transient ones that merely came along.
+    order: tuple[type[BaseException], ...] = (
+        DiskFullError,
+        LocalStorageError,
+        PermanentTransferError,
+        ObjectChanged,
+        TransientTransferError,
+        EngineError,
+    )
+    for rank, kind in enumerate(order):
+        if isinstance(exc, kind):
+            return rank
+    return -1  # not ours: a bug, which must surface as itself
+
+
+def pick_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception to raise for a failed task group (the group itself if it holds a
+    cancellation or another BaseException that must propagate unchanged)."""
+    leaves = _leaves(group)
+    if not leaves or any(not isinstance(exc, Exception) for exc in leaves):
+        return group
+    return min(leaves, key=_rank)
+
+
+class Job:
+    """The state of one download attempt shared by its workers (all on the event loop)."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        partial: Partial,
+        validator: Validator,
+        segments: list[tuple[int, int]],
+        done: list[int],
+        *,
+        ranged: bool,
+        inline_hash: bool,
+    ) -> None:
+        self.ctx = ctx
+        self.partial = partial
+        self.validator = validator
+        self.segments = segments
+        self.done = done
+        self.ranged = ranged
+        self.size = validator.size
+        self.resumed_bytes = sum(done)
+        self.downloaded = 0
+        self._claim = 0
+        self._head = 0
+        self.frontier = 0
+        self._advance_head()
+        # In-order single stream from byte 0: hash as bytes arrive; else a prefix thread.
+        self.sha = hashlib.sha256() if inline_hash and self.frontier == 0 else None
+        self.hasher: PrefixHasher | None = None
+        if self.sha is None:
+            self.hasher = PrefixHasher(partial.dir_fd, partial.name, self.size)
+            self.hasher.advance(self.frontier)
+        self._since_checkpoint = 0
+        self._checkpointing = False
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # -- claims and the contiguous prefix --------------------------------------------------------
+
+    def claim(self) -> int | None:
+        """The next segment with bytes missing that no worker has, or None."""
+        while self._claim < len(self.segments):
+            index = self._claim
+            self._claim += 1
+            start, stop = self.segments[index]
+            if start + self.done[index] < stop:
+                return index
+        return None
+
+    def pending(self) -> int:
+        return sum(
+            1
+            for (start, stop), got in zip(self.segments, self.done, strict=True)
+            if start + got < stop
+        )
+
+    def _advance_head(self) -> None:
+        segments, done = self.segments, self.done
+        head = self._head
+        while head < len(segments):
+            start, stop = segments[head]
+            if start + done[head] < stop:
+                self.frontier = start + done[head]
+                break
+            head += 1
+        else:
+            self.frontier = self.size
+        self._head = head
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        workers: int,
+        first: tuple[aiohttp.ClientResponse, SignedUrl] | None,
+        hash_limiter: anyio.CapacityLimiter,
+    ) -> str:
+        """Fill every segment with up to ``workers`` concurrent requests; return the SHA-256.
+
+        ``first``: an already-open response for segment 0 (a fresh download's first request).
+        """
+        hasher = self.hasher
+        if workers <= 1 and hasher is None and not self._wants_checkpoints():
+            # The common small-file case: no task group, no thread.
+            await self._worker(first)
+            assert self.sha is not None
+            return self.sha.hexdigest()
+        digest: list[str] = []
+
+        async def hash_prefix(hasher: PrefixHasher) -> None:
+            digest.append(await hasher.digest(hash_limiter))
+
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                if hasher is not None:
+                    tg.start_soon(hash_prefix, hasher)
+                for n in range(workers):
+                    tg.start_soon(self._worker, first if n == 0 else None)
+        except BaseExceptionGroup as group:
+            chosen = pick_error(group)
+            if chosen is group:
+                raise
+            raise chosen from None
+        finally:
+            self._tg = None
+            if hasher is not None:
+                hasher.stop()
+        if self.sha is not None:
+            return self.sha.hexdigest()
+        return digest[0]
+
+    async def _worker(self, first: tuple[aiohttp.ClientResponse, SignedUrl] | None) -> None:
+        if first is not None:
+            index = self.claim()
+            assert index == 0, "the first response always covers segment 0"
+            await self._fill(index, first)
+        while (index := self.claim()) is not None:
+            await self._fill(index, None)
+
+    async def _fill(
+        self, index: int, first: tuple[aiohttp.ClientResponse, SignedUrl] | None
+    ) -> None:
+        start, stop = self.segments[index]
+        backoff = Backoff(self.ctx.options.retry, self.ctx.rng)
+        opened = first
+
+        async def attempt(url: SignedUrl) -> None:
+            nonlocal opened
+            if opened is not None:
+                response, url = opened
+                opened = None
+                pos = start + self.done[index]
+            else:
+                if not self.ranged and self.done[index] > 0:
+                    self._rewind()
+                pos = start + self.done[index]
+                response = await open_get(
+                    self.ctx.session,
+                    url,
+                    start=pos if self.ranged else None,
+                    stop=stop if self.ranged else None,
+                    if_range=self.validator.if_range if pos > 0 else None,
+                    client_timeout=self.ctx.timeout,
+                    read_bufsize=self.ctx.read_bufsize,
+                )
+            try:
+                await self._consume(index, response, url, pos, stop, backoff)
+            finally:
+                response.release()
+
+        def finished() -> bool:
+            return start + self.done[index] >= stop
+
+        await self.ctx.with_retries(backoff, attempt, finished, first[1] if first else None)
+
+    async def _consume(
+        self,
+        index: int,
+        response: aiohttp.ClientResponse,
+        url: SignedUrl,
+        pos: int,
+        stop: int,
+        backoff: Backoff,
+    ) -> None:
+        status = response.status
+        length = content_length(response)
+        etag = response.headers.get("ETag")
+        if status == 206 and self.ranged:
+            try:
+                pos, stop = check_partial_response(
+                    response.headers.get("Content-Range"),
+                    length,
+                    start=pos,
+                    stop=stop,
+                    total=self.size,
+                )
+            except RangeMismatch as exc:
+                raise TransientTransferError(f"{redact(url.url)}: {exc}") from None
+            if etag is not None and self.validator.etag is not None and etag != self.validator.etag:
+                raise ObjectChanged(f"{redact(url.url)}: ETag changed during the download")
+        elif status == 200:
+            if self.ranged:
+                # Either If-Range saw a new version, or the server ignores Range.
+                same = etag is not None and etag == self.validator.etag
+                if same and length == self.size:
+                    raise RangeIgnored(f"{redact(url.url)}: server ignored Range")
+                raise ObjectChanged(f"{redact(url.url)}: object changed (200 to a range request)")
+            if length is not None and length != self.size:
+                raise ObjectChanged(f"{redact(url.url)}: size changed to {length}")
+            if etag is not None and self.validator.etag is not None and etag != self.validator.etag:
+                raise ObjectChanged(f"{redact(url.url)}: ETag changed during the download")
+        elif status == 416:
+            raise ObjectChanged(f"{redact(url.url)}: 416, the object is shorter than before")
+        else:
+            body = await read_error_body(response)
+            raise error_for(
+                status,
+                body,
+                response.headers.get("Retry-After"),
+                url=url,
+                now=self.ctx.clock(),
+            )
+        self.ctx.urls.accepted(url)
+        set_stall_timeout(response, self.ctx.options.timeouts)
+        await stream_body(self, index, response, url, pos, stop, backoff, self.ctx.executor)
+
+    # -- accounting, called by engine.transfer.body -------------------------------------------
+
+    def received(self, data: bytes) -> None:
+        """``data`` came over the network (not yet on disk)."""
+        self.ctx.received += len(data)
+        if self.sha is not None:
+            self.sha.update(data)
+
+    def landed(self, index: int, n: int, chunks: list[bytes] | None = None) -> None:
+        """``n`` more bytes of segment ``index`` are on disk, right after its previous ones
+        (``chunks``: those bytes, which the hasher may take instead of reading them back)."""
+        got = self.done[index] + n
+        self.done[index] = got
+        self.partial.record(index, got)
+        self.downloaded += n
+        if self._head == index:
+            start, stop = self.segments[index]
+            offset = self.frontier
+            if start + got < stop:
+                self.frontier = start + got
+            else:
+                self._advance_head()
+            if self.hasher is not None:
+                self.hasher.advance(self.frontier, offset, chunks)
+        emit = self.ctx.emit_bytes
+        if emit is not None:
+            emit(n, self.resumed_bytes + self.downloaded, self.size)
+        if self._tg is not None:
+            self._since_checkpoint += n
+            if self._since_checkpoint >= CHECKPOINT_BYTES:
+                self._start_checkpoint()
+
+    # -- durability and restarts -----------------------------------------------------------------
+
+    def _wants_checkpoints(self) -> bool:
+        return self.ctx.options.fsync and self.size - self.resumed_bytes >= CHECKPOINT_BYTES
+
+    def _start_checkpoint(self) -> None:
+        if self._checkpointing or self._tg is None or not self.ctx.options.fsync:
+            return
+        self._since_checkpoint = 0
+        self._checkpointing = True
+        snapshot = list(self.done)
+        partial = self.partial
+
+        async def run() -> None:
+            try:
+                await anyio.to_thread.run_sync(partial.checkpoint, snapshot)
+            finally:
+                self._checkpointing = False
+
+        self._tg.start_soon(run)
+
+    def _rewind(self) -> None:
+        """Plain (non-range) stream failed mid-body: back to byte 0 of an empty partial."""
+        lost = self.done[0]
+        self.partial.discard()
+        self.done[0] = 0
+        self.downloaded = 0
+        self.frontier = 0
+        self._head = 0
+        self.sha = hashlib.sha256()
+        self.ctx.emit_restart(lost)

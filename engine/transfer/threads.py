@@ -1,0 +1,33 @@
+"""Blocking file-system work on worker threads, cheaply and without leaving work behind.
+
+``loop.run_in_executor`` on the transfer core's own pool costs about a quarter of
+``anyio.to_thread.run_sync`` per hop (measured: ~20 µs against ~60-80 µs on this project's
+benchmark machine), which matters once per small object. Unlike a plain ``await`` of the
+executor's future, :func:`in_thread` does not return on cancellation before the thread is done:
+the caller may then close descriptors the thread was using.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TypeVar
+
+import anyio
+
+__all__ = ["in_thread"]
+
+T = TypeVar("T")
+
+
+async def in_thread(executor: Executor, fn: Callable[[], T]) -> T:
+    """``fn()`` on ``executor``; a cancellation is re-raised only once ``fn`` has returned."""
+    future = asyncio.get_running_loop().run_in_executor(executor, fn)
+    try:
+        return await asyncio.shield(future)
+    except BaseException:
+        if not future.done():
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([future])
+        raise

@@ -1,0 +1,165 @@
+"""One HTTP request to storage: build it, send it, and turn every failure into an EngineError.
+
+aiohttp exceptions never leave this module's callers: :func:`translate` maps them where they
+arise (connection errors, resets, timeouts → transient; a timeout while reading the body →
+:class:`StallError`; invalid URL or redirect loop → permanent). Error answers are classified by
+:func:`error_for` from the status and the object store's XML ``<Code>``; messages carry the
+redacted URL only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import aiohttp
+from yarl import URL
+
+from engine.errors import (
+    EngineError,
+    PermanentTransferError,
+    StallError,
+    TransientTransferError,
+    UrlExpired,
+)
+from engine.settings import Timeouts
+from engine.signed_urls import SignedUrl, redact, scrub
+from engine.transfer.ranges import range_header
+from engine.transfer.retry import parse_retry_after
+
+__all__ = [
+    "UrlRefused",
+    "error_for",
+    "open_get",
+    "read_error_body",
+    "set_stall_timeout",
+    "translate",
+]
+
+_CODE = re.compile(rb"<Code>\s*([^<]{1,100}?)\s*</Code>")
+_MESSAGE = re.compile(rb"<Message>\s*([^<]{1,300}?)\s*</Message>")
+_RETRY_STATUSES = frozenset({408, 425, 429})
+_ERROR_BODY_MAX = 16 * 1024
+
+
+class UrlRefused(UrlExpired):
+    """Storage refused the URL for another reason than expiry (403 without "expired", 401).
+
+    Handled like an expiry — refresh and carry on — except that a freshly obtained URL being
+    refused is permanent (see :mod:`engine.transfer.urls`).
+    """
+
+
+async def open_get(
+    session: aiohttp.ClientSession,
+    url: SignedUrl,
+    *,
+    start: int | None,
+    stop: int | None,
+    if_range: str | None,
+    client_timeout: aiohttp.ClientTimeout,
+    read_bufsize: int,
+) -> aiohttp.ClientResponse:
+    """Send ``GET`` (for ``[start, stop)`` when ``start`` is given) and return the response
+    once its headers arrived. The caller reads and releases it."""
+    # identity: we store the object's bytes as they are, never a server's on-the-fly encoding.
+    headers = {"Accept-Encoding": "identity"}
+    if start is not None:
+        headers["Range"] = range_header(start, stop)
+        if if_range is not None:
+            headers["If-Range"] = if_range
+    try:
+        # encoded=True: the query string must reach storage byte for byte, or the signature
+        # no longer matches.
+        return await session.get(
+            URL(url.url, encoded=True),
+            headers=headers,
+            timeout=client_timeout,
+            auto_decompress=False,
+            read_bufsize=read_bufsize,
+        )
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise translate(exc, url, "headers") from None
+
+
+def set_stall_timeout(response: aiohttp.ClientResponse, timeouts: Timeouts) -> None:
+    """Headers arrived: from now on a read may wait ``stall`` seconds, not ``read``.
+
+    aiohttp has one per-read timer per request (``sock_read``), rearmed on every packet. Its
+    connection protocol exposes that timeout (aiohttp itself adjusts it this way for
+    websockets) and sets it afresh for the next request on the connection. The timer is rearmed
+    at once: the whole beginning of the body may already have arrived with the headers, and a
+    stall right after it must not wait for the header timeout.
+    """
+    if timeouts.stall == timeouts.read:
+        return
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if protocol is not None:
+        protocol.read_timeout = timeouts.stall
+        protocol.start_timeout()
+
+
+def translate(exc: BaseException, url: SignedUrl, phase: Literal["headers", "body"]) -> EngineError:
+    """The EngineError for a library exception raised while talking to storage."""
+    where = redact(url.url)
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return PermanentTransferError(f"{where}: too many redirects")
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError | ValueError):
+        return PermanentTransferError(f"{where}: invalid URL ({name})")
+    if isinstance(exc, TimeoutError):  # includes aiohttp's ServerTimeoutError
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return TransientTransferError(f"{where}: connect timed out")
+        if phase == "body":
+            return StallError(f"{where}: no bytes arrived within the stall timeout")
+        return TransientTransferError(f"{where}: no response within the read timeout")
+    detail = scrub(str(exc), url.url)[:200]
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return TransientTransferError(f"{where}: body cut short ({detail})")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return TransientTransferError(f"{where}: {name}: {detail}")
+    return TransientTransferError(f"{where}: {name}")
+
+
+async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
+    """At most a few KiB of an error answer (object stores explain themselves in XML)."""
+    try:
+        return await response.content.read(_ERROR_BODY_MAX)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return b""
+
+
+def error_for(
+    status: int,
+    body: bytes,
+    retry_after_header: str | None,
+    *,
+    url: SignedUrl,
+    now: float,
+) -> EngineError:
+    """The exception an error answer (status >= 300, or a 2xx that was not expected) maps to.
+
+    401/403 and GCS's ``400 ExpiredToken`` mean "this URL is refused": :class:`UrlExpired`
+    when storage says it expired, :class:`UrlRefused` otherwise; the caller refreshes. 404/410
+    and other 4xx are permanent; 408, 425, 429 and 5xx are transient with ``Retry-After``.
+    """
+    where = redact(url.url)
+    found = _CODE.search(body)
+    code = found.group(1).decode("utf-8", "replace") if found else ""
+    found = _MESSAGE.search(body)
+    message = found.group(1).decode("utf-8", "replace") if found else ""
+    said = f"{status} {code}".strip() + (f" ({message})" if message else "")
+    expired = "expired" in message.lower() or code in ("ExpiredToken", "AuthenticationFailed")
+    if status in (401, 403) or (status == 400 and code == "ExpiredToken"):
+        if expired:
+            return UrlExpired(f"{where}: storage says the URL expired: {said}")
+        return UrlRefused(f"{where}: storage refused the URL: {said}")
+    if status in (404, 410):
+        return PermanentTransferError(f"{where}: object not found: {said}")
+    if status in _RETRY_STATUSES or status >= 500:
+        retry_after = parse_retry_after(retry_after_header, now)
+        return TransientTransferError(f"{where}: storage answered {said}", retry_after=retry_after)
+    if 400 <= status < 500:
+        return PermanentTransferError(f"{where}: storage answered {said}")
+    return TransientTransferError(f"{where}: unexpected answer {said}")
