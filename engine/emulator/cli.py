@@ -171,6 +171,9 @@ async def _serve(emulator: Emulator, as_json: bool) -> None:
     show_default=True,
     help="Event loop.",
 )
+@click.option(
+    "--public-url", help="Base URL clients use to reach this server (Docker, proxies)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the start-up info as one JSON line.")
 def emulator_command(**options: Any) -> None:
     """Run the local platform emulator (API + signed storage) until interrupted."""
@@ -192,6 +195,7 @@ def emulator_command(**options: Any) -> None:
         control_secret=options["control_secret"],
         host=options["host"],
         port=options["port"],
+        public_url=options["public_url"],
         faults=faults,
     )
     with asyncio.Runner(loop_factory=_loop_factory(options["loop_name"])) as runner:

@@ -43,7 +43,8 @@ class Emulator:
     ``empty_share`` of empty objects; objects above ``multipart_part_size`` get multipart-style
     ETags), ``nasty_filenames``, ``from_dir`` (real files instead of generated ones; ``assets``
     is then ignored), ``external_storage`` (nginx secure_link URLs), ``token``,
-    ``control_secret``, ``host``, ``port``, ``clock`` (epoch seconds; tests move it to expire
+    ``control_secret``, ``host``, ``port``, ``public_url`` (the base clients use, when it is
+    not the bind address: Docker, a proxy), ``clock`` (epoch seconds; tests move it to expire
     URLs), ``fault_seed`` (RNG of probabilistic faults) and ``faults`` (rules active from start).
     """
 
@@ -68,6 +69,7 @@ class Emulator:
         control_secret: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        public_url: str | None = None,
         clock: Callable[[], float] = time.time,
         fault_seed: int | None = None,
         faults: Iterable[FaultRule] = (),
@@ -103,6 +105,9 @@ class Emulator:
         self.control_secret = control_secret or secrets.token_urlsafe(24)
         self.host = host
         self._port = port
+        # Behind Docker or a proxy the bind address is not where clients reach us; signed URLs
+        # and the printed API URL use this instead.
+        self._public_url = public_url.rstrip("/") if public_url else None
         self._clock = clock
         self._external = external_storage
         self._signer = Signer(secrets.token_bytes(32), base_url="http://unbound")
@@ -172,6 +177,8 @@ class Emulator:
 
     @property
     def api_url(self) -> str:
+        if self._public_url is not None:
+            return self._public_url
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self._port}"
 

@@ -1,0 +1,129 @@
+"""What every command shares: the event loop, signals, exit codes and logging.
+
+Exit codes (also in ``assetsync --help`` and the README):
+
+====  =================================================================
+0     everything mirrored (or verified, or exported)
+1     some assets failed after retries (the rest completed and recorded)
+2     usage, configuration or bad-input error
+3     authentication failed
+4     another run holds the lock on DEST
+130   interrupted by SIGINT (state saved; the next run resumes)
+143   terminated by SIGTERM (state saved; the next run resumes)
+====  =================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import anyio
+import click
+
+from engine.errors import EngineError, Interrupted
+from engine.signed_urls import redact
+
+__all__ = [
+    "EXIT_CODES_HELP",
+    "fail",
+    "run_async",
+    "setup_logging",
+]
+
+T = TypeVar("T")
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 everything mirrored; 1 some assets failed after retries (the rest completed "
+    "and recorded); 2 usage, config or bad-input error; 3 authentication failed; 4 another run "
+    "holds the lock on DEST; 130/143 interrupted by SIGINT/SIGTERM (state saved for resume)."
+)
+
+_URL = re.compile(r"https?://\S+")
+
+
+class _RedactingFilter(logging.Filter):
+    """Defence in depth: whatever a log call formats, signed URLs leave without signatures."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "://" in message:
+            record.msg = _URL.sub(lambda m: redact(m.group(0)), message)
+            record.args = None
+        return True
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiohttp's access and client logs are noise at INFO and may carry URLs.
+    logging.getLogger("aiohttp").setLevel(max(level, logging.WARNING))
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """One line on stderr, then the documented exit code."""
+    click.echo(f"assetsync: error: {message}", err=True)
+    sys.exit(code)
+
+
+def run_async(main: Callable[[], Awaitable[T]], *, use_uvloop: bool = True) -> T:
+    """Run ``main`` on asyncio (uvloop by default) with SIGINT/SIGTERM turned into a graceful
+    stop: the main task is cancelled, it saves its state, and :class:`Interrupted` is raised."""
+
+    received: list[int] = []
+
+    async def guarded() -> T:
+        result: list[T] = []
+        errors: list[BaseException] = []
+        async with anyio.create_task_group() as tg:
+
+            async def watch_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        received.append(int(signum))
+                        tg.cancel_scope.cancel()
+                        return
+
+            async def work() -> None:
+                try:
+                    result.append(await main())
+                except Exception as exc:  # re-raised below, outside the task group's wrapping
+                    errors.append(exc)
+                finally:
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(watch_signals)
+            tg.start_soon(work)
+        if errors:
+            raise errors[0]
+        if received:
+            raise Interrupted(
+                f"stopped by {signal.Signals(received[0]).name}; partial files and the manifest "
+                "were saved, the next run resumes",
+                signal_number=received[0],
+            )
+        return result[0]
+
+    try:
+        import uvloop  # noqa: F401  (only to know it is there)
+
+        have_uvloop = use_uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        have_uvloop = False
+    return anyio.run(guarded, backend="asyncio", backend_options={"use_uvloop": have_uvloop})
+
+
+def exit_for(exc: EngineError) -> NoReturn:
+    """Map an engine error to its one-line message and exit code."""
+    if isinstance(exc, Interrupted):
+        fail(str(exc), exc.code)
+    fail(str(exc), exc.exit_code)

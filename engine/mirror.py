@@ -1,0 +1,329 @@
+"""``await engine.mirror(settings)``: one run, from checks to summary.
+
+Order of a run, each step refusing early and cheaply before anything on disk changes:
+
+1. check the settings (version, destination, token) — :class:`~engine.errors.UsageError`;
+2. take the lock on DEST — :class:`~engine.errors.LockHeldError` (a dry run takes none);
+3. open the manifest and check it mirrors this version with this layout;
+4. ask the platform who we are (:class:`~engine.errors.AuthError`) and for the version;
+5. run the pipeline (:mod:`engine.scheduler`);
+6. delete what left the version, if asked and if the listing was complete;
+7. record the run and return its :class:`~engine.summary.MirrorSummary`.
+
+Cancellation (a signal) still records the run as interrupted and keeps partial files for resume.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+
+from engine.deletion import delete_unseen
+from engine.errors import EngineError, NotFoundError, UsageError
+from engine.lock import DestLock
+from engine.manifest import Manifest
+from engine.platform import PlatformClient
+from engine.platform.query import tags_filter
+from engine.scheduler import ManifestAccess, Pipeline, PipelineResult, PlannedAction
+from engine.settings import Settings
+from engine.signed_urls import redact
+from engine.summary import LiveCounters, MirrorSummary, Outcome
+from engine.transfer import Transferer
+
+__all__ = ["mirror", "open_sessions"]
+
+STATE_DIR = ".assetsync"
+
+
+def _check(settings: Settings) -> tuple[str, Path]:
+    if not settings.dataset_version:
+        raise UsageError(
+            "no dataset version: give --dataset-version (or dataset_version in config)"
+        )
+    if settings.dest is None:
+        raise UsageError("no destination: give --dest (or dest in config)")
+    if settings.token is None or not settings.token.get_secret_value().strip():
+        raise UsageError(
+            "no API token: set PICSELLIA_TOKEN, or give --token-file, or token in the config file"
+        )
+    dest = Path(settings.dest).expanduser()
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"destination {dest} exists and is not a directory")
+    if dest.is_symlink():
+        raise UsageError(f"destination {dest} is a symlink; give the real directory")
+    return settings.dataset_version, dest.absolute()
+
+
+@asynccontextmanager
+async def open_sessions(
+    settings: Settings,
+) -> AsyncIterator[tuple[aiohttp.ClientSession, aiohttp.ClientSession]]:
+    """One session for the API and one for storage, so downloads never queue the API behind
+    them; the storage connector carries the per-host limit, counting segment connections."""
+    limits = settings.limits
+    t = settings.transfer
+    api = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=16, limit_per_host=8, enable_cleanup_closed=True),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.timeouts.connect),
+    )
+    storage = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=limits.concurrency * max(1, t.segments // 2) + t.segments,
+            limit_per_host=limits.per_host,
+            enable_cleanup_closed=True,
+        ),
+        # Object bytes are stored bytes: never let a Content-Encoding rewrite them.
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+    try:
+        yield api, storage
+    finally:
+        with anyio.CancelScope(shield=True):
+            await storage.close()
+            await api.close()
+
+
+@contextmanager
+def _lock(settings: Settings, dest: Path) -> Iterator[None]:
+    if settings.dry_run:
+        yield
+        return
+    with DestLock(dest, stale_after=settings.lock_stale_after):
+        yield
+
+
+def _open_manifest(settings: Settings, dest: Path) -> Manifest | None:
+    if settings.dry_run:
+        if not (dest / STATE_DIR / "manifest.sqlite").exists():
+            return None
+        return Manifest.open(dest, create=False, read_only=True)
+    return Manifest.open(dest)
+
+
+def _check_manifest(manifest: Manifest | None, settings: Settings, dv: str) -> None:
+    if manifest is None:
+        return
+    recorded = manifest.dataset_version()
+    if recorded is not None and recorded != dv and not settings.force:
+        raise UsageError(
+            f"{settings.dest} mirrors dataset version {recorded}, not {dv}; "
+            "use another --dest (or --force to switch it)"
+        )
+    last = manifest.last_run()
+    layout = (last.options or {}).get("layout") if last is not None else None
+    if layout is not None and layout != settings.layout and manifest.count_assets() > 0:
+        raise UsageError(
+            f"{settings.dest} was mirrored with --layout {layout}; use the same layout or a new "
+            "--dest"
+        )
+
+
+def _run_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "layout": settings.layout,
+        "delete": settings.delete,
+        "tags": list(settings.tags),
+        "data_tags": list(settings.data_tags),
+        "concurrency": settings.limits.concurrency,
+        "dry_run": settings.dry_run,
+    }
+
+
+async def mirror(
+    settings: Settings,
+    *,
+    counters: LiveCounters | None = None,
+    plan_sink: Callable[[PlannedAction], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> MirrorSummary:
+    """Mirror ``settings.dataset_version`` into ``settings.dest`` and return what happened.
+
+    Raises :class:`~engine.errors.EngineError` subclasses for what stops a run before or during
+    it (usage, authentication, lock, full disk); failures of single assets are in the summary.
+    """
+    dv, dest = _check(settings)
+    counters = counters or LiveCounters()
+    if not settings.dry_run:
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create destination {dest}: {exc.strerror}") from None
+    with _lock(settings, dest):
+        manifest = await anyio.to_thread.run_sync(_open_manifest, settings, dest)
+        try:
+            _check_manifest(manifest, settings, dv)
+            return await _run(settings, dv, dest, manifest, counters, plan_sink, clock)
+        finally:
+            if manifest is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(manifest.close)
+
+
+async def _run(
+    settings: Settings,
+    dv: str,
+    dest: Path,
+    manifest: Manifest | None,
+    counters: LiveCounters,
+    plan_sink: Callable[[PlannedAction], None] | None,
+    clock: Callable[[], float],
+) -> MirrorSummary:
+    assert settings.token is not None
+    db = ManifestAccess(manifest)
+    async with AsyncExitStack() as stack:
+        api_session, storage_session = await stack.enter_async_context(open_sessions(settings))
+        client = PlatformClient(
+            api_session,
+            settings.api_url,
+            settings.token,
+            settings.transfer.retry,
+            settings.transfer.timeouts,
+        )
+        await client.ping()
+        try:
+            await client.dataset_version(dv)
+        except NotFoundError:
+            raise UsageError(
+                f"dataset version {dv} not found on {redact(settings.api_url)}"
+            ) from None
+        writable = manifest is not None and not settings.dry_run
+        run_id = (
+            await db.call(manifest.begin_run, dv, settings.api_url, _run_options(settings))  # type: ignore[union-attr]
+            if writable
+            else 0
+        )
+        transferer = None
+        if not settings.dry_run:
+            transferer = await stack.enter_async_context(
+                Transferer(
+                    storage_session,
+                    settings.transfer,
+                    dest / STATE_DIR,
+                    on_progress=counters.on_progress,
+                    clock=clock,
+                )
+            )
+        pipeline = Pipeline(
+            settings=settings,
+            client=client,
+            transferer=transferer,
+            db=db,
+            run_id=run_id,
+            counters=counters,
+            dest=dest,
+            clock=clock,
+            plan_sink=plan_sink,
+        )
+        outcome: Outcome = "failed"
+        deletion_note: str | None = None
+        planned_deletions = 0
+        error: str | None = None
+        try:
+            result = await _unwrap(pipeline.run(tags_filter(settings.tags, settings.data_tags)))
+            if settings.delete:
+                planned_deletions, deletion_note = await delete_unseen(
+                    dest=dest,
+                    db=db,
+                    run_id=run_id,
+                    listing_complete=result.listing_complete and result.listing_error is None,
+                    max_delete_percent=settings.max_delete,
+                    force=settings.force,
+                    dry_run=settings.dry_run,
+                    counters=counters,
+                )
+            outcome = _outcome(settings, result, counters)
+            error = result.listing_error
+        except anyio.get_cancelled_exc_class():
+            outcome = "interrupted"
+            raise
+        except EngineError as exc:
+            error = str(exc)
+            raise
+        finally:
+            if writable:
+                with anyio.CancelScope(shield=True):
+                    await db.call(manifest.clear_staging, run_id)  # type: ignore[union-attr]
+                    await db.call(
+                        manifest.finish_run,  # type: ignore[union-attr]
+                        run_id,
+                        outcome,
+                        _counts(counters, transferer),
+                    )
+    stats = transferer.stats if transferer is not None else None
+    return MirrorSummary(
+        dataset_version=dv,
+        dest=str(dest),
+        outcome=outcome,
+        listed=counters.listed,
+        downloaded=counters.downloaded if not settings.dry_run else counters.to_download,
+        skipped=counters.skipped,
+        updated=counters.updated,
+        deleted=counters.deleted,
+        failed=counters.failed,
+        bytes_downloaded=stats.bytes if stats else 0,
+        bytes_resumed=counters.bytes_resumed,
+        duration_seconds=round(counters.elapsed, 3),
+        url_refreshes=(stats.refreshes if stats else 0) + pipeline.result.url_batch_refreshes,
+        retries=stats.retries if stats else 0,
+        resumes=stats.resumes if stats else 0,
+        tag_changes=counters.tag_changes,
+        annotation_changes=counters.annotation_changes,
+        planned_deletions=planned_deletions,
+        deletion_note=deletion_note,
+        failures=tuple(counters.failures),
+        error=error,
+    )
+
+
+async def _unwrap(run: Any) -> PipelineResult:
+    """anyio reports a failed task group as an exception group: surface the engine error."""
+    try:
+        result: PipelineResult = await run
+    except BaseExceptionGroup as group:
+        for exc in _leaves(group):
+            if isinstance(exc, EngineError):
+                raise exc from None
+        raise
+    return result
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+def _outcome(settings: Settings, result: PipelineResult, counters: LiveCounters) -> Outcome:
+    if settings.dry_run:
+        return "dry-run"
+    if not result.listing_complete:
+        return "failed"
+    return "partial" if counters.failed else "ok"
+
+
+def _counts(counters: LiveCounters, transferer: Transferer | None) -> dict[str, int | float]:
+    stats = transferer.stats if transferer is not None else None
+    return {
+        "listed": counters.listed,
+        "downloaded": counters.downloaded,
+        "skipped": counters.skipped,
+        "updated": counters.updated,
+        "deleted": counters.deleted,
+        "failed": counters.failed,
+        "bytes": stats.bytes if stats else 0,
+        "retries": stats.retries if stats else 0,
+        "refreshes": stats.refreshes if stats else 0,
+        "resumes": stats.resumes if stats else 0,
+        "seconds": round(counters.elapsed, 3),
+        "pid": os.getpid(),
+    }
