@@ -16,8 +16,8 @@ import anyio.to_thread
 
 from engine.errors import LocalStorageError
 from engine.manifest import Manifest
+from engine.manifest_access import ManifestAccess
 from engine.plan import deletion_verdict
-from engine.scheduler import ManifestAccess
 from engine.summary import Failure, LiveCounters
 
 __all__ = ["delete_unseen", "remove_file"]

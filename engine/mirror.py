@@ -27,11 +27,13 @@ import anyio
 
 from engine.deletion import delete_unseen
 from engine.errors import EngineError, NotFoundError, UsageError
+from engine.jobs import PlannedAction
 from engine.lock import DestLock
 from engine.manifest import Manifest
+from engine.manifest_access import ManifestAccess
 from engine.platform import PlatformClient
 from engine.platform.query import tags_filter
-from engine.scheduler import ManifestAccess, Pipeline, PipelineResult, PlannedAction
+from engine.scheduler import Pipeline, PipelineResult
 from engine.settings import Settings
 from engine.signed_urls import redact
 from engine.summary import LiveCounters, MirrorSummary, Outcome

@@ -14,8 +14,8 @@ from engine.cli.common import EXIT_CODES_HELP, exit_for, run_async, setup_loggin
 from engine.cli.output import print_plan_line, print_summary
 from engine.cli.progress import make_progress
 from engine.errors import EngineError, Interrupted
+from engine.jobs import PlannedAction
 from engine.mirror import mirror
-from engine.scheduler import PlannedAction
 from engine.settings import Settings, load_settings
 from engine.summary import LiveCounters, MirrorSummary
 

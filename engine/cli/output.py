@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from engine.cli.progress import format_bytes
-from engine.scheduler import PlannedAction
+from engine.jobs import PlannedAction
 from engine.summary import MirrorSummary
 
 __all__ = ["print_plan_line", "print_summary"]

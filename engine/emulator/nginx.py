@@ -342,6 +342,10 @@ class NginxServer:
             user = f"user {owner} {group};"
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         nofile = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+        # Cached descriptors and connections share the worker's file limit: a cache sized past
+        # it makes nginx answer 500 ("Too many open files") on a big corpus.
+        cached = max(64, nofile // 4)
+        connections = max(64, min(4096, nofile // 4))
         temp_paths = "\n".join(
             f"    {kind}_temp_path {tmp}/{kind}_temp;"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -356,7 +360,7 @@ pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
 
 events {{
-    worker_connections 4096;
+    worker_connections {connections};
     multi_accept on;
 }}
 
@@ -377,7 +381,7 @@ http {{
     tcp_nodelay on;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
-    open_file_cache max=100000 inactive=120s;
+    open_file_cache max={cached} inactive=120s;
     open_file_cache_valid 120s;
     open_file_cache_errors on;
     # Object names may hold "//"; the signature covers the name as written.

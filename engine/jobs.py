@@ -1,0 +1,135 @@
+"""What travels between the stages: a download job, and how a result becomes a manifest update.
+
+Shared by the mirror pipeline (:mod:`engine.scheduler`) and the prefetcher, so both record
+exactly the same thing for the same asset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from engine.errors import AuthError, DiskFullError, EngineError, NotFoundError
+from engine.manifest import AssetState, AssetUpdate, FileInfo
+from engine.platform import PlatformClient, models
+from engine.signed_urls import SignedUrl
+from engine.summary import Failure, LiveCounters
+from engine.transfer import ObjectRef, Transferer, TransferResult
+
+__all__ = ["Job", "PlannedAction", "fetch_job", "update_for"]
+
+
+@dataclass(slots=True)
+class Job:
+    """One asset to download, with what the manifest must record once the file is in place."""
+
+    asset: models.Asset
+    rel_path: PurePosixPath
+    url: SignedUrl | None
+    tags: tuple[str, ...]
+    data_tags: tuple[str, ...]
+    annotations: list[dict[str, Any]] | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedAction:
+    """One line of a run's plan (printed by a dry run)."""
+
+    action: str
+    asset_id: str
+    path: str | None
+    reason: str
+
+
+def update_for(
+    asset: models.Asset,
+    tags: Sequence[str],
+    data_tags: Sequence[str],
+    annotations: list[dict[str, Any]] | None,
+    *,
+    file: FileInfo | None,
+    state: AssetState = "ok",
+    error: str | None = None,
+    content_type: str | None = None,
+) -> AssetUpdate:
+    """The manifest update for an asset as listed (``file=None``: metadata only)."""
+    data = asset.data
+    metadata: dict[str, Any] = {}
+    if data.metadata:
+        metadata["metadata"] = data.metadata
+    if data.custom_metadata:
+        metadata["custom_metadata"] = data.custom_metadata
+    return AssetUpdate(
+        asset_id=asset.id,
+        data_id=data.id,
+        object_name=data.object_name,
+        filename=data.filename,
+        content_type=data.content_type or content_type,
+        width=data.width,
+        height=data.height,
+        metadata=metadata,
+        tags=tuple(tags),
+        data_tags=tuple(data_tags),
+        annotations=annotations,
+        file=file,
+        state=state,
+        error=error,
+    )
+
+
+async def fetch_job(
+    job: Job,
+    *,
+    transferer: Transferer,
+    client: PlatformClient,
+    dest: Path,
+    counters: LiveCounters,
+) -> tuple[AssetUpdate, TransferResult | None]:
+    """Download one job; the update records the file, or the failure (the run goes on).
+
+    Errors that concern the whole run (the token was revoked, the disk is full) propagate.
+    """
+    asset = job.asset
+    data_id = asset.data.id
+
+    async def refresh() -> str:
+        return await client.presigned_url(data_id)
+
+    try:
+        result = await transferer.fetch(
+            ObjectRef(asset.id, data_id), job.url, refresh, dest, job.rel_path
+        )
+    except (AuthError, DiskFullError):
+        raise
+    except EngineError as exc:
+        message = str(exc)
+        if isinstance(exc, NotFoundError):
+            message = f"gone from the platform during the run: {message}"
+        counters.add_failure(Failure(asset.id, asset.data.filename, message))
+        update = update_for(
+            asset,
+            job.tags,
+            job.data_tags,
+            job.annotations,
+            file=None,
+            state="failed",
+            error=message,
+        )
+        return update, None
+    counters.downloaded += 1
+    counters.bytes_resumed += result.bytes_resumed
+    file = FileInfo(
+        path=result.rel_path.as_posix(), size=result.size, sha256=result.sha256, etag=result.etag
+    )
+    update = update_for(
+        asset,
+        job.tags,
+        job.data_tags,
+        job.annotations,
+        file=file,
+        content_type=result.content_type,
+    )
+    return update, result

@@ -1,0 +1,228 @@
+"""One listing page against the manifest: what to download, update or skip, and where.
+
+:class:`PagePlanner` gathers the facts for a page in one trip to the manifest thread (rows,
+staged tags, an ``lstat`` of each recorded file), asks the pure :func:`engine.plan.decide` for
+each asset, and gives each download a path from :func:`engine.layout.assign_paths`. Paths
+handed out but not yet committed are remembered (:class:`InFlightPaths`) so two assets of
+different pages never get the same path; the claim is dropped once the manifest records it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_module
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence, Set
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from engine import layout
+from engine.jobs import Job, PlannedAction, update_for
+from engine.manifest import AssetRow, AssetUpdate
+from engine.manifest.digests import annotations_digest, path_key, tags_digest
+from engine.manifest_access import ManifestAccess
+from engine.plan import Action, LocalFile, StoredAsset, decide
+from engine.platform import models
+from engine.signed_urls import SignedUrl
+from engine.summary import LiveCounters
+
+__all__ = ["InFlightPaths", "PagePlan", "PagePlanner"]
+
+StagedTags = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+
+
+@dataclass(slots=True)
+class InFlightPaths:
+    """Paths handed to jobs whose rows are not committed yet (bounded by the queues)."""
+
+    owners: dict[str, str] = field(default_factory=dict)
+    by_asset: dict[str, list[str]] = field(default_factory=dict)
+
+    def claim(self, asset_id: str, path: PurePosixPath) -> None:
+        keys = [path_key("/".join(path.parts[: i + 1])) for i in range(len(path.parts))]
+        self.owners[keys[-1]] = asset_id
+        for key in keys[:-1]:
+            self.owners.setdefault(key + "/", asset_id)
+        self.by_asset[asset_id] = [keys[-1], *(k + "/" for k in keys[:-1])]
+
+    def release(self, asset_ids: Collection[str]) -> None:
+        for asset_id in asset_ids:
+            for key in self.by_asset.pop(asset_id, ()):
+                if self.owners.get(key) == asset_id:
+                    del self.owners[key]
+
+
+@dataclass(slots=True)
+class PagePlan:
+    """What a page asks for, in listing order within each list."""
+
+    jobs: list[Job] = field(default_factory=list)
+    updates: list[AssetUpdate] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    # Assets that need nothing: their manifest row, in listing order (the prefetcher yields them).
+    ready: list[tuple[models.Asset, AssetRow]] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
+
+
+def _stored(row: AssetRow | None) -> StoredAsset | None:
+    if row is None:
+        return None
+    return StoredAsset(
+        data_id=row.data_id,
+        object_name=row.object_name,
+        path=row.path,
+        size=row.size,
+        state=row.state,
+        tags_digest=row.tags_digest,
+        annotations_digest=row.annotations_digest,
+    )
+
+
+class PagePlanner:
+    def __init__(
+        self,
+        *,
+        db: ManifestAccess,
+        run_id: int,
+        dest: Path,
+        layout_name: Literal["name", "id"],
+        unknown_url_lifetime: float,
+        counters: LiveCounters,
+        clock: Callable[[], float] = time.time,
+        plan_sink: Callable[[PlannedAction], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.run_id = run_id
+        self.dest = dest
+        self.layout_name = layout_name
+        self.unknown_url_lifetime = unknown_url_lifetime
+        self.counters = counters
+        self.clock = clock
+        self.plan_sink = plan_sink
+        self.in_flight = InFlightPaths()
+
+    async def plan(
+        self, assets: Sequence[models.Asset], annotations: Mapping[str, list[dict[str, Any]]]
+    ) -> PagePlan:
+        ids = [asset.id for asset in assets]
+        rows, staged, local = await self.db.call(self._read_page_state, ids)
+        wanted: dict[str, PurePosixPath] = {}
+        decided = []
+        plan = PagePlan(order=ids)
+        counters = self.counters
+        for asset in assets:
+            if asset.data.upload_status not in (None, "DONE"):
+                # Listed but not uploaded yet (PENDING, COMPUTING, ERROR): nothing to fetch.
+                # Kept as seen so an earlier file is not deleted while a re-upload is pending.
+                plan.seen.append(asset.id)
+                counters.not_ready += 1
+                continue
+            tags, data_tags = staged.get(asset.id, ((), ()))
+            anns = annotations.get(asset.id, [])
+            row = rows.get(asset.id)
+            t_digest = tags_digest(tags, data_tags)
+            a_digest = annotations_digest(anns)
+            if row is not None:
+                counters.tag_changes += row.tags_digest != t_digest
+                counters.annotation_changes += row.annotations_digest != a_digest
+            decision = decide(
+                data_id=asset.data.id,
+                object_name=asset.data.object_name,
+                stored=_stored(row),
+                local=local.get(asset.id),
+                tags_digest=t_digest,
+                annotations_digest=a_digest,
+            )
+            decided.append((asset, row, tags, data_tags, anns, decision))
+            if decision.action is Action.DOWNLOAD:
+                wanted[asset.id] = layout.candidate(
+                    asset.id,
+                    asset.data.filename,
+                    layout=self.layout_name,
+                    content_type=asset.data.content_type,
+                )
+        paths = await self._assign_paths(wanted, rows)
+        obtained = self.clock()
+        for asset, row, tags, data_tags, anns, decision in decided:
+            if decision.action is Action.DOWNLOAD:
+                rel = paths[asset.id]
+                self.in_flight.claim(asset.id, rel)
+                counters.to_download += 1
+                url = asset.data.presigned_url
+                signed = (
+                    None
+                    if url is None
+                    else SignedUrl.parse(
+                        url, obtained_at=obtained, unknown_lifetime=self.unknown_url_lifetime
+                    )
+                )
+                plan.jobs.append(
+                    Job(asset, rel, signed, tags, data_tags, anns, reason=decision.reason)
+                )
+                self._emit("download", asset.id, str(rel), decision.reason)
+                continue
+            assert row is not None  # only a known asset can be skipped or updated
+            plan.ready.append((asset, row))
+            if decision.action is Action.UPDATE_METADATA:
+                counters.updated += 1
+                plan.updates.append(update_for(asset, tags, data_tags, anns, file=None))
+                self._emit("update", asset.id, row.path, decision.reason)
+            else:
+                counters.skipped += 1
+                plan.seen.append(asset.id)
+        return plan
+
+    def _read_page_state(
+        self, ids: Sequence[str]
+    ) -> tuple[dict[str, AssetRow], StagedTags, dict[str, LocalFile]]:
+        # One trip to the manifest thread per page: rows, staged tags and an lstat of each
+        # recorded file (lstat: a symlink planted at a recorded path is not our file).
+        manifest = self.db.manifest
+        if manifest is None:
+            return {}, {}, {}
+        rows = manifest.rows(ids)
+        staged = manifest.staged_tags(self.run_id, ids)
+        local: dict[str, LocalFile] = {}
+        for asset_id, row in rows.items():
+            if row.path is None:
+                continue
+            try:
+                st = os.lstat(self.dest / row.path)
+            except OSError:
+                continue
+            local[asset_id] = LocalFile(st.st_size, stat_module.S_ISREG(st.st_mode))
+        return rows, staged, local
+
+    async def _assign_paths(
+        self, wanted: Mapping[str, PurePosixPath], rows: Mapping[str, AssetRow]
+    ) -> dict[str, PurePosixPath]:
+        if not wanted:
+            return {}
+        claims = []
+        for asset_id, path in wanted.items():
+            row = rows.get(asset_id)
+            current = PurePosixPath(row.path) if row is not None and row.path else None
+            claims.append(layout.Claim(asset_id, path, current))
+        manifest = self.db.manifest
+        in_flight = dict(self.in_flight.owners)
+
+        def lookup(keys: Collection[str]) -> tuple[Mapping[str, str], Set[str]]:
+            owners: dict[str, str] = {}
+            dirs: set[str] = set()
+            if manifest is not None:
+                owners.update(manifest.path_owners(list(keys)))
+                dirs.update(manifest.directory_keys(list(keys)))
+            for key in keys:
+                owner = in_flight.get(key)
+                if owner is not None:
+                    owners.setdefault(key, owner)
+                if key + "/" in in_flight:
+                    dirs.add(key)
+            return owners, dirs
+
+        return await self.db.call(layout.assign_paths, claims, lookup)
+
+    def _emit(self, action: str, asset_id: str, path: str | None, reason: str) -> None:
+        if self.plan_sink is not None:
+            self.plan_sink(PlannedAction(action, asset_id, path, reason))
