@@ -32,11 +32,17 @@ typecheck: $(STAMP)
 ## check: ruff, mypy and the tests
 check: lint typecheck test
 
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
 ## bench: the full benchmark suite (installs nginx and the peer tools if missing)
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks run
 
-bench-quick: $(STAMP)
+bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks run --quick
 
 clean:

@@ -220,6 +220,17 @@ def test_two_servers_run_side_by_side(root: Path) -> None:
         assert status == 403
 
 
+def test_plain_root_serves_another_folder_unsigned(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "by-name.jpg").write_bytes(b"named")
+    with NginxServer(root, plain_root=tmp_path) as server:
+        status, _, body = _get(server.plain_url("by-name.jpg"))
+        assert (status, body) == (200, b"named")
+        status, _, _ = _get(server.plain_url("plain.bin"))
+        assert status == 404
+        status, _, body = _get(server.signed_url("plain.bin"))
+        assert (status, body) == (200, _content("plain.bin"))
+
+
 def test_missing_binary_is_a_clear_error(root: Path) -> None:
     with pytest.raises(NginxError, match="install nginx"):
         NginxServer(root, binary="/nonexistent/nginx").start()

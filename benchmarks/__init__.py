@@ -1,0 +1,1 @@
+"""assetsync's benchmark suite: ``python -m benchmarks run [--quick]`` (see ``__main__``)."""
