@@ -38,6 +38,7 @@ from engine.settings import Settings
 from engine.signed_urls import redact
 from engine.summary import LiveCounters, MirrorSummary, Outcome
 from engine.transfer import Transferer
+from engine.transfer.http1 import StorageHttp
 
 __all__ = ["mirror", "open_sessions"]
 
@@ -66,30 +67,25 @@ def _check(settings: Settings) -> tuple[str, Path]:
 @asynccontextmanager
 async def open_sessions(
     settings: Settings,
-) -> AsyncIterator[tuple[aiohttp.ClientSession, aiohttp.ClientSession]]:
-    """One session for the API and one for storage, so downloads never queue the API behind
-    them; the storage connector carries the per-host limit, counting segment connections."""
+) -> AsyncIterator[tuple[aiohttp.ClientSession, StorageHttp]]:
+    """An aiohttp session for the API, and the storage connection pool: separate, so downloads
+    never queue the API behind them; the pool carries the per-host limit, segments included."""
     limits = settings.limits
     t = settings.transfer
     api = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=16, limit_per_host=8, enable_cleanup_closed=True),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.timeouts.connect),
     )
-    storage = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=limits.concurrency * max(1, t.segments // 2) + t.segments,
-            limit_per_host=limits.per_host,
-            enable_cleanup_closed=True,
-        ),
-        # Object bytes are stored bytes: never let a Content-Encoding rewrite them.
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None),
+    storage = StorageHttp(
+        limit=limits.concurrency * max(1, t.segments // 2) + t.segments,
+        limit_per_host=limits.per_host,
+        connect_timeout=t.timeouts.connect,
     )
     try:
         yield api, storage
     finally:
+        storage.close()
         with anyio.CancelScope(shield=True):
-            await storage.close()
             await api.close()
 
 

@@ -5,9 +5,10 @@ than a large one:
 
 * a body of at most ``chunk_size`` is read and written on the event loop: one ``read``, one
   ``pwrite`` into the page cache, no thread, no extra copy;
-* a larger body is gathered in batches of ``chunk_size`` (aiohttp's buffers, not joined) and each
-  batch goes to disk with one ``pwritev`` in a writer thread, while the loop keeps receiving the
-  next batch. One batch in flight per body bounds memory to about two ``chunk_size``.
+* a larger body is gathered in batches of ``chunk_size`` (the connection's buffers, not
+  joined) and each batch goes to disk with one ``pwritev`` in a writer thread, while the loop
+  keeps receiving the next batch. One batch in flight per body bounds memory to about two
+  ``chunk_size``.
 
 Bytes count as done (sidecar record, hash frontier, progress) only once written. Whatever ends a
 body — its last byte, a reset, a stall, a cancellation — every byte received is written before
@@ -21,11 +22,11 @@ import asyncio
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
-import aiohttp
 import anyio
 
 from engine.errors import IntegrityError, TransientTransferError
 from engine.signed_urls import SignedUrl, redact
+from engine.transfer.http1 import HttpError, Response
 from engine.transfer.retry import Backoff
 from engine.transfer.wire import translate
 
@@ -69,7 +70,7 @@ class _Batch:
 async def stream_body(
     job: Job,
     index: int,
-    response: aiohttp.ClientResponse,
+    response: Response,
     url: SignedUrl,
     pos: int,
     stop: int,
@@ -86,7 +87,7 @@ async def stream_body(
 async def _small(
     job: Job,
     index: int,
-    response: aiohttp.ClientResponse,
+    response: Response,
     url: SignedUrl,
     pos: int,
     stop: int,
@@ -99,7 +100,7 @@ async def _small(
         try:
             # read(n) returns what is buffered, up to n: usually the whole body at once.
             data = await content.read(remaining)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (HttpError, OSError, TimeoutError) as exc:
             raise translate(exc, url, "body") from None
         n = len(data)
         if n == 0:
@@ -115,7 +116,7 @@ async def _small(
 async def _large(
     job: Job,
     index: int,
-    response: aiohttp.ClientResponse,
+    response: Response,
     url: SignedUrl,
     pos: int,
     stop: int,
@@ -136,9 +137,9 @@ async def _large(
     try:
         while remaining > 0:
             try:
-                # readchunk hands over aiohttp's buffers one by one, without joining them.
+                # readchunk hands over the received buffers, without joining big ones.
                 data, end_of_chunk = await content.readchunk()
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (HttpError, OSError, TimeoutError) as exc:
                 raise translate(exc, url, "body") from None
             n = len(data)
             if n == 0:

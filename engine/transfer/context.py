@@ -6,12 +6,12 @@ import random
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
-import aiohttp
 import anyio
 
 from engine.errors import ObjectChanged, TransientTransferError, UrlExpired
 from engine.settings import TransferOptions
 from engine.signed_urls import SignedUrl
+from engine.transfer.http1 import StorageHttp
 from engine.transfer.progress import EventKind, ProgressEvent, TransferStats
 from engine.transfer.retry import Backoff
 from engine.transfer.urls import UrlSource
@@ -27,10 +27,9 @@ class Context:
         *,
         asset_id: str,
         data_id: str,
-        session: aiohttp.ClientSession,
+        session: StorageHttp,
         options: TransferOptions,
-        client_timeout: aiohttp.ClientTimeout,
-        read_bufsize: int,
+        read_timeout: float,
         clock: Callable[[], float],
         urls: UrlSource,
         stats: TransferStats,
@@ -42,8 +41,7 @@ class Context:
         self.data_id = data_id
         self.session = session
         self.options = options
-        self.timeout = client_timeout
-        self.read_bufsize = read_bufsize
+        self.timeout = read_timeout  # for the headers; the body gets the stall timeout
         self.clock = clock
         self.urls = urls
         self.stats = stats

@@ -40,6 +40,7 @@ from engine.settings import TransferOptions
 from engine.signed_urls import SignedUrl
 from engine.transfer.context import Context
 from engine.transfer.first import start_fresh
+from engine.transfer.http1 import StorageHttp
 from engine.transfer.partial import Partial, PartialDir, ResumeState, Validator
 from engine.transfer.placement import check_rel_path, place, write_and_place
 from engine.transfer.progress import ProgressEvent, TransferStats
@@ -82,33 +83,41 @@ class TransferResult:
 class Transferer:
     """Downloads objects to files. One per run; many :meth:`fetch` calls may run concurrently.
 
-    ``session`` is the caller's (shared, so connections are reused across objects);
-    ``state_dir`` holds partial files (``state_dir/partial``) and should be on the file system
-    of the destinations so that placement is a rename (otherwise it is a copy).
+    ``http`` is the storage connection pool (:class:`~engine.transfer.http1.StorageHttp`),
+    shared so connections are reused across objects. An ``aiohttp.ClientSession`` is accepted
+    too: its connector's limits then size a pool the transferer owns (storage bytes never go
+    through aiohttp, see :mod:`engine.transfer.http1`). ``state_dir`` holds partial files
+    (``state_dir/partial``) and should be on the file system of the destinations so that
+    placement is a rename (otherwise it is a copy).
     """
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        http: StorageHttp | aiohttp.ClientSession,
         options: TransferOptions,
         state_dir: Path,
         on_progress: Callable[[ProgressEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.session = session
+        t = options.timeouts
+        self._owns_http = not isinstance(http, StorageHttp)
+        if isinstance(http, StorageHttp):
+            self.http = http
+        else:
+            connector = http.connector
+            self.http = StorageHttp(
+                limit=connector.limit if connector is not None else 100,
+                limit_per_host=connector.limit_per_host if connector is not None else 0,
+                connect_timeout=t.connect,
+            )
         self.options = options
         self.state_dir = Path(state_dir)
         self.on_progress = on_progress
         self.clock = clock
         self.stats = TransferStats()
-        t = options.timeouts
-        # connect: the TCP connect only (waiting for a pooled connection is not a failure);
-        # sock_read: the wait for headers; the body's stall timeout replaces it once they came.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=None, sock_connect=t.connect, sock_read=t.read
-        )
-        # aiohttp buffers up to twice this per connection before pausing the socket.
-        self._read_bufsize = max(options.chunk_size, 64 * 1024)
+        # The read timeout bounds the wait for headers; the body's stall timeout replaces it
+        # once they came. Waiting for a pooled connection counts as neither.
+        self._timeout = t.read
         # Hashers hold a thread for a whole download; more of them than cores gains nothing.
         self._hash_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self._partial_dir = PartialDir(self.state_dir)
@@ -123,6 +132,8 @@ class Transferer:
         """Release the writer threads and the partial folder's descriptor (idempotent)."""
         self._io.shutdown(wait=True)
         self._partial_dir.close()
+        if self._owns_http:
+            self.http.close()
 
     async def __aenter__(self) -> Transferer:
         return self
@@ -154,10 +165,9 @@ class Transferer:
         ctx = Context(
             asset_id=ref.asset_id,
             data_id=ref.data_id,
-            session=self.session,
+            session=self.http,
             options=options,
-            client_timeout=self._timeout,
-            read_bufsize=self._read_bufsize,
+            read_timeout=self._timeout,
             clock=self.clock,
             urls=urls,
             stats=self.stats,

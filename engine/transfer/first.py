@@ -15,11 +15,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import aiohttp
-
 from engine.errors import IntegrityError, TransientTransferError
 from engine.signed_urls import SignedUrl, redact
 from engine.transfer.context import Context
+from engine.transfer.http1 import HttpError, Response
 from engine.transfer.partial import Partial, Validator
 from engine.transfer.ranges import (
     RangeMismatch,
@@ -58,7 +57,7 @@ class Fresh:
 
     validator: Validator
     job: Job | None = None
-    first: tuple[aiohttp.ClientResponse, SignedUrl] | None = None
+    first: tuple[Response, SignedUrl] | None = None
     body: list[bytes] | None = None
     digest: str | None = None
 
@@ -79,8 +78,7 @@ async def start_fresh(ctx: Context, partial: Partial, ranged: bool) -> Fresh:
                 start=0 if ranged else None,
                 stop=seg if ranged else None,
                 if_range=None,
-                client_timeout=ctx.timeout,
-                read_bufsize=ctx.read_bufsize,
+                read_timeout=ctx.timeout,
             )
             handed = False
             try:
@@ -121,7 +119,7 @@ def _plan(
     partial: Partial,
     validator: Validator,
     ranged: bool,
-    response: aiohttp.ClientResponse,
+    response: Response,
     url: SignedUrl,
 ) -> Fresh:
     options = ctx.options
@@ -140,7 +138,7 @@ def _plan(
 
 
 async def _validator(
-    ctx: Context, response: aiohttp.ClientResponse, url: SignedUrl, ranged: bool
+    ctx: Context, response: Response, url: SignedUrl, ranged: bool
 ) -> Validator | None:
     """The object's validator from the first answer; None for a 416 (ask again plainly)."""
     status = response.status
@@ -174,10 +172,8 @@ async def _validator(
     )
 
 
-async def _read_small(
-    ctx: Context, response: aiohttp.ClientResponse, url: SignedUrl, size: int
-) -> list[bytes]:
-    """The whole body of a small object (at most ``chunk_size``), as aiohttp's buffers."""
+async def _read_small(ctx: Context, response: Response, url: SignedUrl, size: int) -> list[bytes]:
+    """The whole body of a small object (at most ``chunk_size``), as the connection's buffers."""
     content = response.content
     chunks: list[bytes] = []
     remaining = size
@@ -191,15 +187,15 @@ async def _read_small(
             chunks.append(data)
             remaining -= len(data)
             ctx.received += len(data)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+    except (HttpError, OSError, TimeoutError) as exc:
         raise translate(exc, url, "body") from None
     return chunks
 
 
-async def _expect_empty(response: aiohttp.ClientResponse, url: SignedUrl) -> None:
+async def _expect_empty(response: Response, url: SignedUrl) -> None:
     try:
         extra = await response.content.read(1)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+    except (HttpError, OSError, TimeoutError) as exc:
         raise translate(exc, url, "body") from None
     finally:
         response.release()
@@ -210,13 +206,13 @@ async def _expect_empty(response: aiohttp.ClientResponse, url: SignedUrl) -> Non
 async def _drain(
     ctx: Context,
     partial: Partial,
-    response: aiohttp.ClientResponse,
+    response: Response,
     url: SignedUrl,
     validator: Validator,
 ) -> Fresh:
     """A body of unknown length (no Content-Length): read it to its end, hashing in order.
 
-    Chunked encoding still tells a complete body from a cut one (aiohttp raises); a failure
+    Chunked encoding still tells a complete body from a cut one (the client raises); a failure
     starts over from zero on the next attempt since nothing can be resumed.
     """
     partial.create()
@@ -237,7 +233,7 @@ async def _drain(
             ctx.received += len(data)
             if ctx.emit_bytes is not None:
                 ctx.emit_bytes(len(data), pos, pos)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+    except (HttpError, OSError, TimeoutError) as exc:
         raise translate(exc, url, "body") from None
     sized = Validator(
         size=pos,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-import aiohttp
 import anyio
 import anyio.to_thread
 
@@ -33,6 +32,7 @@ from engine.errors import (
 from engine.signed_urls import SignedUrl, redact
 from engine.transfer.body import stream_body
 from engine.transfer.hashing import PrefixHasher
+from engine.transfer.http1 import Response
 from engine.transfer.partial import Partial, Validator
 from engine.transfer.ranges import RangeMismatch, check_partial_response
 from engine.transfer.retry import Backoff
@@ -53,7 +53,7 @@ class RangeIgnored(ObjectChanged):
     not do ranges. The download restarts as one plain stream."""
 
 
-def content_length(response: aiohttp.ClientResponse) -> int | None:
+def content_length(response: Response) -> int | None:
     value = response.headers.get("Content-Length")
     if value is None or not value.isdigit():
         return None
@@ -170,7 +170,7 @@ class Job:
     async def run(
         self,
         workers: int,
-        first: tuple[aiohttp.ClientResponse, SignedUrl] | None,
+        first: tuple[Response, SignedUrl] | None,
         hash_limiter: anyio.CapacityLimiter,
     ) -> str:
         """Fill every segment with up to ``workers`` concurrent requests; return the SHA-256.
@@ -208,7 +208,7 @@ class Job:
             return self.sha.hexdigest()
         return digest[0]
 
-    async def _worker(self, first: tuple[aiohttp.ClientResponse, SignedUrl] | None) -> None:
+    async def _worker(self, first: tuple[Response, SignedUrl] | None) -> None:
         if first is not None:
             index = self.claim()
             assert index == 0, "the first response always covers segment 0"
@@ -216,9 +216,7 @@ class Job:
         while (index := self.claim()) is not None:
             await self._fill(index, None)
 
-    async def _fill(
-        self, index: int, first: tuple[aiohttp.ClientResponse, SignedUrl] | None
-    ) -> None:
+    async def _fill(self, index: int, first: tuple[Response, SignedUrl] | None) -> None:
         start, stop = self.segments[index]
         backoff = Backoff(self.ctx.options.retry, self.ctx.rng)
         opened = first
@@ -239,8 +237,7 @@ class Job:
                     start=pos if self.ranged else None,
                     stop=stop if self.ranged else None,
                     if_range=self.validator.if_range if pos > 0 else None,
-                    client_timeout=self.ctx.timeout,
-                    read_bufsize=self.ctx.read_bufsize,
+                    read_timeout=self.ctx.timeout,
                 )
             try:
                 await self._consume(index, response, url, pos, stop, backoff)
@@ -255,7 +252,7 @@ class Job:
     async def _consume(
         self,
         index: int,
-        response: aiohttp.ClientResponse,
+        response: Response,
         url: SignedUrl,
         pos: int,
         stop: int,

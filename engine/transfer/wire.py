@@ -1,19 +1,17 @@
 """One HTTP request to storage: build it, send it, and turn every failure into an EngineError.
 
-aiohttp exceptions never leave this module's callers: :func:`translate` maps them where they
-arise (connection errors, resets, timeouts → transient; a timeout while reading the body →
-:class:`StallError`; invalid URL or redirect loop → permanent). Error answers are classified by
-:func:`error_for` from the status and the object store's XML ``<Code>``; messages carry the
-redacted URL only.
+Storage is spoken to through :mod:`engine.transfer.http1` (see there why not aiohttp). Its
+exceptions never leave this module's callers: :func:`translate` maps them where they arise
+(connection errors, resets, cut bodies, timeouts → transient; a timeout while reading the body
+→ :class:`StallError`; an invalid URL or a redirect loop → permanent). Error answers are
+classified by :func:`error_for` from the status and the object store's XML ``<Code>``; messages
+carry the redacted URL only.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Literal
-
-import aiohttp
-from yarl import URL
 
 from engine.errors import (
     EngineError,
@@ -24,6 +22,14 @@ from engine.errors import (
 )
 from engine.settings import Timeouts
 from engine.signed_urls import SignedUrl, redact, scrub
+from engine.transfer.http1 import (
+    BodyError,
+    ConnectTimeout,
+    HttpError,
+    ProtocolError,
+    Response,
+    StorageHttp,
+)
 from engine.transfer.ranges import range_header
 from engine.transfer.retry import parse_retry_after
 
@@ -51,15 +57,14 @@ class UrlRefused(UrlExpired):
 
 
 async def open_get(
-    session: aiohttp.ClientSession,
+    http: StorageHttp,
     url: SignedUrl,
     *,
     start: int | None,
     stop: int | None,
     if_range: str | None,
-    client_timeout: aiohttp.ClientTimeout,
-    read_bufsize: int,
-) -> aiohttp.ClientResponse:
+    read_timeout: float,
+) -> Response:
     """Send ``GET`` (for ``[start, stop)`` when ``start`` is given) and return the response
     once its headers arrived. The caller reads and releases it."""
     # identity: we store the object's bytes as they are, never a server's on-the-fly encoding.
@@ -69,64 +74,44 @@ async def open_get(
         if if_range is not None:
             headers["If-Range"] = if_range
     try:
-        # encoded=True: the query string must reach storage byte for byte, or the signature
-        # no longer matches.
-        return await session.get(
-            URL(url.url, encoded=True),
-            headers=headers,
-            timeout=client_timeout,
-            auto_decompress=False,
-            read_bufsize=read_bufsize,
-        )
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        # The URL goes on the request line byte for byte, or the signature no longer matches.
+        return await http.get(url.url, headers, read_timeout=read_timeout)
+    except (TimeoutError, HttpError, OSError, ValueError) as exc:
         raise translate(exc, url, "headers") from None
 
 
-def set_stall_timeout(response: aiohttp.ClientResponse, timeouts: Timeouts) -> None:
-    """Headers arrived: from now on a read may wait ``stall`` seconds, not ``read``.
-
-    aiohttp has one per-read timer per request (``sock_read``), rearmed on every packet. Its
-    connection protocol exposes that timeout (aiohttp itself adjusts it this way for
-    websockets) and sets it afresh for the next request on the connection. The timer is rearmed
-    at once: the whole beginning of the body may already have arrived with the headers, and a
-    stall right after it must not wait for the header timeout.
-    """
-    if timeouts.stall == timeouts.read:
-        return
-    connection = response.connection
-    protocol = connection.protocol if connection is not None else None
-    if protocol is not None:
-        protocol.read_timeout = timeouts.stall
-        protocol.start_timeout()
+def set_stall_timeout(response: Response, timeouts: Timeouts) -> None:
+    """Headers arrived: from now on a read may wait ``stall`` seconds, not ``read``."""
+    response.set_read_timeout(timeouts.stall)
 
 
 def translate(exc: BaseException, url: SignedUrl, phase: Literal["headers", "body"]) -> EngineError:
     """The EngineError for a library exception raised while talking to storage."""
     where = redact(url.url)
     name = type(exc).__name__
-    if isinstance(exc, aiohttp.TooManyRedirects):
+    if isinstance(exc, ProtocolError) and "redirect" in str(exc):
         return PermanentTransferError(f"{where}: too many redirects")
-    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError | ValueError):
+    if isinstance(exc, ValueError):
         return PermanentTransferError(f"{where}: invalid URL ({name})")
-    if isinstance(exc, TimeoutError):  # includes aiohttp's ServerTimeoutError
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, TimeoutError):
+        if isinstance(exc, ConnectTimeout):
             return TransientTransferError(f"{where}: connect timed out")
         if phase == "body":
             return StallError(f"{where}: no bytes arrived within the stall timeout")
         return TransientTransferError(f"{where}: no response within the read timeout")
     detail = scrub(str(exc), url.url)[:200]
-    if isinstance(exc, aiohttp.ClientPayloadError):
+    if isinstance(exc, BodyError):
         return TransientTransferError(f"{where}: body cut short ({detail})")
-    if isinstance(exc, aiohttp.ClientError | OSError):
+    if isinstance(exc, HttpError | OSError):
         return TransientTransferError(f"{where}: {name}: {detail}")
     return TransientTransferError(f"{where}: {name}")
 
 
-async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
+async def read_error_body(response: Response) -> bytes:
     """At most a few KiB of an error answer (object stores explain themselves in XML)."""
     try:
         return await response.content.read(_ERROR_BODY_MAX)
-    except (TimeoutError, aiohttp.ClientError, OSError):
+    except (TimeoutError, HttpError, OSError):
         return b""
 
 
