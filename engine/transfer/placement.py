@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import secrets
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path, PurePosixPath
 
-from engine.errors import LocalStorageError, UsageError
+from engine.errors import LocalStorageError, TransientTransferError, UsageError
 from engine.transfer.partial import storage_error
 
 __all__ = ["check_rel_path", "place", "write_and_place"]
@@ -165,6 +166,31 @@ def _rename(
     os.unlink(src_name, dir_fd=src_dir_fd)
 
 
+def _create_exclusive(dir_fd: int, name: str) -> int:
+    """A new partial file for a small object. If the name is taken, it is either a leftover of
+    a dead process (reused) or another process's download in progress (refused: its lock)."""
+    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+        leftover = False
+    except FileExistsError:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+        leftover = True
+    try:
+        # Held until the file is renamed away and closed, like every partial file's lock.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise TransientTransferError(
+            f"another process is downloading this object ({name})"
+        ) from None
+    if leftover:
+        os.ftruncate(fd, 0)
+        with contextlib.suppress(OSError):
+            os.unlink(name + ".state", dir_fd=dir_fd)  # a dead download's sidecar
+    return fd
+
+
 def write_and_place(
     src_dir_fd: int,
     src_name: str,
@@ -184,12 +210,7 @@ def write_and_place(
         sha.update(chunk)
         total += len(chunk)
     try:
-        fd = os.open(
-            src_name,
-            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-            0o644,
-            dir_fd=src_dir_fd,
-        )
+        fd = _create_exclusive(src_dir_fd, src_name)
     except OSError as exc:
         raise storage_error(exc, f"cannot create partial file {src_name}") from None
     try:
@@ -203,9 +224,10 @@ def write_and_place(
                     rest = rest[n:]
             if fsync:
                 os.fsync(fd)
+            # Still open, still locked: nobody can take the name over before it is renamed.
+            place(src_dir_fd, src_name, dest_root, rel_path, fsync=fsync)
         finally:
             os.close(fd)
-        place(src_dir_fd, src_name, dest_root, rel_path, fsync=fsync)
     except BaseException as exc:
         # Nothing here is worth resuming: a few hundred KiB come again faster than a sidecar.
         with contextlib.suppress(OSError):
