@@ -70,8 +70,8 @@ async def fetch_page_annotations(
     grouped: dict[str, list[dict[str, Any]]] = {asset_id: [] for asset_id in asset_ids}
     if not annotation_ids:
         return grouped
-    for annotation in await client.annotations_bulk(dataset_version, annotation_ids):
-        shapes = grouped.get(annotation.asset_id)
+    for annotation in await client.annotation_dicts(dataset_version, annotation_ids):
+        shapes = grouped.get(annotation["asset_id"])
         if shapes is not None:
-            shapes.append(annotation.raw())  # exactly what the API sent
+            shapes.append(annotation)  # exactly what the API sent
     return grouped

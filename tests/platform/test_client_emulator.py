@@ -273,3 +273,19 @@ async def test_cancelled_listing_leaves_nothing_running() -> None:
         emu.faults.clear()
         # The session and the client are still fine afterwards.
         assert len(await listed_ids(client, emu.dataset_version_id)) == 2500
+
+
+async def test_annotation_dicts_are_what_the_api_sent():
+    async with Emulator(assets=30, seed=9) as emu, aiohttp.ClientSession() as session:
+        client = PlatformClient(session, emu.api_url, SecretStr(emu.token))
+        dv = emu.dataset_version_id
+        ids = list(emu.dataset.asset_ids())
+        annotation_ids = await client.annotation_ids(dv, ids)
+        raw = await client.annotation_dicts(dv, annotation_ids)
+        modelled = await client.annotations_bulk(dv, annotation_ids)
+        assert raw == [a.raw() for a in modelled]
+        by_asset: dict[str, list[dict]] = {}
+        for annotation in raw:
+            by_asset.setdefault(annotation["asset_id"], []).append(annotation)
+        for asset_id in ids:
+            assert by_asset.get(asset_id, []) == emu.dataset.expected(asset_id).annotations
