@@ -18,7 +18,15 @@ from engine.signed_urls import SignedUrl
 from engine.summary import Failure, LiveCounters
 from engine.transfer import ObjectRef, Transferer, TransferResult
 
-__all__ = ["Job", "PlannedAction", "fetch_job", "update_for"]
+__all__ = [
+    "Job",
+    "Outcome",
+    "PlannedAction",
+    "fetch_job",
+    "transfer_job",
+    "update_for",
+    "update_for_outcome",
+]
 
 
 @dataclass(slots=True)
@@ -46,8 +54,8 @@ class PlannedAction:
 
 def update_for(
     asset: models.Asset,
-    tags: Sequence[str],
-    data_tags: Sequence[str],
+    tags: Sequence[str] | None,
+    data_tags: Sequence[str] | None,
     annotations: list[dict[str, Any]] | None,
     *,
     file: FileInfo | None,
@@ -71,8 +79,8 @@ def update_for(
         width=data.width,
         height=data.height,
         metadata=metadata,
-        tags=tuple(tags),
-        data_tags=tuple(data_tags),
+        tags=None if tags is None else tuple(tags),
+        data_tags=None if data_tags is None else tuple(data_tags),
         annotations=annotations,
         file=file,
         state=state,
@@ -80,18 +88,25 @@ def update_for(
     )
 
 
-async def fetch_job(
+@dataclass(slots=True)
+class Outcome:
+    """How one job ended: a file in place (``result``) or a failure (``error``)."""
+
+    job: Job
+    result: TransferResult | None
+    error: str | None
+
+
+async def transfer_job(
     job: Job,
     *,
     transferer: Transferer,
     client: PlatformClient,
     dest: Path,
     counters: LiveCounters,
-) -> tuple[AssetUpdate, TransferResult | None]:
-    """Download one job; the update records the file, or the failure (the run goes on).
-
-    Errors that concern the whole run (the token was revoked, the disk is full) propagate.
-    """
+) -> Outcome:
+    """Download one job. A failure of this asset is an outcome (the run goes on); errors that
+    concern the whole run (the token was revoked, the disk is full) propagate."""
     asset = job.asset
     data_id = asset.data.id
 
@@ -109,27 +124,47 @@ async def fetch_job(
         if isinstance(exc, NotFoundError):
             message = f"gone from the platform during the run: {message}"
         counters.add_failure(Failure(asset.id, asset.data.filename, message))
-        update = update_for(
-            asset,
-            job.tags,
-            job.data_tags,
-            job.annotations,
-            file=None,
-            state="failed",
-            error=message,
-        )
-        return update, None
+        return Outcome(job, None, message)
     counters.downloaded += 1
     counters.bytes_resumed += result.bytes_resumed
+    return Outcome(job, result, None)
+
+
+def update_for_outcome(outcome: Outcome, *, metadata: bool = True) -> AssetUpdate:
+    """The manifest update for a finished job, with the metadata the job carries now
+    (``metadata=False``: it never came; the stored tags and annotations are left as they are)."""
+    job, result = outcome.job, outcome.result
+    tags = job.tags if metadata else None
+    data_tags = job.data_tags if metadata else None
+    annotations = job.annotations if metadata else None
+    if result is None:
+        return update_for(
+            job.asset,
+            tags,
+            data_tags,
+            annotations,
+            file=None,
+            state="failed",
+            error=outcome.error,
+        )
     file = FileInfo(
         path=result.rel_path.as_posix(), size=result.size, sha256=result.sha256, etag=result.etag
     )
-    update = update_for(
-        asset,
-        job.tags,
-        job.data_tags,
-        job.annotations,
-        file=file,
-        content_type=result.content_type,
+    return update_for(
+        job.asset, tags, data_tags, annotations, file=file, content_type=result.content_type
     )
-    return update, result
+
+
+async def fetch_job(
+    job: Job,
+    *,
+    transferer: Transferer,
+    client: PlatformClient,
+    dest: Path,
+    counters: LiveCounters,
+) -> tuple[AssetUpdate, TransferResult | None]:
+    """:func:`transfer_job` and its update, for a job whose metadata is already known."""
+    outcome = await transfer_job(
+        job, transferer=transferer, client=client, dest=dest, counters=counters
+    )
+    return update_for_outcome(outcome), outcome.result

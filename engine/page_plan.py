@@ -22,12 +22,12 @@ from engine.jobs import Job, PlannedAction, update_for
 from engine.manifest import AssetRow, AssetUpdate
 from engine.manifest.digests import annotations_digest, path_key, tags_digest
 from engine.manifest_access import ManifestAccess
-from engine.plan import Action, LocalFile, StoredAsset, decide
+from engine.plan import LocalFile, StoredAsset, content_decision, metadata_changed
 from engine.platform import models
 from engine.signed_urls import SignedUrl
 from engine.summary import LiveCounters
 
-__all__ = ["InFlightPaths", "PagePlan", "PagePlanner"]
+__all__ = ["ContentPlan", "InFlightPaths", "PagePlan", "PagePlanner"]
 
 StagedTags = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
 
@@ -63,6 +63,21 @@ class PagePlan:
     # Assets that need nothing: their manifest row, in listing order (the prefetcher yields them).
     ready: list[tuple[models.Asset, AssetRow]] = field(default_factory=list)
     order: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ContentPlan:
+    """A page judged on content alone: downloads can start before tags and annotations are in.
+
+    ``jobs`` carry no metadata yet (:meth:`PagePlanner.settle` fills it in); ``kept`` are the
+    assets whose file is current, to be skipped or updated once metadata is known.
+    """
+
+    order: list[str]
+    rows: dict[str, AssetRow]
+    jobs: list[Job] = field(default_factory=list)
+    kept: list[tuple[models.Asset, AssetRow]] = field(default_factory=list)
+    not_ready: list[str] = field(default_factory=list)
 
 
 def _stored(row: AssetRow | None) -> StoredAsset | None:
@@ -105,84 +120,120 @@ class PagePlanner:
     async def plan(
         self, assets: Sequence[models.Asset], annotations: Mapping[str, list[dict[str, Any]]]
     ) -> PagePlan:
+        """Content and metadata of one page at once (tags must be staged already)."""
+        content = await self.plan_content(assets)
+        staged = await self.db.call(self.staged_tags, content.order)
+        return self.settle(content, staged, annotations)
+
+    async def plan_content(self, assets: Sequence[models.Asset]) -> ContentPlan:
+        """Which files of a page must be downloaded, and where; no metadata needed."""
         ids = [asset.id for asset in assets]
-        rows, staged, local = await self.db.call(self._read_page_state, ids)
+        rows, local = await self.db.call(self._read_page_state, ids)
+        plan = ContentPlan(order=ids, rows=rows)
         wanted: dict[str, PurePosixPath] = {}
-        decided = []
-        plan = PagePlan(order=ids)
-        counters = self.counters
+        reasons: list[tuple[models.Asset, str]] = []
         for asset in assets:
             if asset.data.upload_status not in (None, "DONE"):
                 # Listed but not uploaded yet (PENDING, COMPUTING, ERROR): nothing to fetch.
                 # Kept as seen so an earlier file is not deleted while a re-upload is pending.
-                plan.seen.append(asset.id)
-                counters.not_ready += 1
+                plan.not_ready.append(asset.id)
                 continue
-            tags, data_tags = staged.get(asset.id, ((), ()))
-            anns = annotations.get(asset.id, [])
             row = rows.get(asset.id)
-            t_digest = tags_digest(tags, data_tags)
-            a_digest = annotations_digest(anns)
-            if row is not None:
-                counters.tag_changes += row.tags_digest != t_digest
-                counters.annotation_changes += row.annotations_digest != a_digest
-            decision = decide(
+            reason = content_decision(
                 data_id=asset.data.id,
                 object_name=asset.data.object_name,
                 stored=_stored(row),
                 local=local.get(asset.id),
-                tags_digest=t_digest,
-                annotations_digest=a_digest,
             )
-            decided.append((asset, row, tags, data_tags, anns, decision))
-            if decision.action is Action.DOWNLOAD:
-                wanted[asset.id] = layout.candidate(
-                    asset.id,
-                    asset.data.filename,
-                    layout=self.layout_name,
-                    content_type=asset.data.content_type,
-                )
+            if reason is None:
+                assert row is not None  # only a known asset can be current
+                plan.kept.append((asset, row))
+                continue
+            reasons.append((asset, reason))
+            wanted[asset.id] = layout.candidate(
+                asset.id,
+                asset.data.filename,
+                layout=self.layout_name,
+                content_type=asset.data.content_type,
+            )
+        self.counters.not_ready += len(plan.not_ready)
         paths = await self._assign_paths(wanted, rows)
         obtained = self.clock()
-        for asset, row, tags, data_tags, anns, decision in decided:
-            if decision.action is Action.DOWNLOAD:
-                rel = paths[asset.id]
-                self.in_flight.claim(asset.id, rel)
-                counters.to_download += 1
-                url = asset.data.presigned_url
-                signed = (
-                    None
-                    if url is None
-                    else SignedUrl.parse(
-                        url, obtained_at=obtained, unknown_lifetime=self.unknown_url_lifetime
-                    )
+        for asset, reason in reasons:
+            rel = paths[asset.id]
+            self.in_flight.claim(asset.id, rel)
+            url = asset.data.presigned_url
+            signed = (
+                None
+                if url is None
+                else SignedUrl.parse(
+                    url, obtained_at=obtained, unknown_lifetime=self.unknown_url_lifetime
                 )
-                plan.jobs.append(
-                    Job(asset, rel, signed, tags, data_tags, anns, reason=decision.reason)
-                )
-                self._emit("download", asset.id, str(rel), decision.reason)
-                continue
-            assert row is not None  # only a known asset can be skipped or updated
+            )
+            plan.jobs.append(Job(asset, rel, signed, (), (), None, reason=reason))
+            self._emit("download", asset.id, str(rel), reason)
+        self.counters.to_download += len(plan.jobs)
+        return plan
+
+    def staged_tags(self, ids: Sequence[str]) -> StagedTags:
+        """Runs on the manifest thread: the tags staged for these assets this run."""
+        manifest = self.db.manifest
+        return {} if manifest is None else manifest.staged_tags(self.run_id, ids)
+
+    def settle(
+        self,
+        content: ContentPlan,
+        staged: StagedTags,
+        annotations: Mapping[str, list[dict[str, Any]]],
+    ) -> PagePlan:
+        """The page once its tags and annotations are known: jobs get their metadata, kept
+        assets are skipped or updated, and changes are counted."""
+        plan = PagePlan(order=content.order, seen=list(content.not_ready))
+        counters = self.counters
+        rows = content.rows
+        for job in content.jobs:
+            job.tags, job.data_tags = staged.get(job.asset.id, ((), ()))
+            job.annotations = annotations.get(job.asset.id, [])
+            row = rows.get(job.asset.id)
+            if row is not None:
+                self._count_changes(row, job.tags, job.data_tags, job.annotations)
+        plan.jobs = content.jobs
+        for asset, row in content.kept:
+            tags, data_tags = staged.get(asset.id, ((), ()))
+            anns = annotations.get(asset.id, [])
+            t_digest, a_digest = self._count_changes(row, tags, data_tags, anns)
             plan.ready.append((asset, row))
-            if decision.action is Action.UPDATE_METADATA:
+            if metadata_changed(_stored(row), t_digest, a_digest):
                 counters.updated += 1
                 plan.updates.append(update_for(asset, tags, data_tags, anns, file=None))
-                self._emit("update", asset.id, row.path, decision.reason)
+                self._emit("update", asset.id, row.path, "metadata changed")
             else:
                 counters.skipped += 1
                 plan.seen.append(asset.id)
         return plan
 
+    def _count_changes(
+        self,
+        row: AssetRow,
+        tags: Sequence[str],
+        data_tags: Sequence[str],
+        annotations: Sequence[Mapping[str, Any]],
+    ) -> tuple[str, str]:
+        t_digest = tags_digest(tags, data_tags)
+        a_digest = annotations_digest(annotations)
+        self.counters.tag_changes += row.tags_digest != t_digest
+        self.counters.annotation_changes += row.annotations_digest != a_digest
+        return t_digest, a_digest
+
     def _read_page_state(
         self, ids: Sequence[str]
-    ) -> tuple[dict[str, AssetRow], StagedTags, dict[str, LocalFile]]:
-        # One trip to the manifest thread per page: rows, staged tags and an lstat of each
-        # recorded file (lstat: a symlink planted at a recorded path is not our file).
+    ) -> tuple[dict[str, AssetRow], dict[str, LocalFile]]:
+        # One trip to the manifest thread per page: the rows and an lstat of each recorded
+        # file (lstat: a symlink planted at a recorded path is not our file).
         manifest = self.db.manifest
         if manifest is None:
-            return {}, {}, {}
+            return {}, {}
         rows = manifest.rows(ids)
-        staged = manifest.staged_tags(self.run_id, ids)
         local: dict[str, LocalFile] = {}
         for asset_id, row in rows.items():
             if row.path is None:
@@ -192,7 +243,7 @@ class PagePlanner:
             except OSError:
                 continue
             local[asset_id] = LocalFile(st.st_size, stat_module.S_ISREG(st.st_mode))
-        return rows, staged, local
+        return rows, local
 
     async def _assign_paths(
         self, wanted: Mapping[str, PurePosixPath], rows: Mapping[str, AssetRow]

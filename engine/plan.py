@@ -18,8 +18,10 @@ __all__ = [
     "DeletionVerdict",
     "LocalFile",
     "StoredAsset",
+    "content_decision",
     "decide",
     "deletion_verdict",
+    "metadata_changed",
 ]
 
 
@@ -57,6 +59,42 @@ class Decision:
     metadata_changed: bool
 
 
+def content_decision(
+    *, data_id: str, object_name: str, stored: StoredAsset | None, local: LocalFile | None
+) -> str | None:
+    """Why this asset's file must be downloaded, or ``None`` when the file on disk is current.
+
+    Content is judged only by identity, as the platform contract allows: ``data`` is immutable,
+    so an unchanged ``data.id`` and ``object_name`` mean unchanged bytes, and a file that is
+    present at the recorded size needs no storage request at all.
+    """
+    if stored is None:
+        return "new"
+    if stored.data_id != data_id or stored.object_name != object_name:
+        return "content changed"
+    if stored.state != "ok":
+        return f"previously {stored.state}"
+    if stored.path is None or local is None:
+        return "file missing"
+    if not local.is_regular:
+        return "not a regular file"
+    if stored.size is None or local.size != stored.size:
+        return "size differs"
+    return None
+
+
+def metadata_changed(
+    stored: StoredAsset | None, tags_digest: str, annotations_digest: str | None
+) -> bool:
+    """Whether the tags or annotations differ from what the manifest holds (``None``
+    ``annotations_digest``: annotations were not fetched, so they are not compared)."""
+    if stored is None:
+        return True
+    return stored.tags_digest != tags_digest or (
+        annotations_digest is not None and stored.annotations_digest != annotations_digest
+    )
+
+
 def decide(
     *,
     data_id: str,
@@ -66,31 +104,16 @@ def decide(
     tags_digest: str,
     annotations_digest: str | None,
 ) -> Decision:
-    """Decide one asset.
-
-    ``annotations_digest`` is ``None`` when annotations were not fetched this run (then they are
-    not compared). Content is judged only by identity, as the platform contract allows: ``data``
-    is immutable, so an unchanged ``data.id`` and ``object_name`` mean unchanged bytes, and a file
-    that is present at the recorded size needs no storage request at all.
-    """
-    if stored is None:
-        return Decision(Action.DOWNLOAD, "new", metadata_changed=True)
-    metadata_changed = stored.tags_digest != tags_digest or (
-        annotations_digest is not None and stored.annotations_digest != annotations_digest
+    """Decide one asset: :func:`content_decision`, then :func:`metadata_changed`."""
+    changed = metadata_changed(stored, tags_digest, annotations_digest)
+    reason = content_decision(
+        data_id=data_id, object_name=object_name, stored=stored, local=local
     )
-    if stored.data_id != data_id or stored.object_name != object_name:
-        return Decision(Action.DOWNLOAD, "content changed", metadata_changed)
-    if stored.state != "ok":
-        return Decision(Action.DOWNLOAD, f"previously {stored.state}", metadata_changed)
-    if stored.path is None or local is None:
-        return Decision(Action.DOWNLOAD, "file missing", metadata_changed)
-    if not local.is_regular:
-        return Decision(Action.DOWNLOAD, "not a regular file", metadata_changed)
-    if stored.size is None or local.size != stored.size:
-        return Decision(Action.DOWNLOAD, "size differs", metadata_changed)
-    if metadata_changed:
-        return Decision(Action.UPDATE_METADATA, "metadata changed", metadata_changed)
-    return Decision(Action.SKIP, "up to date", metadata_changed)
+    if reason is not None:
+        return Decision(Action.DOWNLOAD, reason, changed)
+    if changed:
+        return Decision(Action.UPDATE_METADATA, "metadata changed", changed)
+    return Decision(Action.SKIP, "up to date", changed)
 
 
 @dataclass(frozen=True, slots=True)

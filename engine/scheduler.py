@@ -2,45 +2,56 @@
 
 ::
 
-    lister ──pages──▶ annotator ──pages+annotations──▶ planner ──jobs (per page)──▶ freshness
-      │                                                   │                           │
-      │                        tags staged in SQLite ─────┘                       jobs│
-      │                                                   │ metadata-only, seen       ▼
-      └─ count ─▶ progress                                └──────────────▶ writer ◀── fetchers (N)
+    lister ─pages─▶ content planner ─jobs─▶ URL freshness ─jobs─▶ fetchers (N) ─outcomes─┐
+                         │                                                              ▼
+                         └─pages─▶ metadata (annotations, staged tags) ─metadata─▶ joiner
+    tag stager ─▶ SQLite staging ─┘                                                     │
+                                                                                manifest ◀┘
 
-Every stream holds at most a page (or ``concurrency`` jobs), so memory stays flat however large
-the version is, and a slow stage throttles the ones before it instead of letting work pile up.
-The manifest is touched from one worker thread (SQLite is synchronous); the writer commits
+Downloads depend on content alone (data id, object name, the file on disk), so a page's
+downloads start as soon as it is listed; its tags and annotations are fetched alongside, and the
+joiner commits each file together with its metadata once both are in. At most
+:data:`PAGES_IN_FLIGHT` pages are between listing and commit, so memory stays flat however large
+the version is, and a slow stage throttles the ones before it.
+
+The manifest is touched from one worker thread (SQLite is synchronous); the joiner commits
 whatever has accumulated in one transaction, so commits are few when files are many.
 
 Errors: an asset that fails after the transfer core's retries is recorded as failed and the run
 goes on; a listing that fails stops listing (so nothing is deleted) but lets queued work finish;
-an authentication failure or a full disk stops the run.
+an authentication failure or a full disk stops the run. Cancelled, the joiner still records the
+files already in place (with their metadata when it arrived, without it otherwise: the next run
+completes it).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.errors import AuthError, EngineError
 from engine.freshness import UrlFreshener
-from engine.jobs import Job, PlannedAction, fetch_job
+from engine.jobs import Job, Outcome, PlannedAction, transfer_job, update_for_outcome
 from engine.manifest_access import MAX_BATCH, BatchWriter, ManifestAccess, WriteItem
 from engine.metadata import TagStager, fetch_page_annotations
-from engine.page_plan import PagePlanner
+from engine.page_plan import ContentPlan, PagePlan, PagePlanner, StagedTags
 from engine.platform import PlatformClient, models
 from engine.settings import Settings
 from engine.summary import LiveCounters
 from engine.transfer import Transferer
 
-__all__ = ["Pipeline", "PipelineResult"]
+__all__ = ["PAGES_IN_FLIGHT", "Pipeline", "PipelineResult"]
+
+# Pages between listing and commit. Enough to keep downloads going while a page's metadata is
+# fetched; few enough that the results waiting for it stay small.
+PAGES_IN_FLIGHT = 4
 
 
 @dataclass(slots=True)
@@ -51,7 +62,21 @@ class PipelineResult:
     url_batch_refreshes: int = 0
 
 
-Annotated = tuple[models.AssetPage, dict[str, list[dict[str, Any]]]]
+@dataclass(slots=True)
+class _Page:
+    """A page between listing and commit."""
+
+    content: ContentPlan
+    outstanding: int  # downloads not finished yet
+    settled: PagePlan | None = None  # set once its metadata is in
+    finished: list[Outcome] = field(default_factory=list)  # waiting for the metadata
+
+
+@dataclass(slots=True)
+class _Metadata:
+    page: _Page
+    staged: StagedTags
+    annotations: dict[str, list[dict[str, Any]]]
 
 
 class Pipeline:
@@ -101,33 +126,37 @@ class Pipeline:
         self._tags_ready = anyio.Event()
         self._first_data_id: str | None = None
         self._first_page_seen = anyio.Event()
+        self._page_slots = anyio.Semaphore(PAGES_IN_FLIGHT)
+        self._page_of: dict[str, _Page] = {}  # asset id of a running job -> its page
 
     # -- the whole pipeline ------------------------------------------------------------------
 
     async def run(self, query: str | None) -> PipelineResult:
         concurrency = self.settings.limits.concurrency
         pages_tx, pages_rx = anyio.create_memory_object_stream[models.AssetPage](1)
-        annotated_tx, annotated_rx = anyio.create_memory_object_stream[Annotated](1)
-        chunks_tx, chunks_rx = anyio.create_memory_object_stream[list[Job]](1)
+        meta_tx, meta_rx = anyio.create_memory_object_stream[_Page](PAGES_IN_FLIGHT)
+        chunks_tx, chunks_rx = anyio.create_memory_object_stream[list[Job]](PAGES_IN_FLIGHT)
         jobs_tx, jobs_rx = anyio.create_memory_object_stream[Job](concurrency)
-        writes_tx, writes_rx = anyio.create_memory_object_stream[WriteItem](
-            2 * concurrency + MAX_BATCH
+        # Never full: everything sent here is bounded by the pages in flight.
+        events_tx, events_rx = anyio.create_memory_object_stream[Outcome | _Metadata](
+            PAGES_IN_FLIGHT * (self.settings.page_size + 1)
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._stage_tags)
             tg.start_soon(self._lister, query, pages_tx)
-            tg.start_soon(self._annotator, pages_rx, annotated_tx)
-            tg.start_soon(self._planner, annotated_rx, chunks_tx, writes_tx.clone())
+            tg.start_soon(self._content, pages_rx, meta_tx, chunks_tx)
+            tg.start_soon(self._metadata, meta_rx, events_tx.clone())
             tg.start_soon(self._freshness, chunks_rx, jobs_tx)
-            async with jobs_rx, writes_tx:
+            async with jobs_rx, events_tx:
                 for _ in range(concurrency if self.transferer is not None else 1):
-                    tg.start_soon(self._fetcher, jobs_rx.clone(), writes_tx.clone())
-            tg.start_soon(self.writer.run, writes_rx)
+                    tg.start_soon(self._fetcher, jobs_rx.clone(), events_tx.clone())
+            tg.start_soon(self._joiner, events_rx)
         self.result.url_batches = self.freshener.batches
         self.result.url_batch_refreshes = self.freshener.refreshed
         return self.result
 
     # -- stages ------------------------------------------------------------------------------
+
     async def _stage_tags(self) -> None:
         manifest = self.db.manifest
         if manifest is None:
@@ -174,35 +203,34 @@ class Pipeline:
             finally:
                 self._first_page_seen.set()
 
-    async def _annotator(
+    async def _content(
         self,
         pages: ObjectReceiveStream[models.AssetPage],
-        out: ObjectSendStream[Annotated],
+        to_metadata: ObjectSendStream[_Page],
+        to_freshness: ObjectSendStream[list[Job]],
     ) -> None:
-        # Fetching the next page's annotations while the planner decides the current one keeps
-        # the metadata requests off the critical path.
-        async with pages, out:
-            async for page in pages:
-                ids = [asset.id for asset in page.items]
-                annotations = await fetch_page_annotations(self.client, self.dv, ids)
-                await out.send((page, annotations))
+        async with pages, to_metadata, to_freshness:
+            async for listed in pages:
+                await self._page_slots.acquire()  # released by the joiner once committed
+                content = await self.planner.plan_content(listed.items)
+                page = _Page(content, outstanding=len(content.jobs))
+                for job in content.jobs:
+                    self._page_of[job.asset.id] = page
+                await to_metadata.send(page)
+                if content.jobs:
+                    await to_freshness.send(content.jobs)
 
-    async def _planner(
-        self,
-        pages: ObjectReceiveStream[Annotated],
-        out: ObjectSendStream[list[Job]],
-        writes: ObjectSendStream[WriteItem],
+    async def _metadata(
+        self, pages: ObjectReceiveStream[_Page], events: ObjectSendStream[Outcome | _Metadata]
     ) -> None:
-        async with pages, out, writes:
-            await self._tags_ready.wait()
-            async for page, annotations in pages:
-                plan = await self.planner.plan(page.items, annotations)
-                if plan.jobs:
-                    await out.send(plan.jobs)
-                for update in plan.updates:
-                    await writes.send(update)
-                if plan.seen:
-                    await writes.send(plan.seen)
+        async with pages, events:
+            async for page in pages:
+                ids = page.content.order
+                # One page's annotations (a few requests) while its files download.
+                annotations = await fetch_page_annotations(self.client, self.dv, ids)
+                await self._tags_ready.wait()
+                staged = await self.db.call(self.planner.staged_tags, ids)
+                await events.send(_Metadata(page, staged, annotations))
 
     async def _freshness(
         self, chunks: ObjectReceiveStream[list[Job]], out: ObjectSendStream[Job]
@@ -215,19 +243,84 @@ class Pipeline:
                     await out.send(job)
 
     async def _fetcher(
-        self, jobs: ObjectReceiveStream[Job], writes: ObjectSendStream[WriteItem]
+        self, jobs: ObjectReceiveStream[Job], events: ObjectSendStream[Outcome | _Metadata]
     ) -> None:
-        async with jobs, writes:
+        async with jobs, events:
             async for job in jobs:
                 if self.transferer is None:  # dry run: the plan was emitted, nothing moves
-                    self.planner.in_flight.release([job.asset.id])
-                    await writes.send([job.asset.id])
+                    await events.send(Outcome(job, None, None))
                     continue
-                update, _ = await fetch_job(
+                outcome = await transfer_job(
                     job,
                     transferer=self.transferer,
                     client=self.client,
                     dest=self.dest,
                     counters=self.counters,
                 )
-                await writes.send(update)
+                await events.send(outcome)
+
+    async def _joiner(self, events: MemoryObjectReceiveStream[Outcome | _Metadata]) -> None:
+        """Pairs each finished file with its page's metadata and commits them together."""
+        async with events:
+            try:
+                async for first in events:
+                    batch = [first]
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            batch.append(events.receive_nowait())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    await self._commit_events(batch)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._flush_on_exit(events)
+
+    async def _commit_events(self, batch: list[Outcome | _Metadata]) -> None:
+        items: list[WriteItem] = []
+        completed: list[_Page] = []
+        for event in batch:
+            if isinstance(event, _Metadata):
+                page = event.page
+                page.settled = self.planner.settle(page.content, event.staged, event.annotations)
+                items += page.settled.updates
+                if page.settled.seen:
+                    items.append(page.settled.seen)
+                items += [self._item(outcome) for outcome in page.finished]
+                page.finished.clear()
+            else:
+                page = self._page_of.pop(event.job.asset.id)
+                page.outstanding -= 1
+                if page.settled is None:
+                    page.finished.append(event)
+                else:
+                    items.append(self._item(event))
+            if page.settled is not None and page.outstanding == 0:
+                completed.append(page)
+        await self.writer.commit(items)
+        for _ in completed:
+            self._page_slots.release()
+
+    def _item(self, outcome: Outcome) -> WriteItem:
+        if self.transferer is None:
+            self.planner.in_flight.release([outcome.job.asset.id])
+            return [outcome.job.asset.id]
+        return update_for_outcome(outcome)
+
+    async def _flush_on_exit(self, events: MemoryObjectReceiveStream[Outcome | _Metadata]) -> None:
+        """Cancelled or failed: record every file already in place. Files whose page metadata
+        never came are recorded without it (tags and annotations left unknown): the next run
+        sees that and fills it in, instead of downloading them again."""
+        leftover: list[Outcome | _Metadata] = []
+        while True:
+            try:
+                leftover.append(events.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        if leftover:
+            await self._commit_events(leftover)
+        if self.transferer is None:
+            return
+        pending = {id(p): p for p in self._page_of.values()}
+        waiting = [o for p in pending.values() for o in p.finished if o.result is not None]
+        if waiting:
+            await self.writer.commit([update_for_outcome(o, metadata=False) for o in waiting])

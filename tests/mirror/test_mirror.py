@@ -294,3 +294,34 @@ async def test_another_version_in_the_same_dest_is_refused(tmp_path: Path):
     async with Emulator(assets=3, seed=44) as other:
         with pytest.raises(UsageError, match="mirrors dataset version"):
             await mirror(settings_for(other, dest))
+
+
+async def test_downloads_start_before_the_metadata_is_in(tmp_path: Path):
+    """Files depend on content alone: a slow tag listing must not hold up the first downloads,
+    and each file is still committed with its tags once they arrive."""
+    dest = tmp_path / "dest"
+    async with Emulator(assets=40, seed=47, large_share=0.0) as emu:
+        # The version's tag list, which every tag listing waits for, is refused once with a
+        # long Retry-After: no tag can be known for the next three seconds.
+        emu.faults.add(
+            FaultRule(target="version_tags", kind="status", status=503, retry_after=3.0, count=1)
+        )
+        counters = LiveCounters()
+        seen_before_tags: list[int] = []
+
+        async def watch() -> None:
+            while counters.downloaded < 10:
+                await anyio.sleep(0.005)
+            requests = emu.counters.requests
+            seen_before_tags.append(requests.get("version_tags", 0) + requests.get("asset_ids", 0))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            summary = await mirror(settings_for(emu, dest), counters=counters)
+        assert summary.outcome == "ok"
+        # Ten files were in place while the tag list still waited for its retry (one refused
+        # request, no tag listing yet).
+        assert seen_before_tags == [1]
+        exported = _export(dest)
+        for asset_id in emu.dataset.asset_ids():
+            assert sorted(exported[asset_id]["tags"]) == sorted(emu.dataset.expected(asset_id).tags)
