@@ -1,17 +1,51 @@
 """assetsync: mirror Picsellia-style dataset versions to local disk, fast and verified.
 
-import anyio
-from engine import load_settings, mirror
+    import anyio
+    from engine import load_settings, mirror
 
-summary = anyio.run(mirror, load_settings({"dataset_version": "...", "dest": "data"}))
+    summary = anyio.run(mirror, load_settings({"dataset_version": "...", "dest": "data"}))
+
+Names are imported on first use, so ``import engine.cli`` (every command) does not pay for the
+HTTP stack until a command needs it.
 """
 
 from __future__ import annotations
 
-from engine.errors import EngineError
-from engine.mirror import mirror
-from engine.settings import Settings, load_settings
-from engine.summary import Failure, MirrorSummary
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["EngineError", "Failure", "MirrorSummary", "Settings", "load_settings", "mirror"]
-__version__ = "0.1.0"
+from engine._version import __version__
+
+if TYPE_CHECKING:
+    from engine.errors import EngineError
+    from engine.mirroring import mirror
+    from engine.settings import Settings, load_settings
+    from engine.summary import Failure, MirrorSummary
+
+__all__ = [
+    "EngineError",
+    "Failure",
+    "MirrorSummary",
+    "Settings",
+    "__version__",
+    "load_settings",
+    "mirror",
+]
+
+_LAZY = {
+    "EngineError": "engine.errors",
+    "Failure": "engine.summary",
+    "MirrorSummary": "engine.summary",
+    "Settings": "engine.settings",
+    "load_settings": "engine.settings",
+    "mirror": "engine.mirroring",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

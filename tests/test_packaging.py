@@ -63,3 +63,27 @@ def test_console_script_and_module_entry_agree():
     by_script = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert by_script.returncode == 0
     assert "assetsync" in by_script.stdout
+
+
+def test_library_names_resolve_the_same_whatever_was_imported_first():
+    code = (
+        "import engine.mirroring, engine.cli.mirror_cmd\n"
+        "from engine import mirror, load_settings, MirrorSummary, EngineError, __version__\n"
+        "assert callable(mirror) and mirror.__module__ == 'engine.mirroring'\n"
+        "assert callable(load_settings) and isinstance(__version__, str)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_version_and_help_do_not_import_the_http_stack():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from engine.cli import cli\n"
+        "result = CliRunner().invoke(cli, ['--version'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "assert 'aiohttp' not in sys.modules and 'engine.emulator' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

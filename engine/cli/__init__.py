@@ -1,20 +1,48 @@
 """The ``assetsync`` command line: a click group whose subcommands live in their own modules.
 
 This package is the only place that picks the event loop (uvloop when available) and maps
-:class:`~engine.errors.EngineError` to the documented exit codes.
+:class:`~engine.errors.EngineError` to the documented exit codes. Subcommands are imported when
+they run, so ``assetsync mirror`` does not pay for the emulator's server or the demo.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from engine import __version__
+from engine._version import __version__
 from engine.cli.common import EXIT_CODES_HELP
 
 __all__ = ["cli", "main"]
 
+# name -> "module:attribute"
+_COMMANDS = {
+    "mirror": "engine.cli.mirror_cmd:mirror_command",
+    "status": "engine.cli.manifest_cmd:status_command",
+    "verify": "engine.cli.manifest_cmd:verify_command",
+    "manifest": "engine.cli.manifest_cmd:manifest_group",
+    "demo": "engine.cli.demo_cmd:demo_command",
+    "emulator": "engine.emulator.cli:emulator_command",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
 
 @click.group(
+    cls=_LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=EXIT_CODES_HELP,
 )
@@ -23,22 +51,6 @@ def cli() -> None:
     """Mirror dataset versions from a Picsellia-style platform to local disk."""
 
 
-def _register() -> None:
-    # Imported here so that `assetsync --version` does not pay for aiohttp and the engine.
-    from engine.cli.demo_cmd import demo_command
-    from engine.cli.manifest_cmd import manifest_group, status_command, verify_command
-    from engine.cli.mirror_cmd import mirror_command
-    from engine.emulator.cli import emulator_command
-
-    cli.add_command(mirror_command, "mirror")
-    cli.add_command(status_command, "status")
-    cli.add_command(verify_command, "verify")
-    cli.add_command(manifest_group, "manifest")
-    cli.add_command(demo_command, "demo")
-    cli.add_command(emulator_command, "emulator")
-
-
 def main() -> None:
     """Console-script entry point."""
-    _register()
     cli(prog_name="assetsync")

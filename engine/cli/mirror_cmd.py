@@ -15,7 +15,7 @@ from engine.cli.output import print_plan_line, print_summary
 from engine.cli.progress import make_progress
 from engine.errors import EngineError, Interrupted
 from engine.jobs import PlannedAction
-from engine.mirror import mirror
+from engine.mirroring import mirror
 from engine.settings import Settings, load_settings
 from engine.summary import LiveCounters, MirrorSummary
 

@@ -10,20 +10,15 @@ import sys
 import time
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
 from engine.summary import LiveCounters
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 __all__ = ["LineProgress", "RichProgress", "format_bytes", "make_progress"]
 
@@ -58,9 +53,18 @@ class RichProgress(AbstractContextManager["RichProgress"]):
     """Files (with ETA), bytes and rate on a terminal."""
 
     def __init__(self, counters: LiveCounters, console: Console) -> None:
+        # rich is imported here, not at start-up: a cron run without a terminal never needs it.
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         self._counters = counters
         self._rate = _Rate()
-        self._progress = Progress(
+        self._progress: Progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -154,5 +158,7 @@ def make_progress(
         return None
     out = stream or sys.stderr
     if out.isatty():
+        from rich.console import Console
+
         return RichProgress(counters, Console(file=out))
     return LineProgress(counters, out)

@@ -1,4 +1,4 @@
-"""End-to-end tests of ``engine.mirror`` against the in-process emulator."""
+"""End-to-end tests of ``engine.mirror()`` against the in-process emulator."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from engine.emulator import Emulator, FaultRule
 from engine.errors import AuthError, LockHeldError, UsageError
 from engine.lock import DestLock
 from engine.manifest import Manifest
-from engine.mirror import mirror
+from engine.mirroring import mirror
 from engine.summary import LiveCounters
 from engine.verify import verify
 from tests.mirror.helpers import assert_mirror_matches, files_under, settings_for
