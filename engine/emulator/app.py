@@ -2,7 +2,8 @@
 
 Every API handler is wrapped by :func:`api_endpoint`, which (in this order) counts the request
 under its endpoint kind, applies an injected ``status`` fault, checks the bearer token, runs the
-handler, and sends the answer through the body faults (drop / stall / throttle) when one applies.
+handler, and sends the answer through the body faults (drop / stall / throttle / chunked) when one
+applies.
 Injected statuses come before authentication because a real overload answer comes from the
 gateway, before the application looks at the token.
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from engine.emulator.activity import StorageActivity
 from engine.emulator.bodies import ConnectionDropped, send_body
 from engine.emulator.counters import Counters
 from engine.emulator.dataset import Dataset
@@ -58,6 +60,7 @@ class Context:
     clock: Callable[[], float]
     external: ExternalStorage | None = None
     clock_offset: float = 0.0
+    activity: StorageActivity = field(default_factory=StorageActivity)
 
     def now(self) -> float:
         return self.clock() + self.clock_offset
@@ -147,8 +150,14 @@ async def _with_body_faults(
     plan = ctx.faults.body_plan(kind, None, len(body))
     if plan.plain:
         return response
-    streamed = web.StreamResponse(status=response.status, headers=response.headers)
-    streamed.content_length = len(body)
+    headers = response.headers.copy()
+    if plan.chunked:
+        headers.popall("Content-Length", None)
+    streamed = web.StreamResponse(status=response.status, headers=headers)
+    if plan.chunked:
+        streamed.enable_chunked_encoding()
+    else:
+        streamed.content_length = len(body)
     await streamed.prepare(request)
     try:
         await send_body(request, streamed, [body], plan, lambda _n: None)

@@ -3,7 +3,15 @@
 Prints the API URL, the token, the dataset version id and the control secret (one JSON object
 with ``--json``). Binds 127.0.0.1 unless ``--host`` says otherwise. Faults can be set at start
 with the convenience options or with ``--fault key=value,...`` (the fields of
-:class:`~engine.emulator.faults.FaultRule`), and changed later through the control endpoint.
+:class:`~engine.emulator.faults.FaultRule`), and changed later through the control endpoint::
+
+    --fault target=storage,kind=status,status=503,retry_after=1,count=3
+    --fault target=storage,kind=ignore_if_range
+    --fault target=storage,kind=misrange,shift=100,count=1
+    --fault target=storage,kind=misrange,total_shift=-1
+    --fault target=storage,kind=chunked
+
+Objects are rewritten in place (``rewrite_object``) through the control endpoint's mutations.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from engine.emulator.faults import FaultRule
 
 __all__ = ["emulator_command", "parse_fault"]
 
-_INT_FIELDS = {"status", "after_bytes", "add", "remove", "count"}
+_INT_FIELDS = {"status", "after_bytes", "add", "remove", "shift", "total_shift", "count"}
 _FLOAT_FIELDS = {"retry_after", "seconds", "bytes_per_second", "probability"}
 
 
@@ -34,12 +42,17 @@ def parse_fault(spec: str) -> FaultRule:
         key = key.strip()
         if not sep or not key:
             raise click.BadParameter(f"expected key=value, got {part!r}", param_hint="--fault")
-        if key in _INT_FIELDS:
-            fields[key] = int(value)
-        elif key in _FLOAT_FIELDS:
-            fields[key] = float(value)
-        else:
-            fields[key] = value.strip()
+        try:
+            if key in _INT_FIELDS:
+                fields[key] = int(value)
+            elif key in _FLOAT_FIELDS:
+                fields[key] = float(value)
+            else:
+                fields[key] = value.strip()
+        except ValueError:
+            raise click.BadParameter(
+                f"{key} must be a number, got {value!r}", param_hint="--fault"
+            ) from None
     try:
         return FaultRule.from_dict(fields)
     except (TypeError, ValueError) as exc:
@@ -171,9 +184,7 @@ async def _serve(emulator: Emulator, as_json: bool) -> None:
     show_default=True,
     help="Event loop.",
 )
-@click.option(
-    "--public-url", help="Base URL clients use to reach this server (Docker, proxies)."
-)
+@click.option("--public-url", help="Base URL clients use to reach this server (Docker, proxies).")
 @click.option("--json", "as_json", is_flag=True, help="Print the start-up info as one JSON line.")
 def emulator_command(**options: Any) -> None:
     """Run the local platform emulator (API + signed storage) until interrupted."""

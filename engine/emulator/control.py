@@ -13,14 +13,20 @@ DELETE   /_emulator/faults           remove every rule
 DELETE   /_emulator/faults/{id}      remove one rule
 GET      /_emulator/counters         counters snapshot
 POST     /_emulator/counters/reset   zero the counters
-POST     /_emulator/mutations        ``{"op": "replace_data"|"add_assets"|"delete_assets"|
-                                     "set_asset_tags"|"set_data_tags"|"set_annotations"|
-                                     "mutate_annotations", ...arguments}``
+POST     /_emulator/quiesce          wait until no storage response is under way (``{"timeout":
+                                     30}`` optional) -> counters snapshot; 503 on timeout
+POST     /_emulator/mutations        ``{"op": "replace_data"|"rewrite_object"|"add_assets"|
+                                     "delete_assets"|"set_asset_tags"|"set_data_tags"|
+                                     "set_annotations"|"mutate_annotations", ...arguments}``
 =======  ==========================  =========================================================
+
+``rewrite_object`` takes ``data_id`` and an optional ``size`` and answers the object's new
+``revision``, ``size``, ``etag``, ``last_modified`` (epoch seconds) and ``sha256``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Awaitable, Callable
@@ -34,6 +40,10 @@ from engine.emulator.faults import FaultRule
 __all__ = ["register"]
 
 Handler = Callable[[web.Request, Context, Any], Awaitable[Any]]
+
+
+class _Unavailable(Exception):
+    """The control request could not be served in time (503)."""
 
 
 def _guarded(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -52,6 +62,8 @@ def _guarded(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRe
             result = await handler(request, ctx, body)
         except (KeyError, ValueError, TypeError) as exc:
             return json_error(400, "Bad control request.", detail=str(exc))
+        except _Unavailable as exc:
+            return json_error(503, str(exc))
         return web.json_response(result, dumps=dumps)
 
     return endpoint
@@ -111,6 +123,34 @@ async def _reset_counters(request: web.Request, ctx: Context, body: Any) -> Any:
     return ctx.counters.snapshot()
 
 
+async def _quiesce(request: web.Request, ctx: Context, body: Any) -> Any:
+    timeout = float(body.get("timeout", 30.0)) if isinstance(body, dict) else 30.0
+    try:
+        await asyncio.wait_for(ctx.activity.idle(), timeout)
+    except TimeoutError:
+        raise _Unavailable(f"storage still busy after {timeout} s") from None
+    return ctx.counters.snapshot()
+
+
+async def _rewrite(ctx: Context, body: dict[str, Any]) -> Any:
+    data_id = body["data_id"]
+    size = body.get("size")
+    revision = ctx.dataset.rewrite_object(
+        data_id, None if size is None else int(size), now=int(ctx.now())
+    )
+    record = ctx.dataset.data_record(data_id)
+    assert record is not None
+    digests = await ctx.dataset.content_source.digests_async(record.source)
+    return {
+        "data_id": data_id,
+        "revision": revision,
+        "size": record.source.size,
+        "etag": digests.etag,
+        "last_modified": record.last_modified,
+        "sha256": digests.sha256,
+    }
+
+
 async def _mutate(request: web.Request, ctx: Context, body: Any) -> Any:
     if not isinstance(body, dict):
         raise ValueError("a mutation is a JSON object with an 'op'")
@@ -118,6 +158,8 @@ async def _mutate(request: web.Request, ctx: Context, body: Any) -> Any:
     op = body["op"]
     if op == "replace_data":
         return {"data_id": dataset.replace_data(body["asset_id"])}
+    if op == "rewrite_object":
+        return await _rewrite(ctx, body)
     if op == "add_assets":
         return {"asset_ids": dataset.add_assets(int(body["n"]))}
     if op == "delete_assets":
@@ -146,4 +188,5 @@ def register(router: web.UrlDispatcher) -> None:
     router.add_delete(f"{base}/faults/{{rule_id}}", _guarded(_remove_fault))
     router.add_get(f"{base}/counters", _guarded(_counters))
     router.add_post(f"{base}/counters/reset", _guarded(_reset_counters))
+    router.add_post(f"{base}/quiesce", _guarded(_quiesce))
     router.add_post(f"{base}/mutations", _guarded(_mutate))

@@ -3,6 +3,9 @@
 Every request that reaches a route is counted under its endpoint kind when it arrives, whatever
 its answer (401, injected faults and expired URLs included). ``storage_bytes`` counts body bytes
 handed to the transport, so a dropped connection counts what was sent before the drop.
+``storage_statuses`` counts storage answers by status code (200, 206, 416, 403, injected
+faults...), so a test can tell which path a client took: a resume whose ``If-Range`` no longer
+matched shows up as a 200 among the 206s.
 """
 
 from __future__ import annotations
@@ -42,9 +45,14 @@ class Counters:
         self._requests: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._bytes: Counter[str] = Counter()
         self._storage_bytes = 0
+        self._statuses: Counter[int] = Counter()
 
     def hit(self, kind: str) -> None:
         self._requests[kind] = self._requests.get(kind, 0) + 1
+
+    def answered(self, status: int) -> None:
+        """Storage answered ``status`` (counted when the status is decided)."""
+        self._statuses[status] += 1
 
     def add_storage_bytes(self, data_id: str, count: int) -> None:
         self._storage_bytes += count
@@ -69,10 +77,16 @@ class Counters:
     def storage_bytes_for(self, data_id: str) -> int:
         return self._bytes.get(data_id, 0)
 
+    @property
+    def storage_statuses(self) -> Mapping[int, int]:
+        """Storage answers by status code (only codes that occurred)."""
+        return MappingProxyType(dict(self._statuses))
+
     def reset(self) -> None:
         self._requests = dict.fromkeys(KINDS, 0)
         self._bytes.clear()
         self._storage_bytes = 0
+        self._statuses.clear()
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -80,4 +94,5 @@ class Counters:
             "api_requests": self.api_requests,
             "storage_requests": self.storage_requests,
             "storage_bytes": self._storage_bytes,
+            "storage_statuses": {str(code): n for code, n in sorted(self._statuses.items())},
         }

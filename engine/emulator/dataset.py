@@ -9,6 +9,12 @@ Replacing an asset's data changes its content, size, data id and object name onl
 keeps the old data's tags and dimensions, so the annotations stay valid. Objects of replaced or
 deleted assets stay in storage (a datalake keeps its data): their data ids still resolve, so old
 signed URLs keep working until they expire, as on a real object store.
+
+Rewriting an object (:meth:`Dataset.rewrite_object`) is the other kind of change: the bytes
+behind one data id and object name are overwritten in place, as when someone uploads over an
+existing key. Ids, URLs, filename, tags, dimensions and annotations stay; the content (generated,
+keyed by ``(seed, index, gen, revision)``), its ETag and ``Last-Modified`` change, and so may
+its size. Signed URLs issued before stay valid and now serve the new bytes.
 """
 
 from __future__ import annotations
@@ -62,6 +68,10 @@ class ExpectedAsset:
     last_modified: int
     _content: ContentSource = field(repr=False, compare=False)
     _source: ObjectSource = field(repr=False, compare=False)
+    revision: int = 0  # how many times the object was rewritten in place
+
+    # A snapshot: an ExpectedAsset taken before a mutation keeps describing the old bytes
+    # (sha256, md5 and etag below are those of the content it was taken of).
 
     @property
     def sha256(self) -> str:
@@ -118,6 +128,8 @@ class Dataset:
         self._ann_override: dict[int, list[dict[str, Any]]] = {}
         self._override_ann_owner: dict[str, int] = {}
         self._override_counter = 0
+        # (index, gen) -> (revision, size, last_modified) of objects rewritten in place
+        self._rewrites: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._asset_tag_names: dict[str, None] = dict.fromkeys(ASSET_TAG_POOL)
         self._data_tag_names: dict[str, None] = dict.fromkeys(DATA_TAG_POOL)
         self.version = 0  # bumped by every mutation; keys the caches below
@@ -142,7 +154,20 @@ class Dataset:
 
     def record(self, index: int) -> AssetRecord:
         """The asset's current record (its latest data)."""
-        return self.factory.record(index, self.gen_of(index))
+        return self._overlaid(self.factory.record(index, self.gen_of(index)))
+
+    def _overlaid(self, record: AssetRecord) -> AssetRecord:
+        if not self._rewrites:
+            return record
+        found = self._rewrites.get((record.index, record.gen))
+        if found is None:
+            return record
+        revision, size, last_modified = found
+        return self.factory.rewritten(record, revision, size, last_modified)
+
+    def revision_of(self, record: AssetRecord) -> int:
+        found = self._rewrites.get((record.index, record.gen))
+        return 0 if found is None else found[0]
 
     def data_record(self, data_id: str) -> AssetRecord | None:
         """The record of any data id ever issued (current or replaced), or None."""
@@ -152,7 +177,7 @@ class Dataset:
         index, gen = split_data_number(number)
         if not 0 <= index < self._next_index or gen > self.gen_of(index):
             return None
-        return self.factory.record(index, gen)
+        return self._overlaid(self.factory.record(index, gen))
 
     def object_record(self, object_name: str) -> AssetRecord | None:
         """The record whose storage object is ``object_name``, or None."""
@@ -313,10 +338,20 @@ class Dataset:
             yield self.codec.encode("asset", index)
 
     def expected(self, asset_id: str) -> ExpectedAsset:
+        """What a mirror must hold for a live asset now (its current data)."""
         index = self.index_of(asset_id)
         if index is None:
             raise KeyError(asset_id)
-        record = self.record(index)
+        return self._expected(index, self.record(index))
+
+    def expected_data(self, data_id: str) -> ExpectedAsset:
+        """The same for any data id ever issued (current, replaced, or of a deleted asset)."""
+        record = self.data_record(data_id)
+        if record is None:
+            raise KeyError(data_id)
+        return self._expected(record.index, record)
+
+    def _expected(self, index: int, record: AssetRecord) -> ExpectedAsset:
         return ExpectedAsset(
             asset_id=record.asset_id,
             data_id=record.data_id,
@@ -332,6 +367,7 @@ class Dataset:
             last_modified=record.last_modified,
             _content=self.content_source,
             _source=record.source,
+            revision=self.revision_of(record),
         )
 
     def content(self, data_id: str) -> bytes:
@@ -377,6 +413,23 @@ class Dataset:
         self._data_gen[index] = self.gen_of(index) + 1
         self._changed()
         return self.record(index).data_id
+
+    def rewrite_object(self, data_id: str, size: int | None = None, *, now: int = 0) -> int:
+        """Overwrite the object of ``data_id`` in place (see the module docstring); returns
+        its new revision. ``size`` defaults to the current size; ``Last-Modified`` becomes
+        ``now``, or one second after the previous value if that is not later."""
+        record = self.data_record(data_id)
+        if record is None:
+            raise KeyError(f"no data {data_id}")
+        if size is None:
+            size = record.source.size
+        if size < 0:
+            raise ValueError("size must be >= 0")
+        revision = self.revision_of(record) + 1
+        last_modified = max(record.last_modified + 1, int(now))
+        self._rewrites[(record.index, record.gen)] = (revision, size, last_modified)
+        self._changed()
+        return revision
 
     def add_assets(self, n: int) -> list[str]:
         start = self._next_index

@@ -2,6 +2,10 @@
 
 One aiohttp server on loopback serves the platform API, the built-in signed storage and the
 control endpoint. See the package docstring for every choice made where the contract is silent.
+
+The server cancels a handler as soon as its client's connection goes (aiohttp's
+``handler_cancellation``), as a real server stops sending to a client that left; that is what
+lets :meth:`Emulator.quiesce` return promptly after a client was killed mid-body.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from aiohttp import web
 
 from engine.emulator.app import Context, build_app
 from engine.emulator.counters import Counters
-from engine.emulator.dataset import Dataset
+from engine.emulator.dataset import Dataset, ExpectedAsset
 from engine.emulator.faults import FaultController, FaultRule
 from engine.emulator.records import GeneratorSpec
 from engine.emulator.signing import STYLES, ExternalStorage, Signer
@@ -131,7 +135,11 @@ class Emulator:
         if self._runner is not None:
             raise RuntimeError("emulator already started")
         runner = XgetAppRunner(
-            build_app(self._context), access_log=None, handle_signals=False, shutdown_timeout=1.0
+            build_app(self._context),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            handler_cancellation=True,  # a client gone: its response stops (see quiesce)
         )
         await runner.setup()
         try:
@@ -226,6 +234,37 @@ class Emulator:
         """Write the live assets' objects under ``root`` for an external (nginx) storage."""
         return self.dataset.write_objects(Path(root))
 
+    # ----- waiting for storage to go quiet ---------------------------------------------------
+
+    async def quiesce(self) -> None:
+        """Return when every storage response under way has finished or been abandoned by
+        its client (cancelled, killed): ``counters.storage_bytes`` then stays put until the
+        next request. May be awaited on any loop; bound the wait with ``asyncio.timeout`` /
+        ``anyio.fail_after`` (cancelling it cancels the wait on the emulator's loop too)."""
+        loop = self._loop
+        if loop is None or self._runner is None:
+            return
+        idle = self._context.activity.idle
+        if loop is asyncio.get_running_loop():
+            await idle()
+            return
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(idle(), loop))
+
+    def quiesce_sync(self, timeout: float = 30.0) -> None:
+        """:meth:`quiesce` for a caller on another thread (an :class:`EmulatorThread` user)."""
+        loop = self._loop
+        if loop is None or self._runner is None or not loop.is_running():
+            return
+        if self._loop_thread == threading.get_ident():
+            raise RuntimeError("on the emulator's own loop, use: await emulator.quiesce()")
+        idle = self._context.activity.idle
+        asyncio.run_coroutine_threadsafe(asyncio.wait_for(idle(), timeout), loop).result()
+
+    @property
+    def storage_active(self) -> int:
+        """Storage responses being answered right now."""
+        return self._context.activity.active
+
     # ----- mutations (take effect immediately; safe to call from another thread) ----------
 
     def _on_loop(self, fn: Callable[..., T], *args: Any) -> T:
@@ -241,6 +280,19 @@ class Emulator:
     def replace_data(self, asset_id: str) -> str:
         """New content, new data id and object name for the asset; returns the new data id."""
         return self._on_loop(self.dataset.replace_data, asset_id)
+
+    def rewrite_object(self, data_id: str, size: int | None = None) -> ExpectedAsset:
+        """Overwrite the object of ``data_id`` in place: new bytes (of ``size``, default the
+        current size), new ETag and Last-Modified; same data id, object name and URLs (signed
+        URLs already issued stay valid and serve the new bytes). Returns what the object now
+        holds (``sha256`` of the new bytes). Responses already under way finish with the old
+        bytes. The data id may be any ever issued, current or replaced."""
+
+        def rewrite() -> ExpectedAsset:
+            self.dataset.rewrite_object(data_id, size, now=int(self.now()))
+            return self.dataset.expected_data(data_id)
+
+        return self._on_loop(rewrite)
 
     def add_assets(self, n: int) -> list[str]:
         return self._on_loop(self.dataset.add_assets, n)

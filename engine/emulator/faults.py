@@ -16,10 +16,25 @@ order they were added:
 * ``throttle``: body bytes go out at ``bytes_per_second``; one rule is one shared link, so
   concurrent responses matching it share that bandwidth.
 * ``ignore_range``: storage answers 200 with the whole object whatever the ``Range``.
+* ``ignore_if_range``: storage honours ``Range`` but not ``If-Range``: a range request whose
+  validator is stale (the object was rewritten, see :meth:`Emulator.rewrite_object`) gets a 206
+  of the *current* object, with its new ETag, instead of a 200. Fires only on requests that
+  carry ``If-Range``.
+* ``misrange``: a 206 whose ``Content-Range`` is not what was asked for. ``shift`` moves the
+  served range by that many bytes (clamped to the object; the body and ``Content-Length`` are
+  those of the bytes really sent, so the header is honest about the wrong bytes), and
+  ``total_shift`` adds that many bytes to the total size it announces (``bytes a-b/<size+N>``,
+  never below 0). At least one of the two must be non-zero. Fires only on answers that would be
+  a 206, and only where it changes them (a shift before byte 0 of a range starting at 0 does
+  not fire, and waits for a later answer).
+* ``chunked``: the body goes out with ``Transfer-Encoding: chunked`` and no ``Content-Length``
+  (on 200 and 206 answers, and on API answers). Combine with ``ignore_range`` for a body whose
+  length nobody announces.
 * ``drift``: before a listing page that continues a listing (has a cursor, or an offset > 0),
   ``add`` assets are appended and ``remove`` random live assets are deleted.
 
-Every matching body rule applies (a throttled response can also stall); ``hits`` counts firings.
+Every matching body rule (``drop``, ``stall``, ``throttle``, ``chunked``) applies (a throttled
+response can also stall, a chunked one be dropped); ``hits`` counts firings.
 """
 
 from __future__ import annotations
@@ -27,14 +42,35 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 __all__ = ["FAULT_KINDS", "BodyPlan", "FaultController", "FaultRule", "TokenBucket"]
 
-FaultKind = Literal["status", "drop", "stall", "ignore_range", "throttle", "drift"]
-FAULT_KINDS: tuple[str, ...] = ("status", "drop", "stall", "ignore_range", "throttle", "drift")
-_BODY_KINDS = ("drop", "stall", "throttle")
+FaultKind = Literal[
+    "status",
+    "drop",
+    "stall",
+    "ignore_range",
+    "ignore_if_range",
+    "misrange",
+    "chunked",
+    "throttle",
+    "drift",
+]
+FAULT_KINDS: tuple[str, ...] = (
+    "status",
+    "drop",
+    "stall",
+    "ignore_range",
+    "ignore_if_range",
+    "misrange",
+    "chunked",
+    "throttle",
+    "drift",
+)
+_BODY_KINDS = ("drop", "stall", "throttle", "chunked")
 _ids = itertools.count(1)
 
 
@@ -72,6 +108,8 @@ class FaultRule:
     bytes_per_second: float | None = None
     add: int = 0
     remove: int = 0
+    shift: int = 0
+    total_shift: int = 0
     count: int | None = None
     probability: float = 1.0
     data_id: str | None = None
@@ -84,6 +122,8 @@ class FaultRule:
             raise ValueError(f"unknown fault kind {self.kind!r}")
         if self.kind == "throttle" and not self.bytes_per_second:
             raise ValueError("a throttle rule needs bytes_per_second > 0")
+        if self.kind == "misrange" and not (self.shift or self.total_shift):
+            raise ValueError("a misrange rule needs a non-zero shift or total_shift")
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError("probability must be within [0, 1]")
         self.id = f"rule-{next(_ids)}"
@@ -117,10 +157,11 @@ class BodyPlan:
     drop_at: int | None = None
     stalls: list[tuple[int, float]] = field(default_factory=list)
     buckets: list[TokenBucket] = field(default_factory=list)
+    chunked: bool = False
 
     @property
     def plain(self) -> bool:
-        return self.drop_at is None and not self.stalls and not self.buckets
+        return self.drop_at is None and not self.stalls and not self.buckets and not self.chunked
 
 
 class FaultController:
@@ -169,6 +210,20 @@ class FaultController:
         fired = [r for r in list(self.rules) if r.kind == "ignore_range"]
         return any([self._fire(rule, kind, data_id) for rule in fired])
 
+    def ignore_if_range(self, kind: str, data_id: str | None) -> bool:
+        fired = [r for r in list(self.rules) if r.kind == "ignore_if_range"]
+        return any([self._fire(rule, kind, data_id) for rule in fired])
+
+    def misrange_rule(
+        self, kind: str, data_id: str | None, misstates: Callable[[FaultRule], bool]
+    ) -> FaultRule | None:
+        """The first misrange rule that fires among those that would make this answer wrong
+        (``misstates``): a shift clamped away at either end of the object is no fault."""
+        for rule in list(self.rules):
+            if rule.kind == "misrange" and misstates(rule) and self._fire(rule, kind, data_id):
+                return rule
+        return None
+
     def drift_rules(self, kind: str) -> list[FaultRule]:
         return [r for r in list(self.rules) if r.kind == "drift" and self._fire(r, kind, None)]
 
@@ -184,6 +239,8 @@ class FaultController:
                 plan.drop_at = at if plan.drop_at is None else min(plan.drop_at, at)
             elif rule.kind == "stall":
                 plan.stalls.append((rule.after_bytes or 0, rule.seconds))
+            elif rule.kind == "chunked":
+                plan.chunked = True
             elif rule.bucket is not None:
                 plan.buckets.append(rule.bucket)
         plan.stalls.sort()

@@ -5,6 +5,13 @@ Order of checks, as object stores do it: signature (403), expiry (the style's an
 ``Accept-Ranges: bytes``, ``Content-Length``, quoted ``ETag`` (MD5, or multipart-style above the
 part size), ``Last-Modified``, ``Content-Type``; ``Range`` / ``If-Range`` per
 :mod:`engine.emulator.ranges`; a 416 carries ``Content-Range: bytes */<size>``.
+
+The object is looked up once per request: a response already under way keeps sending the
+bytes of the version it started with when the object is rewritten meanwhile (a consistent
+snapshot, as object stores give). The ``ignore_range``, ``ignore_if_range`` and ``misrange``
+faults act on the range selection, ``drop``/``stall``/``throttle``/``chunked`` on the body.
+Every answer is counted by status (:class:`~engine.emulator.counters.Counters`) and every
+handler is tracked by :class:`~engine.emulator.activity.StorageActivity` (for ``quiesce``).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from aiohttp import web
 
 from engine.emulator.app import CONTEXT, Context, format_retry_after
 from engine.emulator.bodies import ConnectionDropped, send_body, send_file
+from engine.emulator.faults import FaultRule
 from engine.emulator.ranges import UNSATISFIABLE, http_date, select_range
 from engine.emulator.records import AssetRecord
 from engine.emulator.signing import Signer, Verdict
@@ -124,6 +132,24 @@ def _fault(status: int, retry_after: float | None) -> web.Response:
 async def storage_object(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     ctx.counters.hit("storage")
+    ctx.activity.begin()
+    try:
+        return await _answer(request, ctx)
+    finally:
+        ctx.activity.end()
+
+
+async def _answer(request: web.Request, ctx: Context) -> web.StreamResponse:
+    found = _lookup(request, ctx)
+    if isinstance(found, web.Response):
+        ctx.counters.answered(found.status)
+        return found
+    return await _serve(request, ctx, found)
+
+
+def _lookup(request: web.Request, ctx: Context) -> web.Response | AssetRecord:
+    """The object's record, or the error answer due before any body (signature, expiry,
+    object, injected status)."""
     style = request.match_info["style"]
     now = ctx.now()
     verdict = ctx.signer.verify(style, request.path, request.query, now)
@@ -137,7 +163,7 @@ async def storage_object(request: web.Request) -> web.StreamResponse:
     rule = ctx.faults.status_rule("storage", record.data_id)
     if rule is not None:
         return _fault(rule.status, rule.retry_after)
-    return await _serve(request, ctx, record)
+    return record
 
 
 async def _serve(request: web.Request, ctx: Context, record: AssetRecord) -> web.StreamResponse:
@@ -153,9 +179,12 @@ async def _serve(request: web.Request, ctx: Context, record: AssetRecord) -> web
     range_header = request.headers.get("Range")
     if range_header is not None and ctx.faults.ignore_range("storage", record.data_id):
         range_header = None
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and ctx.faults.ignore_if_range("storage", record.data_id):
+        if_range = None
     selection = select_range(
         range_header,
-        request.headers.get("If-Range"),
+        if_range,
         size=size,
         etag=digests.etag,
         last_modified=record.last_modified,
@@ -163,6 +192,7 @@ async def _serve(request: web.Request, ctx: Context, record: AssetRecord) -> web
     if selection == UNSATISFIABLE:
         headers["Content-Range"] = f"bytes */{size}"
         del headers["Content-Type"]
+        ctx.counters.answered(416)
         return storage_error(
             416,
             "InvalidRange",
@@ -174,7 +204,17 @@ async def _serve(request: web.Request, ctx: Context, record: AssetRecord) -> web
     status = 200
     if selection is not None:
         status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        total = size
+        asked = (start, end)
+
+        def misstates(rule: FaultRule) -> bool:
+            return _misranged(asked, rule, size) != (asked, size)
+
+        rule = ctx.faults.misrange_rule("storage", record.data_id, misstates)
+        if rule is not None:
+            (start, end), total = _misranged(asked, rule, size)
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+    ctx.counters.answered(status)
     if request.method == "HEAD":
         head = web.StreamResponse(status=status, headers=headers)
         head.content_length = end - start
@@ -201,7 +241,10 @@ async def _send(
         counters.add_storage_bytes(data_id, len(body))
         return web.Response(status=status, body=body, headers=headers)
     response = web.StreamResponse(status=status, headers=headers)
-    response.content_length = end - start
+    if plan.chunked:
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = end - start
     await response.prepare(request)
 
     def on_bytes(count: int) -> None:
@@ -217,6 +260,14 @@ async def _send(
         return response
     await response.write_eof()
     return response
+
+
+def _misranged(asked: tuple[int, int], rule: FaultRule, size: int) -> tuple[tuple[int, int], int]:
+    """What a misrange rule serves for ``asked``: the range moved by ``shift`` (kept inside the
+    non-empty object, same length where it fits) and the total announced."""
+    start, end = asked
+    moved = min(max(0, start + rule.shift), size - 1)
+    return (moved, min(moved + (end - start), size)), max(0, size + rule.total_shift)
 
 
 def register(router: web.UrlDispatcher) -> None:

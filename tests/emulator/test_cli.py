@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import pytest
@@ -101,3 +103,55 @@ def test_parse_fault() -> None:
     for bad in ("kind", "target=api,kind=melt", "target=api,kind=status,colour=red"):
         with pytest.raises(click.BadParameter):
             parse_fault(bad)
+
+
+def test_parse_fault_new_kinds() -> None:
+    rule = parse_fault("target=storage,kind=misrange,shift=-3,total_shift=5,count=1")
+    assert (rule.kind, rule.shift, rule.total_shift, rule.count) == ("misrange", -3, 5, 1)
+    assert parse_fault("target=storage,kind=ignore_if_range").kind == "ignore_if_range"
+    assert parse_fault("target=storage,kind=chunked,probability=0.5").kind == "chunked"
+    with pytest.raises(click.BadParameter, match="shift"):
+        parse_fault("target=storage,kind=misrange")
+    with pytest.raises(click.BadParameter, match="shift must be a number"):
+        parse_fault("target=storage,kind=misrange,shift=a lot")
+
+
+def _raw_get(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        connection.request("GET", f"{parts.path}?{parts.query}", headers=headers)
+        response = connection.getresponse()
+        found = {k.lower(): v for k, v in response.getheaders()}
+        return response.status, found, response.read()
+    finally:
+        connection.close()
+
+
+def test_new_faults_from_the_command_line() -> None:
+    args = (
+        "--json",
+        "--assets",
+        "5",
+        "--min-size",
+        "5000",
+        "--empty-share",
+        "0",
+        "--fault",
+        "target=storage,kind=chunked",
+        "--fault",
+        "target=storage,kind=misrange,shift=10,total_shift=1",
+    )
+    with _running(*args) as (proc, line):
+        info = json.loads(line)
+        dv = info["dataset_version_id"]
+        _, page = _get(f"{info['api_url']}/api/dataset/version/{dv}/assets", info["token"])
+        url = page["items"][0]["data"]["presigned_url"]
+        status, headers, whole = _raw_get(url, {})
+        assert status == 200 and "content-length" not in headers
+        assert headers["transfer-encoding"] == "chunked"
+        status, headers, body = _raw_get(url, {"Range": "bytes=0-99"})
+        assert status == 206 and body == whole[10:110]
+        assert headers["content-range"] == f"bytes 10-109/{len(whole) + 1}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0

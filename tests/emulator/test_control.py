@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from engine.emulator import Emulator
+from engine.emulator import Emulator, FaultRule
 
 from .conftest import Api, FakeClock
 
@@ -35,6 +35,7 @@ async def _control(
         ("DELETE", "/faults"),
         ("POST", "/mutations"),
         ("POST", "/clock"),
+        ("POST", "/quiesce"),
         ("PATCH", "/state"),
     ],
 )
@@ -148,3 +149,72 @@ async def test_bad_json_is_400(api: Api, emu: Emulator) -> None:
         headers={"X-Emulator-Secret": emu.control_secret},
     ) as response:
         assert response.status == 400
+
+
+async def test_rewrite_object_over_http(api: Api, emu: Emulator) -> None:
+    asset_id = list(emu.dataset.asset_ids())[3]
+    old = emu.dataset.expected(asset_id)
+    url = (await api.ok(f"/api/asset/{asset_id}"))["data"]["presigned_url"]
+    op = {"op": "rewrite_object", "data_id": old.data_id, "size": 4321}
+    status, body = await _control(api, "POST", "/mutations", op)
+    assert status == 200
+    new = emu.dataset.expected(asset_id)
+    assert body == {
+        "data_id": old.data_id,
+        "revision": 1,
+        "size": 4321,
+        "etag": new.etag,
+        "last_modified": new.last_modified,
+        "sha256": new.sha256,
+    }
+    async with api.session.get(url) as response:
+        assert response.headers["ETag"] == new.etag
+        assert len(await response.read()) == 4321
+    for bad in (
+        {"op": "rewrite_object", "data_id": "nope"},
+        {"op": "rewrite_object", "data_id": old.data_id, "size": -5},
+        {"op": "rewrite_object"},
+    ):
+        status, _ = await _control(api, "POST", "/mutations", bad)
+        assert status == 400, bad
+
+
+async def test_new_fault_kinds_over_http(api: Api, emu: Emulator) -> None:
+    for rule in (
+        {"target": "storage", "kind": "ignore_if_range", "count": 1},
+        {"target": "storage", "kind": "misrange", "shift": -4, "total_shift": 9},
+        {"target": "storage", "kind": "chunked", "probability": 0.5},
+    ):
+        status, created = await _control(api, "POST", "/faults", rule)
+        assert status == 200, created
+        assert {k: created[k] for k in rule} == rule
+    assert [r.kind for r in emu.faults.rules] == ["ignore_if_range", "misrange", "chunked"]
+    status, body = await _control(api, "POST", "/faults", {"target": "storage", "kind": "misrange"})
+    assert status == 400 and "shift" in body["detail"]
+
+
+async def test_quiesce_over_http(api: Api, emu: Emulator) -> None:
+    asset_id = next(iter(emu.dataset.asset_ids()))
+    url = (await api.ok(f"/api/asset/{asset_id}"))["data"]["presigned_url"]
+    async with api.session.get(url) as response:
+        size = len(await response.read())
+    status, body = await _control(api, "POST", "/quiesce")
+    assert status == 200
+    assert body["storage_bytes"] == size and body["storage_statuses"] == {"200": 1}
+    status, body = await _control(api, "POST", "/quiesce", {"timeout": 5})
+    assert status == 200 and body["storage_requests"] == 1
+
+
+async def test_quiesce_over_http_times_out_while_a_response_is_held(
+    api: Api, emu: Emulator
+) -> None:
+    asset_id = next(a for a in emu.dataset.asset_ids() if emu.dataset.expected(a).size > 1000)
+    url = (await api.ok(f"/api/asset/{asset_id}"))["data"]["presigned_url"]
+    emu.faults.add(FaultRule(target="storage", kind="stall", after_bytes=10, seconds=3600))
+    async with api.session.get(url) as response:
+        assert response.status == 200  # headers sent, body held for an hour
+        status, body = await _control(api, "POST", "/quiesce", {"timeout": 0.2})
+        assert status == 503 and "busy" in body["message"]
+        response.close()  # the client leaves: the held response is abandoned
+    status, _ = await _control(api, "POST", "/quiesce", {"timeout": 30})
+    assert status == 200

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
 
 from engine.emulator import Emulator, FaultRule
 from engine.emulator.counters import KINDS
+from engine.emulator.faults import FAULT_KINDS
 
 from .conftest import Api
 
@@ -276,6 +279,13 @@ async def test_counters(api: Api) -> None:
     assert counters.requests["storage"] == 2
     assert counters.storage_requests == 2
     assert counters.storage_bytes == 100 + len(content)
+    assert counters.storage_statuses == {206: 1, 200: 1}
+    async with api.session.get(url, headers={"Range": f"bytes={len(content)}-"}) as response:
+        assert response.status == 416
+    async with api.session.get(url + "0") as response:  # tampered
+        assert response.status == 403
+    assert counters.storage_statuses == {206: 1, 200: 1, 416: 1, 403: 1}
+    assert counters.storage_requests == 4
     assert counters.api_requests == sum(n for k, n in counters.requests.items() if k != "storage")
     snapshot = counters.snapshot()
     assert snapshot["storage_bytes"] == counters.storage_bytes
@@ -283,6 +293,7 @@ async def test_counters(api: Api) -> None:
     counters.reset()
     assert counters.snapshot()["api_requests"] == 0
     assert counters.storage_bytes == 0
+    assert counters.storage_statuses == {}
 
 
 async def test_rules_can_be_removed_and_cleared(api: Api) -> None:
@@ -308,3 +319,11 @@ def test_rule_validation() -> None:
     rule = FaultRule.from_dict({"target": "api", "kind": "status", "status": 429})
     assert rule.to_dict()["status"] == 429
     assert rule.to_dict()["id"].startswith("rule-")
+
+
+def test_every_fault_kind_is_exercised() -> None:
+    """A guard for new kinds: each one of FAULT_KINDS appears in a rule of these tests."""
+    here = Path(__file__).parent
+    sources = "".join(path.read_text() for path in here.glob("test_*.py"))
+    missing = [kind for kind in FAULT_KINDS if f'kind="{kind}"' not in sources]
+    assert not missing, f"fault kinds without a test in tests/emulator: {missing}"

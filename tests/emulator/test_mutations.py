@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
+from multidict import CIMultiDict
 
-from engine.emulator import Emulator
+from engine.emulator import Emulator, FaultRule
+from engine.emulator.ranges import http_date
 
 from .conftest import Api
 
@@ -102,3 +105,120 @@ async def test_set_and_mutate_annotations(api: Api, emu: Emulator) -> None:
     again = emu.mutate_annotations(asset_id)
     assert set(again).isdisjoint(new_ids)
     assert [a["id"] for a in emu.dataset.expected(asset_id).annotations] == again
+
+
+async def _get(
+    api: Api, url: str, headers: dict[str, str] | None = None
+) -> tuple[int, CIMultiDict[str], bytes]:
+    async with api.session.get(url, headers=headers or {}) as response:
+        return response.status, response.headers.copy(), await response.read()
+
+
+async def _sized_asset(api: Api, emu: Emulator, min_size: int = 1000) -> tuple[str, str]:
+    """(asset_id, signed URL) of an asset of at least ``min_size`` bytes."""
+    for asset_id in emu.dataset.asset_ids():
+        if emu.dataset.expected(asset_id).size >= min_size:
+            return asset_id, (await api.ok(f"/api/asset/{asset_id}"))["data"]["presigned_url"]
+    raise AssertionError("no asset that large")
+
+
+async def test_rewrite_object_in_place(api: Api, emu: Emulator) -> None:
+    asset_id, url = await _sized_asset(api, emu)
+    old = emu.dataset.expected(asset_id)
+    status, headers, body = await _get(api, url)
+    assert status == 200 and headers["ETag"] == old.etag
+    assert hashlib.sha256(body).hexdigest() == old.sha256
+
+    new = emu.rewrite_object(old.data_id)
+    # Same identity, same object name, same size; new bytes, ETag and Last-Modified.
+    assert (new.asset_id, new.data_id, new.object_name) == (asset_id, old.data_id, old.object_name)
+    assert new.size == old.size and new.revision == 1 and old.revision == 0
+    assert new.sha256 != old.sha256 and new.etag != old.etag
+    assert new.last_modified > old.last_modified
+    assert emu.dataset.expected(asset_id).sha256 == new.sha256  # what a mirror must now hold
+    assert old.sha256 == hashlib.sha256(body).hexdigest()  # an earlier snapshot keeps its bytes
+    # One change at a time: tags, dimensions and annotations stay; the API shows the same data.
+    assert (new.tags, new.data_tags, new.annotations) == (old.tags, old.data_tags, old.annotations)
+    assert (new.width, new.height, new.filename) == (old.width, old.height, old.filename)
+    assert (await api.ok(f"/api/asset/{asset_id}"))["data"]["id"] == old.data_id
+
+    # The URL issued before the rewrite is still valid and serves the new bytes.
+    status, headers, body = await _get(api, url)
+    assert status == 200
+    assert (
+        hashlib.sha256(body).hexdigest()
+        == new.sha256
+        == emu.dataset.expected_data(old.data_id).sha256
+    )
+    assert headers["ETag"] == new.etag
+    assert headers["Last-Modified"] == http_date(new.last_modified)
+    content = emu.dataset.content(old.data_id)
+    # If-Range with the old validators no longer matches: the whole new object, 200.
+    for stale in (old.etag, http_date(old.last_modified)):
+        status, headers, body = await _get(api, url, {"Range": "bytes=10-19", "If-Range": stale})
+        assert (status, body) == (200, content)
+        assert "Content-Range" not in headers
+    for fresh in (new.etag, http_date(new.last_modified)):
+        status, headers, body = await _get(api, url, {"Range": "bytes=10-19", "If-Range": fresh})
+        assert (status, body) == (206, content[10:20])
+
+
+async def test_rewrite_with_a_new_size_and_twice_in_one_second(api: Api, emu: Emulator) -> None:
+    asset_id, url = await _sized_asset(api, emu)
+    old = emu.dataset.expected(asset_id)
+    first = emu.rewrite_object(old.data_id, size=old.size + 1000)
+    second = emu.rewrite_object(old.data_id)  # the emulator's clock has not moved
+    assert (first.revision, second.revision) == (1, 2)
+    assert first.size == second.size == old.size + 1000  # the size stays unless given
+    assert second.last_modified == first.last_modified + 1  # still strictly later
+    assert len({old.etag, first.etag, second.etag}) == 3
+    status, headers, body = await _get(api, url)
+    assert int(headers["Content-Length"]) == len(body) == old.size + 1000
+    assert hashlib.sha256(body).hexdigest() == second.sha256
+    empty = emu.rewrite_object(old.data_id, size=0)
+    status, headers, body = await _get(api, url)
+    assert (status, body, empty.size) == (200, b"", 0)
+    status, headers, _ = await _get(api, url, {"Range": "bytes=0-"})
+    assert status == 416 and headers["Content-Range"] == "bytes */0"
+
+
+async def test_rewrite_a_replaced_object_and_errors(api: Api, emu: Emulator) -> None:
+    asset_id, old_url = await _sized_asset(api, emu)
+    old = emu.dataset.expected(asset_id)
+    new_data_id = emu.replace_data(asset_id)
+    current = emu.dataset.expected(asset_id)
+    rewritten = emu.rewrite_object(old.data_id)  # the replaced data is still in storage
+    assert rewritten.data_id == old.data_id and rewritten.sha256 != old.sha256
+    assert emu.dataset.expected(asset_id).sha256 == current.sha256  # the asset's data is untouched
+    assert emu.dataset.expected(asset_id).data_id == new_data_id
+    _, _, body = await _get(api, old_url)
+    assert hashlib.sha256(body).hexdigest() == rewritten.sha256
+    with pytest.raises(KeyError):
+        emu.rewrite_object("not-a-data-id")
+    with pytest.raises(ValueError, match="size"):
+        emu.rewrite_object(new_data_id, size=-1)
+
+
+async def test_a_response_under_way_finishes_with_the_bytes_it_started_with(
+    api: Api, emu: Emulator
+) -> None:
+    asset_id, url = await _sized_asset(api, emu, min_size=100_000)
+    old = emu.dataset.expected(asset_id)
+    emu.faults.add(FaultRule(target="storage", kind="stall", after_bytes=1000, seconds=0.1))
+    async with api.session.get(url) as response:
+        new = emu.rewrite_object(old.data_id)  # headers are here, the body is held back
+        body = await response.read()
+    assert response.headers["ETag"] == old.etag
+    assert hashlib.sha256(body).hexdigest() == old.sha256 != new.sha256
+
+
+async def test_rewrite_a_file_backed_object(tmp_path: Path, api: Api) -> None:
+    (tmp_path / "real.jpg").write_bytes(b"real bytes" * 100)
+    async with Emulator(from_dir=tmp_path) as emu:
+        asset_id = next(emu.dataset.asset_ids())
+        url = (await Api(emu, api.session).ok(f"/api/asset/{asset_id}"))["data"]["presigned_url"]
+        new = emu.rewrite_object(emu.dataset.expected(asset_id).data_id)
+        _, _, body = await _get(api, url)
+    assert len(body) == 1000 and body != b"real bytes" * 100  # generated now
+    assert hashlib.sha256(body).hexdigest() == new.sha256
+    assert (tmp_path / "real.jpg").read_bytes() == b"real bytes" * 100  # the folder is untouched

@@ -43,3 +43,22 @@ def test_in_thread_context_manager_and_start_errors() -> None:
             pass
     with socket.socket() as sock:  # the port is free again
         sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True])
+def test_quiesce_from_the_callers_thread(use_uvloop: bool) -> None:
+    with EmulatorThread(assets=5, min_size=70_000, empty_share=0, use_uvloop=use_uvloop) as emu:
+        asset_id = next(emu.dataset.asset_ids())
+        expected = emu.dataset.expected(asset_id)
+        detail = _get_json(f"{emu.api_url}/api/asset/{asset_id}", emu.token)
+        status, body = http_get(detail["data"]["presigned_url"])
+        assert status == 200 and len(body) == expected.size
+        emu.quiesce_sync()
+        assert emu.storage_active == 0
+        assert emu.counters.storage_bytes_for(expected.data_id) == expected.size
+
+
+async def test_quiesce_awaited_on_another_loop() -> None:
+    with EmulatorThread(assets=3) as emu:
+        await emu.quiesce()  # hops onto the emulator's loop and back
+        assert emu.storage_active == 0

@@ -134,15 +134,8 @@ def _wait_for(condition, timeout: float = 60.0) -> None:
 
 
 def _settle(emu: Emulator) -> None:
-    """Wait until storage has stopped sending (the byte counter is stable for a while)."""
-    last, stable_since = -1, time.monotonic()
-    deadline = stable_since + 30
-    while time.monotonic() - stable_since < 0.5:
-        assert time.monotonic() < deadline, "storage never went quiet"
-        now = emu.counters.storage_bytes
-        if now != last:
-            last, stable_since = now, time.monotonic()
-        time.sleep(0.02)
+    """Wait until storage has stopped sending (every response finished or abandoned)."""
+    emu.quiesce_sync()
 
 
 def _lock_taken(dest: Path) -> bool:

@@ -11,7 +11,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import aiohttp
-import anyio
 
 from engine.emulator import Emulator
 from engine.emulator.dataset import ExpectedAsset
@@ -21,6 +20,10 @@ from engine.transfer.urls import UrlProvider
 
 KiB = 1024
 MiB = 1024 * KiB
+
+LARGE = "large"  # segmented, several workers (3 MiB + 12345: 13 segments)
+MEDIUM = "medium"  # several segments, one stream
+SMALL = "small"  # one chunk: read whole, no partial file of its own
 
 
 def fast_options(**overrides: Any) -> TransferOptions:
@@ -138,18 +141,19 @@ class Harness:
         return sorted(os.listdir(folder)) if folder.exists() else []
 
 
+def pick(h: Harness, kind: str) -> ExpectedAsset:
+    """An asset of the size class ``kind`` from :func:`sizes_dataset`."""
+    if kind == LARGE:
+        return h.one(lambda a: a.size >= 3 * MiB)
+    if kind == SMALL:
+        return h.one(lambda a: 1000 < a.size <= 64 * KiB)
+    return h.one(lambda a: 300 * KiB < a.size < MiB)
+
+
 async def settle(emu: Emulator) -> None:
     """Wait until storage stops sending: a response a client abandoned (cancelled, killed) goes
     on until the server notices, and those bytes must not count for the next transfer."""
-    last = -1
-    steady = 0
-    for _ in range(200):
-        now = emu.counters.storage_bytes
-        steady = steady + 1 if now == last else 0
-        if steady >= 5:
-            return
-        last = now
-        await anyio.sleep(0.02)
+    await emu.quiesce()
 
 
 def sha256_of(path: Path) -> str:

@@ -8,23 +8,13 @@ import anyio
 import pytest
 
 from engine.emulator import FaultRule
-from engine.emulator.dataset import ExpectedAsset
 from engine.errors import StallError, TransientTransferError
 from engine.settings import RetryPolicy, Timeouts
 from engine.transfer import ProgressEvent
 
-from .conftest import Harness, KiB, MiB, fast_options, harness, settle
+from .conftest import LARGE, MEDIUM, KiB, MiB, fast_options, harness, pick, settle
 
 pytestmark = pytest.mark.anyio
-
-LARGE = "large"  # segmented, several workers
-MEDIUM = "medium"  # several segments, one stream
-
-
-def pick(h: Harness, kind: str) -> ExpectedAsset:
-    if kind == LARGE:
-        return h.one(lambda a: a.size >= 3 * MiB)
-    return h.one(lambda a: 300 * KiB < a.size < MiB)
 
 
 # Many seeds: which offsets the drops hit decides how batches, leftovers and retries

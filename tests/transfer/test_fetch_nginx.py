@@ -1,10 +1,10 @@
 """Against nginx secure_link storage: the fourth signing style, and an object that changed.
 
-The emulator's objects are immutable (new content gets a new data id and object name), so an
-object changing under a resume — what ``If-Range`` exists for — needs a store where a file can be
-replaced at the same name: nginx serving a folder. nginx caches open files, so the "changed"
-store is a second nginx started after the file was replaced, the way a storage node restarted
-on new content would be.
+The "object changed under a resume" paths run against the emulator (``rewrite_object``, see
+test_fetch_changed.py); this one keeps a real server in the loop, whose ETag (mtime-size) and
+``If-Range`` handling are nginx's own, not the emulator's idea of them. nginx caches open
+files, so the "changed" store is a second nginx started after the file was replaced, the way a
+storage node restarted on new content would be.
 """
 
 from __future__ import annotations
