@@ -51,6 +51,7 @@ class Context:
         self.retries = 0
         self.restarts = 0
         self.received = 0  # bytes that came over the network in this fetch, all attempts
+        self.unbounded_kept = 0  # bytes of a body of unknown length written by this attempt
         # None when nobody listens, so the hot loop skips the call entirely.
         self.emit_bytes: Callable[[int, int, int], None] | None = (
             self._emit_bytes if on_progress is not None else None

@@ -219,6 +219,10 @@ class Transferer:
                     digest = fresh.digest
                     if fresh.body is not None:
                         digest = await self._place_small(partial, fresh.body, dest_root, rel_path)
+                        # Read whole and written in one go: its bytes count once they are in place.
+                        ctx.emit("start", 0, 0, validator.size)
+                        if ctx.emit_bytes is not None and validator.size:
+                            ctx.emit_bytes(validator.size, validator.size, validator.size)
                         return self._result(ctx, validator, digest, rel_path, 0, 1)
                 if job is not None:
                     resumed = job.resumed_bytes

@@ -217,6 +217,10 @@ async def _drain(
     """
     partial.create()
     partial.discard()
+    if ctx.unbounded_kept:
+        # A cut body of unknown length cannot be resumed: what the last attempt wrote is gone.
+        ctx.emit_restart(ctx.unbounded_kept)
+        ctx.unbounded_kept = 0
     sha = hashlib.sha256()
     pos = 0
     content = response.content
@@ -230,6 +234,7 @@ async def _drain(
             partial.write(data, pos)
             sha.update(data)
             pos += len(data)
+            ctx.unbounded_kept = pos
             ctx.received += len(data)
             if ctx.emit_bytes is not None:
                 ctx.emit_bytes(len(data), pos, pos)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 __all__ = [
     "ContentRange",
     "RangeMismatch",
+    "TotalMismatch",
     "check_partial_response",
     "contiguous_prefix",
     "parse_content_range",
@@ -77,6 +78,10 @@ class RangeMismatch(ValueError):
     """A 206 answer does not describe the bytes that were asked for."""
 
 
+class TotalMismatch(RangeMismatch):
+    """A 206 answer gives another total size than the one known for the object."""
+
+
 def check_partial_response(
     content_range: str | None,
     content_length: int | None,
@@ -99,7 +104,7 @@ def check_partial_response(
     if parsed.stop > stop:
         raise RangeMismatch(f"asked for bytes up to {stop}, got up to {parsed.stop}")
     if total is not None and parsed.total is not None and parsed.total != total:
-        raise RangeMismatch(f"object is {parsed.total} bytes, expected {total}")
+        raise TotalMismatch(f"object is {parsed.total} bytes, expected {total}")
     if content_length is not None and content_length != parsed.stop - parsed.start:
         raise RangeMismatch(
             f"Content-Length {content_length} does not match Content-Range {content_range!r}"

@@ -34,7 +34,7 @@ from engine.transfer.body import stream_body
 from engine.transfer.hashing import PrefixHasher
 from engine.transfer.http1 import Response
 from engine.transfer.partial import Partial, Validator
-from engine.transfer.ranges import RangeMismatch, check_partial_response
+from engine.transfer.ranges import RangeMismatch, TotalMismatch, check_partial_response
 from engine.transfer.retry import Backoff
 from engine.transfer.wire import error_for, open_get, read_error_body, set_stall_timeout
 
@@ -119,6 +119,7 @@ class Job:
         self.size = validator.size
         self.resumed_bytes = sum(done)
         self.downloaded = 0
+        self.size_disagreements = 0  # 206 answers whose total differed under the same ETag
         self._claim = 0
         self._head = 0
         self.frontier = 0
@@ -262,6 +263,9 @@ class Job:
         length = content_length(response)
         etag = response.headers.get("ETag")
         if status == 206 and self.ranged:
+            # The validator first: a new ETag means a new object, whatever its range says.
+            if etag is not None and self.validator.etag is not None and etag != self.validator.etag:
+                raise ObjectChanged(f"{redact(url.url)}: ETag changed during the download")
             try:
                 pos, stop = check_partial_response(
                     response.headers.get("Content-Range"),
@@ -270,10 +274,18 @@ class Job:
                     stop=stop,
                     total=self.size,
                 )
+            except TotalMismatch as exc:
+                # Same ETag, another size: one of the two answers was wrong. Once may be a
+                # glitch of this answer (retry); twice, or with no ETag to vouch for the object,
+                # the size we hold is in doubt, and only starting over can settle it.
+                self.size_disagreements += 1
+                if self.size_disagreements > 1 or self.validator.etag is None:
+                    raise ObjectChanged(
+                        f"{redact(url.url)}: {exc}; the size is in doubt, starting over"
+                    ) from None
+                raise TransientTransferError(f"{redact(url.url)}: {exc}") from None
             except RangeMismatch as exc:
                 raise TransientTransferError(f"{redact(url.url)}: {exc}") from None
-            if etag is not None and self.validator.etag is not None and etag != self.validator.etag:
-                raise ObjectChanged(f"{redact(url.url)}: ETag changed during the download")
         elif status == 200:
             if self.ranged:
                 # Either If-Range saw a new version, or the server ignores Range.

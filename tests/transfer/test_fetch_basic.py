@@ -101,13 +101,6 @@ async def test_progress_events_account_for_every_byte(tmp_path: Path) -> None:
         assert all(e.asset_id == asset.asset_id for e in h.events)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transfer-core bug: an object of at most chunk_size is read whole (first.py "
-    "_read_small) and placed (fetch.py _place_small) without any 'start' or 'bytes' event, so "
-    "the live byte count of a run (engine/summary.py RunCounters.bytes_done) leaves out every "
-    "small file",
-)
 async def test_progress_events_account_for_every_byte_of_a_small_object(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
         asset = h.one(lambda a: 1000 < a.size <= 64 * KiB)

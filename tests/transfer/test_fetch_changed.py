@@ -181,13 +181,6 @@ async def test_segment_gets_a_206_of_the_rewritten_object(tmp_path: Path, kind: 
         assert set(h.emu.counters.storage_statuses) == {206}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transfer-core bug: a 206 whose Content-Range total differs is refused as a "
-    "transient RangeMismatch (segments.py Job._consume) before its ETag is compared, so a "
-    "resized object behind a store that ignores If-Range is retried until the budget is spent "
-    "instead of restarting",
-)
 @pytest.mark.parametrize("kind", [LARGE, MEDIUM])
 async def test_resume_gets_a_206_of_a_resized_object(tmp_path: Path, kind: str) -> None:
     async with harness(tmp_path) as h:

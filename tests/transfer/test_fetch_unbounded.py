@@ -101,12 +101,6 @@ async def test_a_cut_ranged_answer_without_content_length_resumes(
         assert h.emu.counters.storage_bytes_for(asset.data_id) == asset.size
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transfer-core bug: when a body of unannounced length is cut, first.py _drain starts "
-    "over from zero on the retry without emitting a 'restart' event for the bytes it threw "
-    "away, so progress consumers (engine/summary.py RunCounters.on_progress) count them twice",
-)
 async def test_a_cut_body_of_unannounced_length_is_counted_once_in_progress(
     tmp_path: Path,
 ) -> None:
