@@ -18,7 +18,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.manifest import AssetUpdate, Manifest
 
-__all__ = ["MAX_BATCH", "BatchWriter", "ManifestAccess", "WriteItem"]
+__all__ = [
+    "MAX_BATCH",
+    "BatchWriter",
+    "ManifestAccess",
+    "WriteItem",
+    "take_batch",
+    "take_leftovers",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -49,6 +56,27 @@ def _commit(
         manifest.apply(updates, run_id, seen=seen)  # one transaction for both
 
 
+def take_batch(stream: MemoryObjectReceiveStream[T], first: T, limit: int = MAX_BATCH) -> list[T]:
+    """``first`` and whatever else is already queued, up to ``limit``: one transaction's worth."""
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            batch.append(stream.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+    return batch
+
+
+def take_leftovers(stream: MemoryObjectReceiveStream[T]) -> list[T]:
+    """Everything still queued, without waiting (for the shielded flush of a cancelled run)."""
+    leftover: list[T] = []
+    while True:
+        try:
+            leftover.append(stream.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return leftover
+
+
 class BatchWriter:
     """Drains a stream of :data:`WriteItem` into the manifest, a transaction per batch.
 
@@ -71,30 +99,14 @@ class BatchWriter:
         async with items:
             try:
                 async for first in items:
-                    await self.commit(self._drain(items, first))
+                    await self.commit(take_batch(items, first))
             finally:
                 # Cancelled (a signal, a fatal error): files already in place must still reach
                 # the database, or the next run would fetch them again.
                 with anyio.CancelScope(shield=True):
-                    leftover: list[WriteItem] = []
-                    while True:
-                        try:
-                            leftover.append(items.receive_nowait())
-                        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                            break
+                    leftover = take_leftovers(items)
                     if leftover:
                         await self.commit(leftover)
-
-    @staticmethod
-    def _drain(items: MemoryObjectReceiveStream[WriteItem], first: WriteItem) -> list[WriteItem]:
-        """``first`` and whatever else is already queued, up to a batch."""
-        batch = [first]
-        while len(batch) < MAX_BATCH:
-            try:
-                batch.append(items.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                break
-        return batch
 
     async def commit(self, batch: Sequence[WriteItem]) -> None:
         manifest = self.db.manifest

@@ -39,7 +39,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from engine.errors import AuthError, EngineError
 from engine.freshness import UrlFreshener
 from engine.jobs import Job, Outcome, PlannedAction, transfer_job, update_for_outcome
-from engine.manifest_access import MAX_BATCH, BatchWriter, ManifestAccess, WriteItem
+from engine.manifest_access import (
+    BatchWriter,
+    ManifestAccess,
+    WriteItem,
+    take_batch,
+    take_leftovers,
+)
 from engine.metadata import TagStager, fetch_page_annotations
 from engine.page_plan import ContentPlan, PagePlan, PagePlanner, StagedTags
 from engine.platform import PlatformClient, models
@@ -264,13 +270,7 @@ class Pipeline:
         async with events:
             try:
                 async for first in events:
-                    batch = [first]
-                    while len(batch) < MAX_BATCH:
-                        try:
-                            batch.append(events.receive_nowait())
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                    await self._commit_events(batch)
+                    await self._commit_events(take_batch(events, first))
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._flush_on_exit(events)
@@ -310,12 +310,7 @@ class Pipeline:
         """Cancelled or failed: record every file already in place. Files whose page metadata
         never came are recorded without it (tags and annotations left unknown): the next run
         sees that and fills it in, instead of downloading them again."""
-        leftover: list[Outcome | _Metadata] = []
-        while True:
-            try:
-                leftover.append(events.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
+        leftover = take_leftovers(events)
         if leftover:
             await self._commit_events(leftover)
         if self.transferer is None:
