@@ -272,3 +272,26 @@ def test_status_verify_and_export_commands(emu: Emulator, tmp_path: Path):
     missing = _run([*ASSETSYNC, "status", "--dest", str(tmp_path / "nowhere")], _env(None))
     assert missing.returncode == 2
     assert missing.stderr.startswith("assetsync: error:")
+
+
+def test_a_failed_asset_is_named_in_one_line_without_secrets_and_exits_1(
+    emu: Emulator, tmp_path: Path
+):
+    dest = tmp_path / "d"
+    victim = next(a for a in emu.dataset.asset_ids() if emu.dataset.expected(a).size > 0)
+    data_id = emu.dataset.expected(victim).data_id
+    emu.faults.add(FaultRule(target="storage", kind="status", status=404, data_id=data_id))
+    done = _run(_mirror_args(emu, dest, "-v"), _env(emu.token))
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.strip().startswith("failed:")]
+    assert len(lines) == 1
+    assert victim in lines[0]
+    assert "not found" in lines[0]
+    # The URL in the message lost its signature; neither the token nor any signature leaks.
+    output = done.stdout + done.stderr
+    assert emu.token not in output
+    assert "X-Amz-Signature=" not in output.replace("X-Amz-Signature=REDACTED", "")
+    summary = json.loads(_run(_mirror_args(emu, dest, "--json"), _env(emu.token)).stdout)
+    assert summary["failed"] == 1
+    assert summary["failures"][0]["asset_id"] == victim
+    assert summary["exit_code"] == 1
