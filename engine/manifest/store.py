@@ -146,7 +146,13 @@ class Manifest:
         mode: Literal["rwc", "rw", "ro"] = "ro" if read_only else ("rwc" if create else "rw")
         conn = connect(dest, path, mode=mode, busy_timeout=busy_timeout)
         try:
-            version = check_compatible(conn, str(path), migrations)
+            # One read transaction: the checks must see one snapshot, not a migration that
+            # another process commits between two of their statements.
+            conn.execute("BEGIN")
+            try:
+                version = check_compatible(conn, str(path), migrations)
+            finally:
+                conn.execute("COMMIT")
             set_pragmas(conn, path, busy_timeout, read_only=read_only)
             if read_only:
                 if version < len(migrations):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 from pathlib import Path
 
@@ -205,3 +206,26 @@ def test_a_manifest_locked_by_another_writer_is_a_clear_error(tmp_path: Path) ->
             other.close()
         m.apply([update("a")], run)
         assert m.count_assets() == 1
+
+
+def _open_once(dest: str, results: multiprocessing.Queue[str]) -> None:
+    try:
+        with Manifest.open(Path(dest)):
+            results.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        results.put(repr(exc))
+
+
+def test_processes_opening_a_fresh_dest_at_once_all_succeed(tmp_path: Path) -> None:
+    """Prefetch workers open one new DEST together: none may see half a migration."""
+    context = multiprocessing.get_context("fork")
+    for round_ in range(10):
+        dest = tmp_path / f"d{round_}"
+        dest.mkdir()
+        results: multiprocessing.Queue[str] = context.Queue()
+        workers = [context.Process(target=_open_once, args=(str(dest), results)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [results.get(timeout=10) for _ in workers] == ["ok"] * 4
