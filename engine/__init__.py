@@ -19,6 +19,7 @@ from engine._version import __version__
 if TYPE_CHECKING:
     from engine.errors import EngineError
     from engine.mirroring import mirror
+    from engine.prefetch import Prefetcher, PrefetchItem
     from engine.settings import Settings, load_settings
     from engine.summary import Failure, MirrorSummary
 
@@ -26,6 +27,8 @@ __all__ = [
     "EngineError",
     "Failure",
     "MirrorSummary",
+    "PrefetchItem",
+    "Prefetcher",
     "Settings",
     "__version__",
     "load_settings",
@@ -39,6 +42,8 @@ _LAZY = {
     "Settings": "engine.settings",
     "load_settings": "engine.settings",
     "mirror": "engine.mirroring",
+    "Prefetcher": "engine.prefetch",
+    "PrefetchItem": "engine.prefetch",
 }
 
 

@@ -153,6 +153,9 @@ class _TomlSource(PydanticBaseSettingsSource):
         return dict(_config_values.get() or {})
 
 
+_OTHER_TABLES = frozenset({"prefetch"})
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -165,7 +168,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
     section = data.get("assetsync", data)
     if not isinstance(section, dict):
         raise UsageError(f"config file {path}: [assetsync] must be a table")
-    return dict(section)
+    # Tables other components read from the same file (engine.prefetch.options): not ours.
+    return {k: v for k, v in section.items() if k not in _OTHER_TABLES}
 
 
 def _read_token_file(path: Path) -> str:

@@ -1,0 +1,624 @@
+"""One epoch of a prefetcher: plan chunks, fetch in priority order, hand items out.
+
+::
+
+    EpochSource ─chunks─▶ planner ─▶ Window (pure: positions, look-ahead, budget)
+                            │  plan_content (PagePlanner)          ▲        │
+                            │  metadata: annotations + staged tags │        ▼ next_download
+                            └─▶ settle ─▶ SessionWriter ◀── outcomes ── fetchers (N)
+                                                 ▲                         │
+                        consumer: next() ── take ┴─ evictions ◀────────────┘
+
+The planner registers each chunk's positions in the window *before* asking the manifest
+about them (so nothing it is about to hand out can be evicted), then resolves each asset: on
+disk already (no request), to download, failed (gone from the version) or skipped (upload not
+finished). A chunk's tags and annotations come alongside its downloads; an item goes out once
+its file is in place and its metadata is in, and the file is recorded with that metadata
+(the mirror's :func:`~engine.jobs.update_for_outcome`), so a later ``mirror`` skips it.
+
+Fetchers take the lowest queued position the window allows (priority), evict what the budget
+needs first (deleting without following symlinks, recording ``evicted``), on a shared DEST hold
+the object's fetch lock (:class:`~engine.prefetch.locking.FetchLocks`: if another prefetcher
+had it, its file is used instead), refresh stale URLs in one ``XGET`` batch for all queued
+jobs, and run the mirror's :func:`~engine.jobs.transfer_job`.
+
+Stopping: :meth:`EpochRun.cancel` lets downloads in flight finish for a short grace (so small
+files land and are recorded rather than orphaned), then cuts them; files in place are committed
+(without metadata if it never came: the next run completes it). Any fatal error (the token was
+revoked, the disk is full, the listing broke) reaches the consumer's next call: never a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from engine.errors import AuthError, EngineError
+from engine.jobs import Job, Outcome, transfer_job, update_for_outcome
+from engine.manifest import AssetRow
+from engine.metadata import fetch_page_annotations
+from engine.page_plan import ContentPlan
+from engine.plan import LocalFile, StoredAsset, content_decision
+from engine.prefetch.budget import COLD_MIN, BudgetKeeper
+from engine.prefetch.items import AssetUnavailable, PrefetchItem
+from engine.prefetch.source import EpochSource, Listed
+from engine.prefetch.window import SlotState, Start, Window
+from engine.transfer import ProgressEvent
+from engine.transfer.partial import Partial, PartialDir
+
+if TYPE_CHECKING:
+    from engine.prefetch.session import Session
+
+__all__ = ["CANCEL_GRACE", "EpochRun"]
+
+log = logging.getLogger("engine.prefetch")
+
+# Downloads in flight when an epoch is stopped get this long to land (seconds).
+CANCEL_GRACE = 2.0
+_MAX_CLAIM_ROUNDS = 4
+_MAX_LISTED_FAILURES = 20
+
+
+@dataclass(slots=True)
+class _Entry:
+    """What the async side keeps for one registered position."""
+
+    listed: Listed
+    job: Job | None = None
+    row: AssetRow | None = None  # on disk already
+    outcome: Outcome | None = None
+    error: str | None = None
+    tags: tuple[str, ...] = ()
+    data_tags: tuple[str, ...] = ()
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    meta: bool = False
+    committed: bool = False
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The error to report from a task group's exception group: an EngineError if any."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_leaf(e) for e in exc.exceptions]
+        for leaf in leaves:
+            if isinstance(leaf, EngineError):
+                return leaf
+        return leaves[0] if leaves else exc
+    return exc
+
+
+class EpochRun:
+    def __init__(self, session: Session, number: int) -> None:
+        s = session
+        o = s.options
+        self.s = session
+        self.number = number
+        budget = s.books is not None
+        # With a budget, plan no further than the window: files found on disk are protected
+        # from registration on, and must not crowd the budget from beyond the look-ahead.
+        self.chunk_cap = min(s.settings.page_size, o.window) if budget else s.settings.page_size
+        self.plan_limit = o.window if budget else o.window + 2 * s.settings.page_size
+        self.window = Window(
+            items=o.window,
+            bytes_ahead=o.window_bytes,
+            books=s.books,
+            hold=o.hold,
+            ordered=o.order == "ordered",
+            unknown_size=s.settings.transfer.chunk_size,
+        )
+        self.entries: dict[int, _Entry] = {}
+        self.scope = anyio.CancelScope()
+        self.fatal: BaseException | None = None
+        self.listing_error: EngineError | None = None
+        self.ended = anyio.Event()
+        self._event = anyio.Event()
+        self._room = anyio.Event()
+        self._consumer_waits = False
+        self._planner_waits = False
+        self._planner_done = False
+        self._start_lock = anyio.Lock()
+        self._refresh_lock = anyio.Lock()
+        self._meta_limiter = anyio.CapacityLimiter(2)
+        self._transfers: set[anyio.CancelScope] = set()
+        self._active: dict[str, int] = {}  # asset id -> position of its download in flight
+        self._cut: list[Job] = []  # downloads cut short by a cancel
+        self._tg: TaskGroup | None = None
+        self._closed = False
+        self._idle: deque[anyio.Event] = deque()  # fetchers waiting for a download to start
+        self.budget = BudgetKeeper(session)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            with self.scope:
+                try:
+                    async with anyio.create_task_group() as tg:
+                        self._tg = tg
+                        tg.start_soon(self._planner)
+                        fetchers = min(self.s.settings.limits.concurrency, self.window.items)
+                        for _ in range(fetchers):
+                            tg.start_soon(self._fetcher)
+                except Exception as exc:
+                    self.fatal = _leaf(exc)
+                    self.s.failed_fatally()
+        finally:
+            self._wind_up()  # synchronous: nothing here can be cancelled
+            self.ended.set()
+            self._notify()
+
+    def cancel(self, grace: float = CANCEL_GRACE) -> None:
+        """Stop the epoch; downloads in flight get ``grace`` seconds to land."""
+        deadline = anyio.current_time() + grace
+        for scope in self._transfers:
+            scope.deadline = min(scope.deadline, deadline)
+        self.scope.cancel()
+
+    def _wind_up(self) -> None:
+        """The epoch's tasks are over: record what is in place. Stopped early, let go of
+        everything the epoch holds; finished, the items left wait for the consumer."""
+        s = self.s
+        for entry in self.entries.values():
+            outcome = entry.outcome
+            if outcome is not None and outcome.result is not None and not entry.committed:
+                s.writer.put(update_for_outcome(outcome, metadata=entry.meta))
+                entry.committed = True
+        if s.books is not None:
+            # A cache keeps no half files: a cut download's partial would sit outside the books.
+            folder = PartialDir(s.dest / ".assetsync")
+            for job in self._cut:
+                part = Partial(folder, job.asset.id, job.asset.data.id).path
+                for path in (part, part.with_name(part.name + ".state")):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+        if self.scope.cancel_called or self.fatal is not None:
+            self.close()
+
+    def close(self) -> None:
+        """Let go of the paths claimed and the files protected for items not handed out."""
+        if self._closed:
+            return
+        self._closed = True
+        unplaced = [
+            entry.job.asset.id
+            for entry in self.entries.values()
+            if entry.job is not None and not entry.committed
+        ]
+        self.s.planner.in_flight.release(unplaced)
+        self.window.close()
+
+    def _notify(self) -> None:
+        """Something changed. Wake only who can act on it: the consumer if an item (or the
+        end, or an error) is there for it, the planner if the look-ahead has room, and one
+        idle fetcher (which wakes the next if it could start a download: no herd per event)."""
+        if self._consumer_waits and self._consumer_can_go():
+            self._consumer_waits = False
+            self._event.set()
+            self._event = anyio.Event()
+        if self._planner_waits and self.window.outstanding < self.plan_limit:
+            self._planner_waits = False
+            self._room.set()
+            self._room = anyio.Event()
+        self._wake_fetcher()
+
+    def _consumer_can_go(self) -> bool:
+        return (
+            self.window.next_yield() is not None
+            or self.window.done()
+            or self.ended.is_set()
+            or self.fatal is not None
+            or self.s.error is not None
+        )
+
+    async def _changed(self) -> None:
+        self._consumer_waits = True
+        await self._event.wait()
+
+    async def _has_room(self) -> None:
+        self._planner_waits = True
+        await self._room.wait()
+
+    def _wake_fetcher(self, everyone: bool = False) -> None:
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.is_set():
+                waiter.set()
+                if not everyone:
+                    return
+
+    async def _idle_wait(self) -> None:
+        waiter = anyio.Event()
+        self._idle.append(waiter)
+        await waiter.wait()
+
+    # -- the consumer ------------------------------------------------------------------------
+
+    async def next(self) -> PrefetchItem:
+        s = self.s
+        while True:
+            error = self.fatal or s.error
+            if error is not None:
+                raise error
+            position = self.window.next_yield()
+            if position is None:
+                if self.window.done():
+                    self.close()
+                    if self.listing_error is not None:
+                        error, self.listing_error = self.listing_error, None
+                        raise error
+                    raise StopAsyncIteration
+                if self.ended.is_set():
+                    raise EngineError("the prefetcher stopped before the epoch ended")
+                await self._changed()
+                continue
+            slot = self.window.take(position)
+            entry = self.entries.pop(position)
+            self._notify()
+            if slot.state is SlotState.FAILED:
+                item = self._failed(entry)
+                if item is None:
+                    continue
+                return item
+            return self._item(entry)
+
+    def _item(self, entry: _Entry) -> PrefetchItem:
+        s = self.s
+        listed = entry.listed
+        if entry.row is not None:
+            row = entry.row
+            assert row.path is not None
+            rel, size, sha256, cached = row.path, row.size, row.sha256, True
+            asset = listed.asset
+        else:
+            assert entry.outcome is not None and entry.outcome.result is not None
+            assert entry.job is not None
+            result = entry.outcome.result
+            rel, size, sha256 = result.rel_path.as_posix(), result.size, result.sha256
+            cached = False
+            asset = entry.job.asset
+        assert asset is not None
+        data = asset.data
+        s.stats.yielded += 1
+        s.stats.cached += cached
+        return PrefetchItem(
+            asset_id=asset.id,
+            data_id=data.id,
+            filename=data.filename,
+            path=s.dest / rel,
+            rel_path=rel,
+            size=size,
+            sha256=sha256,
+            content_type=data.content_type,
+            width=data.width,
+            height=data.height,
+            tags=entry.tags,
+            data_tags=entry.data_tags,
+            annotations=entry.annotations,
+            object_name=data.object_name,
+            index=listed.index,
+            epoch=self.number,
+            cached=cached,
+        )
+
+    def _failed(self, entry: _Entry) -> PrefetchItem | None:
+        s = self.s
+        listed = entry.listed
+        asset = entry.job.asset if entry.job is not None else listed.asset
+        filename = asset.data.filename if asset is not None else ""
+        reason = entry.error or "could not be fetched"
+        s.stats.failed += 1
+        if len(s.stats.failures) < _MAX_LISTED_FAILURES:
+            s.stats.failures.append(f"{listed.asset_id}: {reason}")
+        policy = s.options.on_failure
+        if policy == "raise":
+            raise AssetUnavailable(listed.asset_id, filename, reason)
+        if policy == "skip":
+            log.warning("skipping asset %s (%r): %s", listed.asset_id, filename, reason)
+            return None
+        data = asset.data if asset is not None else None
+        return PrefetchItem(
+            asset_id=listed.asset_id,
+            data_id=data.id if data is not None else None,
+            filename=filename,
+            path=None,
+            rel_path=None,
+            size=None,
+            sha256=None,
+            content_type=data.content_type if data is not None else None,
+            width=data.width if data is not None else None,
+            height=data.height if data is not None else None,
+            tags=entry.tags,
+            data_tags=entry.data_tags,
+            annotations=entry.annotations,
+            object_name=data.object_name if data is not None else None,
+            index=listed.index,
+            epoch=self.number,
+            cached=False,
+            error=reason,
+        )
+
+    # -- the planner -------------------------------------------------------------------------
+
+    async def _planner(self) -> None:
+        source = EpochSource(self.s, self.number, chunk_cap=self.chunk_cap)
+        try:
+            await self.s.writer.flush()  # plan against everything earlier epochs recorded
+            async with contextlib.aclosing(source.chunks()) as chunks:
+                async for chunk in chunks:
+                    while (
+                        self.window.outstanding
+                        and self.window.outstanding + len(chunk) > self.plan_limit
+                    ):
+                        await self._has_room()
+                    await self._plan_chunk(chunk)
+        except AuthError:
+            raise
+        except EngineError as exc:
+            # What was listed still goes out; the consumer gets the error where it broke.
+            self.listing_error = exc
+        finally:
+            self.window.source_done = True
+            self._planner_done = True
+            self._notify()
+            self._wake_fetcher(everyone=True)
+
+    async def _plan_chunk(self, chunk: list[Listed]) -> None:
+        s = self.s
+        window = self.window
+        positions: dict[str, int] = {}
+        for listed in chunk:
+            position = window.planned
+            window.plan(position, listed.asset_id)
+            self.entries[position] = _Entry(listed)
+            positions[listed.asset_id] = position
+        found = [listed.asset for listed in chunk if listed.asset is not None]
+        content = await s.planner.plan_content(found)
+        gave_up = await self._claim(content, found)
+        kept = {asset.id: row for asset, row in content.kept}
+        jobs = {job.asset.id: job for job in content.jobs}
+        not_ready = set(content.not_ready)
+        for listed in chunk:
+            position = positions[listed.asset_id]
+            entry = self.entries[position]
+            asset_id = listed.asset_id
+            if listed.asset is None:
+                entry.error = "no longer in the dataset version"
+                window.fail(position)
+            elif asset_id in gave_up:
+                entry.error = "no free path for it (another process keeps taking it)"
+                window.fail(position)
+            elif asset_id in not_ready:
+                s.stats.skipped_not_ready += 1
+                window.skip(position)
+                del self.entries[position]
+            elif asset_id in kept:
+                entry.row = kept[asset_id]
+                window.on_disk(position, kept[asset_id].size or 0)
+                self.budget.track(asset_id, kept[asset_id].path)
+            else:
+                job = jobs[asset_id]
+                entry.job = job
+                hint, replaces = self._sizes(job, content.rows.get(asset_id))
+                window.queue(position, hint=hint, replaces=replaces)
+        self._notify()
+        assert self._tg is not None
+        self._tg.start_soon(self._metadata, content, positions)
+
+    async def _claim(self, content: ContentPlan, found: list[Any]) -> set[str]:
+        """Shared DEST: claim new paths; plan again the assets another process beat us to.
+        Returns the assets that never got a path (after a few rounds)."""
+        s = self.s
+        by_id = {asset.id: asset for asset in found}
+        for attempt in range(_MAX_CLAIM_ROUNDS):
+            recorded = {asset_id: row.path for asset_id, row in content.rows.items()}
+            lost = await s.claim(content.jobs, recorded)
+            if not lost:
+                return set()
+            s.planner.in_flight.release(lost)
+            content.jobs = [job for job in content.jobs if job.asset.id not in lost]
+            if attempt == _MAX_CLAIM_ROUNDS - 1:
+                return lost
+            again = await s.planner.plan_content([by_id[asset_id] for asset_id in lost])
+            content.rows.update(again.rows)
+            content.kept += again.kept
+            content.jobs += again.jobs
+            content.not_ready += again.not_ready
+        return set()
+
+    def _sizes(self, job: Job, row: AssetRow | None) -> tuple[int | None, int]:
+        """The size to reserve if the manifest knows it (an evicted file of the same data),
+        and the bytes of an untouched file the download will replace at its path."""
+        if row is None:
+            return None, 0
+        hint = row.size if row.data_id == job.asset.data.id and row.sha256 else None
+        books = self.s.books
+        if books is None or row.path != job.rel_path.as_posix() or books.known(row.asset_id):
+            return hint, 0
+        try:
+            st = os.lstat(self.s.dest / row.path)
+        except OSError:
+            return hint, 0
+        return hint, st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+    async def _metadata(self, content: ContentPlan, positions: dict[str, int]) -> None:
+        s = self.s
+        async with self._meta_limiter:
+            annotations = await fetch_page_annotations(s.client, s.dv, content.order)
+            await s.tags_ready.wait()
+            if s.tags_error is not None:
+                raise s.tags_error
+            staged = await s.db.call(s.planner.staged_tags, content.order)
+        settled = s.planner.settle(content, staged, annotations)
+        for update in settled.updates:
+            s.writer.put(update)
+        if settled.seen:
+            s.writer.put(list(settled.seen))
+        for asset_id, position in positions.items():
+            entry = self.entries.get(position)
+            if entry is None:
+                continue
+            entry.tags, entry.data_tags = staged.get(asset_id, ((), ()))
+            entry.annotations = annotations.get(asset_id, [])
+            entry.meta = True
+            outcome = entry.outcome
+            if outcome is not None and not entry.committed:
+                s.writer.put(update_for_outcome(outcome))
+                entry.committed = True
+            self.window.meta_done(position)
+        self._notify()
+
+    # -- the fetchers ------------------------------------------------------------------------
+
+    def _more_to_fetch(self) -> bool:
+        return not self._planner_done or self.window.queued > 0
+
+    def _queued(self, position: int) -> bool:
+        slot = self.window.slot(position)
+        return slot is not None and slot.state is SlotState.QUEUED
+
+    async def _next_start(self) -> Start | None:
+        while True:
+            async with self._start_lock:
+                books = self.s.books
+                if books is not None and books.cold and len(self.s.cold_rows) < COLD_MIN:
+                    # Untouched rows at hand, for evictions that cannot wait for the manifest.
+                    await self.budget.fill_cold(2 * COLD_MIN)
+                start = self.window.next_download()
+                if start is not None and (not start.free or await self.budget.make_room(start)):
+                    self.window.start(start)
+                    self._wake_fetcher()  # there may be more to start: the next idle one looks
+                    return start
+            if start is None and not self._more_to_fetch():
+                self._wake_fetcher(everyone=True)  # the others end too
+                return None
+            # Nothing allowed yet, or the room counted on is held by items being planned:
+            # wait for the consumer or the planner to change something.
+            await self._idle_wait()
+
+    async def _fetcher(self) -> None:
+        s = self.s
+        while (start := await self._next_start()) is not None:
+            position = start.position
+            entry = self.entries[position]
+            job = entry.job
+            assert job is not None
+            self._active[job.asset.id] = position
+            scope = anyio.CancelScope(shield=True)
+            self._transfers.add(scope)
+            try:
+                async with self._one_fetcher(job) as placed:
+                    if placed is not None:
+                        self._placed_by_another(position, entry, placed)
+                        continue
+                    await self._freshen(job)
+                    with scope:
+                        outcome = await transfer_job(
+                            job,
+                            transferer=s.transferer,
+                            client=s.client,
+                            dest=s.dest,
+                            counters=s.counters,
+                        )
+            finally:
+                self._transfers.discard(scope)
+                self._active.pop(job.asset.id, None)
+            if scope.cancelled_caught:
+                self._cut.append(job)
+                self.window.fail(position)
+                return
+            entry.outcome = outcome
+            if outcome.result is not None:
+                s.stats.downloaded += 1
+                self.window.finished(position, outcome.result.size)
+                self.budget.track(job.asset.id, outcome.result.rel_path.as_posix())
+            else:
+                entry.error = outcome.error
+                self.window.fail(position)
+            if entry.meta:
+                s.writer.put(update_for_outcome(outcome))
+                entry.committed = True
+            self.budget.peak()
+            self._notify()
+
+    @contextlib.asynccontextmanager
+    async def _one_fetcher(self, job: Job) -> AsyncIterator[AssetRow | None]:
+        """Shared DEST: hold the object's fetch lock; if another process held it, yield the
+        row of the file it put in place meanwhile (None: download it)."""
+        locks = self.s.fetch_locks
+        if locks is None:
+            yield None
+            return
+        async with locks.hold(job.asset.id) as waited:
+            yield await self._in_place(job) if waited else None
+
+    async def _in_place(self, job: Job) -> AssetRow | None:
+        s = self.s
+        asset = job.asset
+        row = await s.db.call(s.manifest.row, asset.id)
+        if row is None or row.path is None:
+            return None
+        try:
+            st = os.lstat(s.dest / row.path)
+        except OSError:
+            return None
+        stored = StoredAsset(
+            data_id=row.data_id,
+            object_name=row.object_name,
+            path=row.path,
+            size=row.size,
+            state=row.state,
+            tags_digest=row.tags_digest,
+            annotations_digest=row.annotations_digest,
+        )
+        local = LocalFile(st.st_size, stat.S_ISREG(st.st_mode))
+        reason = content_decision(
+            data_id=asset.data.id, object_name=asset.data.object_name, stored=stored, local=local
+        )
+        return row if reason is None else None
+
+    def _placed_by_another(self, position: int, entry: _Entry, row: AssetRow) -> None:
+        """Another prefetcher fetched this asset while we waited: use its file."""
+        assert entry.job is not None
+        entry.row = row
+        entry.committed = True  # its row is recorded (by the other process)
+        self.s.planner.in_flight.release([entry.job.asset.id])
+        self.window.finished(position, row.size or 0)
+        self._notify()
+
+    async def _freshen(self, job: Job) -> None:
+        """Refresh a stale URL together with every queued job's (one ``XGET`` per 1000)."""
+        freshener = self.s.freshener
+        if not freshener.stale([job]):
+            return
+        async with self._refresh_lock:
+            if not freshener.stale([job]):
+                return
+            queued = (
+                e.job for p, e in self.entries.items() if e.job is not None and self._queued(p)
+            )
+            batch = [job, *islice((j for j in queued if j is not job), 999)]
+            await freshener.refresh_stale(batch)
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        """A download announced its size before writing: keep the books within budget now."""
+        if event.kind != "start" or event.total is None:
+            return
+        position = self._active.get(event.asset_id)
+        if position is None:
+            return
+        over = self.window.size_known(position, event.total)
+        if over > 0:
+            over -= self.budget.evict_cold_now(over) if self.s.books and self.s.books.cold else 0
+            if over > 0 and self.budget.evict_passed(over) < over:
+                self.s.stats.over_budget_starts += 1
+                log.warning("disk budget exceeded by a download larger than its reservation")
+        self.budget.peak()

@@ -1,0 +1,69 @@
+"""Shared helpers for the prefetcher's tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+from engine.emulator import Emulator
+from tests.mirror.helpers import settings_for
+
+__all__ = [
+    "data_bytes_on_disk",
+    "engine_tasks",
+    "engine_threads",
+    "listing",
+    "settings_for",
+    "sha256_of",
+]
+
+
+def listing(emu: Emulator) -> list[str]:
+    """The version's asset ids in listing order."""
+    return list(emu.dataset.asset_ids())
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def data_bytes_on_disk(dest: Path) -> int:
+    """What the disk budget bounds: every data file under DEST, complete or partial (the
+    manifest, the lock files and the partial files' small resume sidecars excepted)."""
+    total = 0
+    for root, dirs, files in os.walk(dest):
+        rel = Path(root).relative_to(dest)
+        in_state = rel.parts[:1] == (".assetsync",)
+        for name in files:
+            if in_state and not (rel.parts[1:2] == ("partial",) and name.endswith(".part")):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # renamed or evicted meanwhile
+                total += os.lstat(os.path.join(root, name)).st_size
+        dirs.sort()
+    return total
+
+
+def engine_tasks() -> list[asyncio.Task]:
+    """Tasks running engine code other than the emulator's (which serves the test)."""
+    found = []
+    for task in asyncio.all_tasks():
+        # anyio names its tasks after their function; plain asyncio tasks show their code.
+        coro = task.get_coro()
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        where = f"{task.get_name()} {code.co_filename if code is not None else ''}"
+        if ("engine." in where or "/engine/" in where) and "emulator" not in where:
+            found.append(task)
+    return found
+
+
+def engine_threads() -> set[str]:
+    """Names of live threads the engine starts (transfer I/O, lock heartbeat, loop thread)."""
+    return {
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("assetsync-") and t.name != "assetsync-emulator"
+    }

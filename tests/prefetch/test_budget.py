@@ -1,0 +1,119 @@
+"""The disk budget: a version twice the budget streams through it, evictions on record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.emulator import Emulator
+from engine.errors import LockHeldError
+from engine.manifest import Manifest
+from engine.prefetch import Prefetcher
+from tests.prefetch.helpers import data_bytes_on_disk, listing, settings_for, sha256_of
+
+KiB = 1024
+
+
+def _version(seed: int) -> Emulator:
+    # Small files and a few larger than the transfer's chunk size (these announce their size
+    # before any byte is written; the small ones are reserved a whole chunk until then).
+    return Emulator(
+        assets=60,
+        seed=seed,
+        min_size=8 * KiB,
+        max_size=48 * KiB,
+        large_share=0.08,
+        large_size=160 * KiB,
+        empty_share=0.0,
+        nasty_filenames=False,
+    )
+
+
+def _settings(emu: Emulator, dest: Path):
+    return settings_for(emu, dest, transfer={"chunk_size": 64 * KiB}, limits={"concurrency": 4})
+
+
+async def test_a_version_twice_the_budget_streams_through_it(tmp_path: Path):
+    dest = tmp_path / "d"
+    async with _version(31) as emu:
+        order = listing(emu)
+        total = sum(emu.dataset.expected(a).size for a in order)
+        budget = total // 2
+        settings = _settings(emu, dest)
+        samples = []
+        async with Prefetcher(settings, window=4, max_bytes=budget) as prefetcher:
+            for epoch in range(2):
+                got = []
+                async for item in prefetcher:
+                    assert item.path is not None
+                    assert sha256_of(item.path) == emu.dataset.expected(item.asset_id).sha256
+                    samples.append(data_bytes_on_disk(dest))
+                    assert samples[-1] <= budget, (epoch, len(got), samples[-1], budget)
+                    got.append(item.asset_id)
+                assert got == order
+            stats = prefetcher.stats
+        assert max(samples) > budget // 2  # the budget was used, not avoided
+        assert stats.evicted > 0 and stats.over_budget_starts == 0
+        assert stats.peak_usage <= budget
+        assert data_bytes_on_disk(dest) <= budget
+
+        # Evictions are on record: evicted rows have no file, ok rows have theirs.
+        with Manifest.open(dest, create=False) as manifest:
+            rows = {row.asset_id: row for row in manifest.iter_rows()}
+        evicted = [r for r in rows.values() if r.state == "evicted"]
+        kept = [r for r in rows.values() if r.state == "ok"]
+        assert evicted and kept and len(evicted) + len(kept) == len(order)
+        for row in evicted:
+            assert row.path is not None and not (dest / row.path).exists()
+        for row in kept:
+            assert row.path is not None and (dest / row.path).stat().st_size == row.size
+        assert sum(r.size or 0 for r in kept) <= budget
+
+        # A new session starts with the disk full of files it did not touch yet (cold):
+        # they are evicted as needed, and the budget holds from the first download.
+        emu.counters.reset()
+        async with Prefetcher(settings, window=4, max_bytes=budget) as prefetcher:
+            async for _ in prefetcher:
+                assert data_bytes_on_disk(dest) <= budget
+            assert prefetcher.stats.cached > 0  # what was still there was used, not re-fetched
+            assert prefetcher.stats.over_budget_starts == 0
+        assert emu.counters.storage_requests < len(order)
+
+
+async def test_files_over_the_budget_already_go_only_when_room_is_needed(tmp_path: Path):
+    dest = tmp_path / "d"
+    async with _version(33) as emu:
+        settings = _settings(emu, dest)
+        async with Prefetcher(settings) as prefetcher:  # no budget: everything stays
+            assert len([item async for item in prefetcher]) == 60
+        full = data_bytes_on_disk(dest)
+        budget = full // 3
+        async with Prefetcher(settings, window=3, max_bytes=budget) as prefetcher:
+            # Everything is on disk already: nothing to download, so nothing is deleted (the
+            # budget bounds what the prefetcher adds; untouched files go when room is needed).
+            async for item in prefetcher:
+                assert item.cached
+            assert prefetcher.stats.evicted == 0
+        assert data_bytes_on_disk(dest) == full
+        # Room is needed once assets are added: untouched files go, down to the budget.
+        emu.add_assets(6)
+        async with Prefetcher(settings, window=3, max_bytes=budget) as prefetcher:
+            async for item in prefetcher:
+                assert item.path is not None and item.path.is_file()
+            assert prefetcher.stats.downloaded >= 6 and prefetcher.stats.evicted > 0
+        assert data_bytes_on_disk(dest) <= budget
+
+
+async def test_a_budgeted_prefetcher_owns_dest(tmp_path: Path):
+    dest = tmp_path / "d"
+    async with _version(35) as emu:
+        settings = _settings(emu, dest)
+        async with Prefetcher(settings, max_bytes=10**9):
+            with pytest.raises(LockHeldError):
+                async with Prefetcher(settings):
+                    pass
+        async with Prefetcher(settings):
+            with pytest.raises(LockHeldError):
+                async with Prefetcher(settings, max_bytes=10**9):
+                    pass
