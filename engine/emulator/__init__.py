@@ -94,6 +94,19 @@ Faults
     than asked); ``chunked`` drops ``Content-Length`` (with ``ignore_range``: a body of
     unannounced length). External (nginx) storage is outside the emulator: storage faults,
     rewrites and storage counters do not apply to it.
+Speed
+    The API derives everything again rather than storing it, so what it derives repeatedly is
+    kept, bounded, under keys that include everything the value depends on (a mutation
+    changes the key or goes through an overlay consulted first; nothing can go stale):
+    records per ``(index, data generation)`` (16,384), generated annotations as their JSON
+    text per ``(index, annotation generation)`` (8,192 assets), generated tags as a 2-byte
+    mask per asset (computed by blocks the first time a ``q`` filter needs them; 2 MB for a
+    million). Listing pages and bulk annotation answers are written as text, not dicts;
+    ``annotations/ids`` derives ids without generating annotations. Answers are byte for
+    byte what the plain derivations give (tests compare them). The caches hold about 30 MB
+    at most whatever the version's size (tracemalloc, full caches: 17 MB of records, 12 MB of
+    annotation texts, 2 MB of tag masks for a million assets).
+    ``benchmarks/emulator_api_bench.py`` measures the API.
 Counters
     Requests are counted on arrival under their endpoint kind, whatever the answer; storage
     bytes when handed to the transport; storage answers by status code when decided.

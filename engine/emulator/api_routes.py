@@ -39,7 +39,14 @@ from engine.emulator.params import (
     require_uuid,
 )
 from engine.emulator.records import AssetRecord
-from engine.emulator.views import SDK_VERSION, asset_json, data_json, tag_json, version_json
+from engine.emulator.views import (
+    SDK_VERSION,
+    asset_json,
+    asset_json_text,
+    data_json,
+    tag_json,
+    version_json,
+)
 
 __all__ = ["register"]
 
@@ -49,6 +56,16 @@ _MAX_BATCH = 1000
 
 def _json(value: Any) -> web.Response:
     return web.json_response(value, dumps=dumps)
+
+
+def _json_text(text: str) -> web.Response:
+    """An answer already serialised as ``dumps`` would (what ``web.json_response`` sends)."""
+    return web.Response(text=text, content_type="application/json")
+
+
+def _items_text(items: list[str], tail: str = "") -> str:
+    """``{"items":[...]<tail>}`` from items already serialised."""
+    return '{"items":[' + ",".join(items) + "]" + tail + "}"
 
 
 def _check_org(ctx: Context, request: web.Request) -> None:
@@ -139,8 +156,8 @@ async def assets_list(request: web.Request, ctx: Context) -> web.StreamResponse:
     items = []
     for index in indices:
         record = ctx.dataset.record(index)
-        items.append(asset_json(ctx, record, url=not record.null_url))
-    return _json({"items": items, "count": count, "next_cursor": cursor})
+        items.append(asset_json_text(ctx, record, url=not record.null_url))
+    return _json_text(_items_text(items, f',"count":{count},"next_cursor":{dumps(cursor)}'))
 
 
 @api_endpoint("asset_ids")
@@ -214,8 +231,8 @@ async def assets_xget(request: web.Request, ctx: Context) -> web.StreamResponse:
     items = []
     for index in indices:
         if ctx.dataset.matches(index, query):
-            items.append(asset_json(ctx, ctx.dataset.record(index)))
-    return _json({"items": items, "count": len(items)})
+            items.append(asset_json_text(ctx, ctx.dataset.record(index)))
+    return _json_text(_items_text(items, f',"count":{len(items)}'))
 
 
 @api_endpoint("asset")
@@ -296,12 +313,7 @@ async def annotation_ids(request: web.Request, ctx: Context) -> web.StreamRespon
         indices = sorted({i for v in wanted if (i := dataset.index_of(v)) is not None})
     else:
         indices = list(dataset.iter_live())
-    out = [
-        a["id"]
-        for i in indices
-        for a in dataset.annotations(i)
-        if status is None or a["status"] == status
-    ]
+    out = [annotation_id for i in indices for annotation_id in dataset.annotation_ids(i, status)]
     return _json(out)
 
 
@@ -313,8 +325,8 @@ async def annotations_bulk(request: web.Request, ctx: Context) -> web.StreamResp
         raise ApiError(400, "The body must be a JSON list of annotation ids.")
     if len(body) > _MAX_BATCH:
         raise ApiError(400, f"At most {_MAX_BATCH} annotation ids per request.")
-    found = [ctx.dataset.annotation(v) for v in body]
-    return _json([a for a in found if a is not None])
+    found = [ctx.dataset.annotation_text(v) for v in body]
+    return _json_text("[" + ",".join(a for a in found if a is not None) + "]")
 
 
 def register(router: web.UrlDispatcher) -> None:

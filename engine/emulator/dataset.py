@@ -15,14 +15,30 @@ behind one data id and object name are overwritten in place, as when someone upl
 existing key. Ids, URLs, filename, tags, dimensions and annotations stay; the content (generated,
 keyed by ``(seed, index, gen, revision)``), its ETag and ``Last-Modified`` change, and so may
 its size. Signed URLs issued before stay valid and now serve the new bytes.
+
+What the API derives again and again is kept, bounded, and keyed so that no mutation can make it
+stale (see :mod:`~engine.emulator.cache`):
+
+* records, per ``(index, gen)`` (:class:`~engine.emulator.records.RecordFactory`);
+* generated tags, as one 12-bit mask per index (asset tags and the original data's tags depend
+  on ``(seed, index)`` only), computed for blocks of :data:`TAG_MASK_BLOCK` indices the first
+  time a ``q`` filter needs them: 2 bytes an asset, 2 MB for a million. Assets whose tags were
+  set are looked up in the overlays instead;
+* generated annotations, per ``(index, annotation generation)``, as ``(id, status, JSON text)``
+  (:data:`ANNOTATION_CACHE_ENTRIES` assets, about 1.4 KB each): the bulk ``XGET`` answers the
+  stored text, and ``annotations/ids`` needs no generation at all when it is not filtered by
+  status (counts and ids are derived from the ids' encoding). Annotations set by
+  :meth:`Dataset.set_annotations` live in their overlay and are never cached.
 """
 
 from __future__ import annotations
 
 import bisect
 import copy
+import json
 import os
 import random
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +47,10 @@ from typing import Any
 from engine.emulator.annotations import (
     LABELS,
     annotation_number,
-    generate_annotations,
+    generate_annotation_texts,
     split_annotation_number,
 )
+from engine.emulator.cache import LruCache
 from engine.emulator.content import ContentSource, ObjectSource
 from engine.emulator.ids import IdCodec
 from engine.emulator.query import Query
@@ -47,7 +64,28 @@ from engine.emulator.records import (
     split_data_number,
 )
 
-__all__ = ["Dataset", "ExpectedAsset", "scan_dir"]
+__all__ = [
+    "ANNOTATION_CACHE_ENTRIES",
+    "TAG_MASK_BLOCK",
+    "AnnotationText",
+    "Dataset",
+    "ExpectedAsset",
+    "scan_dir",
+]
+
+TAG_MASK_BLOCK = 4096
+ANNOTATION_CACHE_ENTRIES = 8192
+_DATA_TAG_SHIFT = 8  # asset tag k is bit k of a tag mask, data tag k is bit 8 + k
+_ASSET_TAG_BIT = {name: 1 << k for k, name in enumerate(ASSET_TAG_POOL)}
+_DATA_TAG_BIT = {name: 1 << (_DATA_TAG_SHIFT + k) for k, name in enumerate(DATA_TAG_POOL)}
+
+# (annotation id, status, the annotation as JSON text exactly as the API sends it)
+AnnotationText = tuple[str, str, str]
+
+
+def _dumps(value: Any) -> str:
+    # The API's serialisation (engine.emulator.app.dumps), which this module cannot import.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass
@@ -134,6 +172,13 @@ class Dataset:
         self._data_tag_names: dict[str, None] = dict.fromkeys(DATA_TAG_POOL)
         self.version = 0  # bumped by every mutation; keys the caches below
         self._cache: dict[tuple[str, int], Any] = {}
+        # Indices whose asset tags or (any generation's) data tags were set: their tags come
+        # from the overlays, not from the generated masks.
+        self._tags_set: set[int] = set()
+        self._tag_masks: dict[int, array[int]] = {}  # block number -> generated tag masks
+        self._annotation_texts: LruCache[tuple[int, int], tuple[AnnotationText, ...]] = LruCache(
+            ANNOTATION_CACHE_ENTRIES
+        )
 
     # ----- identity and lookup -------------------------------------------------------------
 
@@ -221,25 +266,52 @@ class Dataset:
         override = self._ann_override.get(index)
         if override is not None:
             return copy.deepcopy(override)
-        gen = self._ann_gen.get(index, 0)
-        record = self.record(index)
-        count = RecordFactory.generated_annotation_count(record.asset_digest, gen)
-        ids = [
-            self.codec.encode("annotation", annotation_number(index, gen, k)) for k in range(count)
-        ]
-        return generate_annotations(
+        return [json.loads(text) for _, _, text in self.annotation_texts(index)]
+
+    def _generate_annotation_texts(self, index: int, gen: int) -> tuple[AnnotationText, ...]:
+        asset_digest = self.factory.asset_digest(index)
+        count = RecordFactory.generated_annotation_count(asset_digest, gen)
+        width, height = RecordFactory.dimensions(asset_digest)
+        texts = generate_annotation_texts(
             seed=self.spec.seed,
             index=index,
             gen=gen,
             count=count,
-            width=record.width,
-            height=record.height,
-            ids=ids,
-            asset_id=record.asset_id,
+            width=width,
+            height=height,
+            ids=self._generated_annotation_ids(index, gen, count),
+            asset_id=self.codec.encode("asset", index),
         )
+        return tuple(texts)
 
-    def annotation(self, annotation_id: str) -> dict[str, Any] | None:
-        """One current annotation of a live asset, by id."""
+    def _generated_annotation_ids(self, index: int, gen: int, count: int) -> list[str]:
+        encode = self.codec.encode
+        return [encode("annotation", annotation_number(index, gen, k)) for k in range(count)]
+
+    def annotation_texts(self, index: int) -> tuple[AnnotationText, ...]:
+        """``(id, status, JSON text)`` of a live asset's annotations, newest first."""
+        override = self._ann_override.get(index)
+        if override is not None:
+            return tuple((a["id"], a["status"], _dumps(a)) for a in override)
+        key = (index, self._ann_gen.get(index, 0))
+        found = self._annotation_texts.get(key)
+        if found is not None:
+            return found
+        return self._annotation_texts.put(key, self._generate_annotation_texts(*key))
+
+    def annotation_ids(self, index: int, status: str | None = None) -> list[str]:
+        """Ids of a live asset's annotations, newest first, optionally with this status only."""
+        override = self._ann_override.get(index)
+        if override is not None:
+            return [a["id"] for a in override if status is None or a["status"] == status]
+        if status is not None:
+            return [i for i, s, _ in self.annotation_texts(index) if s == status]
+        gen = self._ann_gen.get(index, 0)
+        count = RecordFactory.generated_annotation_count(self.factory.asset_digest(index), gen)
+        return self._generated_annotation_ids(index, gen, count)
+
+    def _annotation_owner(self, annotation_id: str) -> int | None:
+        """The live asset that currently has this annotation id (None: no such annotation)."""
         owner = self._override_ann_owner.get(annotation_id)
         if owner is None:
             number = self.codec.decode("annotation", annotation_id)
@@ -248,11 +320,26 @@ class Dataset:
             owner, gen, _ = split_annotation_number(number)
             if owner in self._ann_override or gen != self._ann_gen.get(owner, 0):
                 return None
-        if not self.is_live(owner):
+        return owner if self.is_live(owner) else None
+
+    def annotation(self, annotation_id: str) -> dict[str, Any] | None:
+        """One current annotation of a live asset, by id."""
+        owner = self._annotation_owner(annotation_id)
+        if owner is None:
             return None
         for item in self.annotations(owner):
             if item["id"] == annotation_id:
                 return item
+        return None
+
+    def annotation_text(self, annotation_id: str) -> str | None:
+        """:meth:`annotation` as the JSON text the API sends, or None."""
+        owner = self._annotation_owner(annotation_id)
+        if owner is None:
+            return None
+        for found_id, _, text in self.annotation_texts(owner):
+            if found_id == annotation_id:
+                return text
         return None
 
     # ----- listing -------------------------------------------------------------------------
@@ -265,17 +352,87 @@ class Dataset:
                 yield index
             index += 1
 
+    def _tag_mask(self, index: int) -> int:
+        """The generated tags of ``index`` as a mask (see the module docstring)."""
+        block_number, offset = divmod(index, TAG_MASK_BLOCK)
+        block = self._tag_masks.get(block_number)
+        if block is None:
+            block = self._tag_mask_block(block_number)
+        return block[offset]
+
+    def _tag_mask_block(self, block_number: int) -> array[int]:
+        factory = self.factory
+        masks = array("H")
+        start = block_number * TAG_MASK_BLOCK
+        for index in range(start, start + TAG_MASK_BLOCK):
+            mask = 0
+            for name in RecordFactory.generated_asset_tags(factory.asset_digest(index)):
+                mask |= _ASSET_TAG_BIT[name]
+            # Replaced data keeps the tags of the original data (see data_tags).
+            for name in RecordFactory.generated_data_tags(factory.data_digest(index, 0)):
+                mask |= _DATA_TAG_BIT[name]
+            masks.append(mask)
+        self._tag_masks[block_number] = masks
+        return masks
+
+    @staticmethod
+    def _clause_masks(query: Query) -> list[int]:
+        """Per clause, the mask bits of its names among the generated tags (0: none can match)."""
+        out = []
+        for clause in query.clauses:
+            bits = _ASSET_TAG_BIT if clause.target == "asset" else _DATA_TAG_BIT
+            mask = 0
+            for name in clause.names:
+                mask |= bits.get(name, 0)
+            out.append(mask)
+        return out
+
+    def _matches_set_tags(self, index: int, query: Query) -> bool:
+        return query.matches(self.asset_tags(index), self.data_tags(self.record(index)))
+
     def matches(self, index: int, query: Query | None) -> bool:
         if query is None:
             return True
-        return query.matches(self.asset_tags(index), self.data_tags(self.record(index)))
+        if index in self._tags_set:
+            return self._matches_set_tags(index, query)
+        mask = self._tag_mask(index)
+        return all(mask & wanted for wanted in self._clause_masks(query))
+
+    def _iter_matching(self, query: Query, after: int = -1) -> Iterator[int]:
+        """Live indices greater than ``after`` that match ``query``, in creation order."""
+        clause_masks = self._clause_masks(query)
+        deleted, tags_set = self._deleted, self._tags_set
+        index = after + 1
+        while index < self._next_index:
+            block_number, offset = divmod(index, TAG_MASK_BLOCK)
+            block = self._tag_masks.get(block_number)
+            if block is None:
+                block = self._tag_mask_block(block_number)
+            # The rest of this block in one tight loop (safe under mutation: the loop
+            # re-reads next_index and the deleted set at every index, as iter_live does).
+            stop = min((block_number + 1) * TAG_MASK_BLOCK, self._next_index)
+            while index < stop:
+                if index not in deleted:
+                    if index in tags_set:
+                        if self._matches_set_tags(index, query):
+                            yield index
+                    else:
+                        mask = block[offset]
+                        for wanted in clause_masks:
+                            if not mask & wanted:
+                                break
+                        else:
+                            yield index
+                index += 1
+                offset += 1
+                stop = min(stop, self._next_index)
 
     def count(self, query: Query | None = None) -> int:
         if query is None:
             return self._next_index - len(self._deleted)
         key = ("count:" + query.fingerprint(), self.version)
         if key not in self._cache:
-            self._cache[key] = sum(1 for i in self.iter_live() if self.matches(i, query))
+            self._cache[key] = sum(1 for _ in self._iter_matching(query))
         result: int = self._cache[key]
         return result
 
@@ -287,9 +444,8 @@ class Dataset:
             live_up_to_after = after + 1 - bisect.bisect_right(self._deleted_sorted, after)
             after = self._nth_live(live_up_to_after + skip) - 1
             skip = 0
-        for index in self.iter_live(after):
-            if not self.matches(index, query):
-                continue
+        candidates = self.iter_live(after) if query is None else self._iter_matching(query, after)
+        for index in candidates:
             if skip:
                 skip -= 1
                 continue
@@ -321,7 +477,8 @@ class Dataset:
             return [self._nth_live(k) for k in positions]
         key = ("order:" + repr(order_by) + (query.fingerprint() if query else ""), self.version)
         if key not in self._cache:
-            indices = [i for i in self.iter_live() if self.matches(i, query)]
+            matching = self.iter_live() if query is None else self._iter_matching(query)
+            indices = list(matching)
             for name in reversed(order_by):  # stable sorts, last key first
                 reverse = name.startswith("-")
                 if name.lstrip("-") == "filename":
@@ -448,6 +605,7 @@ class Dataset:
         index = self._require(asset_id)
         tags = tuple(dict.fromkeys(names))
         self._asset_tags[index] = tags
+        self._tags_set.add(index)
         self._asset_tag_names.update(dict.fromkeys(tags))
         self._changed()
 
@@ -455,6 +613,7 @@ class Dataset:
         index = self._require(asset_id)
         tags = tuple(dict.fromkeys(names))
         self._data_tags[(index, self.gen_of(index))] = tags
+        self._tags_set.add(index)
         self._data_tag_names.update(dict.fromkeys(tags))
         self._changed()
 
@@ -488,7 +647,7 @@ class Dataset:
             self._override_ann_owner.pop(old["id"], None)
         self._ann_gen[index] = self._ann_gen.get(index, 0) + 1
         self._changed()
-        return [item["id"] for item in self.annotations(index)]
+        return self.annotation_ids(index)
 
     def drift(self, add: int, remove: int, rng: random.Random) -> tuple[list[str], list[str]]:
         """Listing drift: append ``add`` assets and delete ``remove`` random live ones."""

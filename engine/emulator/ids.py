@@ -6,13 +6,21 @@ look random and a forged id fails the check), the low 62 bits are the number, sc
 invertible mix and XORed with a per-kind mask.
 Decoding is one hash: parse, unmask, recompute, compare. The version nibble (4) and the RFC 4122
 variant bits are set, so every id is a valid UUID4-shaped string.
+
+Listing a page encodes thousands of ids, so both directions avoid :class:`uuid.UUID` on the common
+path: the keyed hash starts from a per-kind copy of an already keyed BLAKE2b state, the string is
+formatted straight from the integer, and a canonical lowercase id is parsed with one ``int()``
+(other spellings ``uuid.UUID`` accepts, such as upper case or braces, take the general path, so
+what decodes is unchanged).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 import uuid
+from typing import Any
 
 __all__ = ["IdCodec"]
 
@@ -26,16 +34,24 @@ _INV_A = pow(_MUL_A, -1, _MOD)
 _INV_B = pow(_MUL_B, -1, _MOD)
 
 
+# Reductions modulo 2**62 are written as masks with _LOW_BITS (the same for non-negative values).
+
+
 def _scatter(number: int) -> int:
-    value = (number * _MUL_A) % _MOD
+    value = (number * _MUL_A) & _LOW_BITS
     value ^= value >> 29
-    return (value * _MUL_B) % _MOD
+    return (value * _MUL_B) & _LOW_BITS
 
 
 def _gather(value: int) -> int:
-    value = (value * _INV_B) % _MOD
+    value = (value * _INV_B) & _LOW_BITS
     value ^= (value >> 29) ^ (value >> 58)
-    return (value * _INV_A) % _MOD
+    return (value * _INV_A) & _LOW_BITS
+
+
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_VARIANT = 0b10 << 62
+_PACK_Q = struct.Struct(">Q").pack
 
 
 class IdCodec:
@@ -44,6 +60,7 @@ class IdCodec:
     def __init__(self, seed: int) -> None:
         self._key = hashlib.sha256(b"assetsync-emulator-ids:" + str(seed).encode()).digest()[:32]
         self._masks: dict[str, int] = {}
+        self._hashers: dict[str, Any] = {}
 
     def _mask(self, kind: str) -> int:
         mask = self._masks.get(kind)
@@ -54,25 +71,35 @@ class IdCodec:
         return mask
 
     def _check(self, kind: str, number: int) -> int:
-        data = kind.encode() + struct.pack(">Q", number)
-        digest = hashlib.blake2b(data, key=self._key, digest_size=8).digest()
+        # BLAKE2b keyed with self._key over kind + number: the keyed state after ``kind`` is
+        # kept, so one id costs a copy and one update instead of a keyed start.
+        hasher = self._hashers.get(kind)
+        if hasher is None:
+            hasher = hashlib.blake2b(kind.encode(), key=self._key, digest_size=8)
+            self._hashers[kind] = hasher
+        state = hasher.copy()
+        state.update(_PACK_Q(number))
         # Version nibble 4 lives in bits 12..15 of the high half.
-        high = int.from_bytes(digest, "big")
+        high = int.from_bytes(state.digest(), "big")
         return (high & ~(0xF << 12)) | (0x4 << 12)
 
     def encode(self, kind: str, number: int) -> str:
         """The UUID string of object ``number`` of ``kind`` (0 <= number < 2**62)."""
         if not 0 <= number <= _LOW_BITS:
             raise ValueError(f"id number out of range: {number}")
-        low = (_scatter(number) ^ self._mask(kind)) | (0b10 << 62)
-        return str(uuid.UUID(int=(self._check(kind, number) << 64) | low))
+        low = (_scatter(number) ^ self._mask(kind)) | _VARIANT
+        h = f"{(self._check(kind, number) << 64) | low:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def decode(self, kind: str, text: str) -> int | None:
         """The number encoded in ``text`` for ``kind``, or None if it is not one of ours."""
-        try:
-            value = uuid.UUID(text).int
-        except (ValueError, AttributeError, TypeError):
-            return None
+        if isinstance(text, str) and _CANONICAL.fullmatch(text):
+            value = int(text.replace("-", ""), 16)
+        else:
+            try:
+                value = uuid.UUID(text).int
+            except (ValueError, AttributeError, TypeError):
+                return None
         number = _gather((value & _LOW_BITS) ^ self._mask(kind))
         if (value >> 64) != self._check(kind, number):
             return None

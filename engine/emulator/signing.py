@@ -97,6 +97,10 @@ class Signer:
         self._secret = secret
         self.base_url = base_url.rstrip("/")
         self.bucket = bucket
+        # (style, start, lifetime) -> (canonical parameter lines, encoded query without the
+        # signature): every URL signed in the same second shares them, so a page of a
+        # thousand URLs builds them once.
+        self._templates: dict[tuple[str, int, int], tuple[str, str]] = {}
 
     def path_for(self, style: str, object_name: str) -> str:
         return f"/{style}/{self.bucket}/{object_name}"
@@ -112,18 +116,42 @@ class Signer:
         """A URL for ``object_name`` valid from ``now`` for ``ttl`` seconds (rounded up)."""
         start = int(now)
         lifetime = max(0, math.ceil(ttl))  # whole seconds, as in the real formats
+        template = self._templates.get((style, start, lifetime))
+        if template is None:
+            template = self._template(style, start, lifetime)
+        canonical_params, query = template
+        path = self.path_for(style, object_name)
+        # What _mac computes for these parameters, from the shared part.
+        mac = hmac.digest(self._secret, f"{style}\n{path}\n{canonical_params}".encode(), "sha256")
+        if style == "azure":
+            signature = urlencode({"sig": base64.b64encode(mac).decode()}, quote_via=quote)
+        else:
+            signature = f"{_SIGNATURE_PARAM[style]}={mac.hex()}"
+        return f"{self.base_url}{quote(path)}?{query}&{signature}"
+
+    def _template(self, style: str, start: int, lifetime: int) -> tuple[str, str]:
+        params = self._params(style, start, lifetime)
+        canonical_params = "\n".join(f"{k}={params[k]}" for k in sorted(params))
+        template = (canonical_params, urlencode(params, quote_via=quote))
+        if len(self._templates) >= 64:
+            self._templates.clear()
+        self._templates[(style, start, lifetime)] = template
+        return template
+
+    @staticmethod
+    def _params(style: str, start: int, lifetime: int) -> dict[str, str]:
+        """The query parameters of a URL, without its signature (in the order sent)."""
         day = time.strftime("%Y%m%d", time.gmtime(start))
-        params: dict[str, str]
         if style == "s3":
-            params = {
+            return {
                 "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
                 "X-Amz-Credential": f"EMULATORACCESSKEY/{day}/us-east-1/s3/aws4_request",
                 "X-Amz-Date": _amz_date(start),
                 "X-Amz-Expires": str(lifetime),
                 "X-Amz-SignedHeaders": "host",
             }
-        elif style == "gcs":
-            params = {
+        if style == "gcs":
+            return {
                 "X-Goog-Algorithm": "GOOG4-HMAC-SHA256",
                 "X-Goog-Credential": f"emulator@assetsync.iam.gserviceaccount.com/{day}/auto/"
                 "storage/goog4_request",
@@ -131,8 +159,8 @@ class Signer:
                 "X-Goog-Expires": str(lifetime),
                 "X-Goog-SignedHeaders": "host",
             }
-        elif style == "azure":
-            params = {
+        if style == "azure":
+            return {
                 "sv": "2023-11-03",
                 "st": _iso_date(start),
                 "se": _iso_date(start + lifetime),
@@ -140,15 +168,7 @@ class Signer:
                 "sp": "r",
                 "spr": "https,http",
             }
-        else:
-            raise ValueError(f"unknown signing style {style!r}")
-        path = self.path_for(style, object_name)
-        mac = self._mac(style, path, params)
-        if style == "azure":
-            params["sig"] = base64.b64encode(mac).decode()
-        else:
-            params[_SIGNATURE_PARAM[style]] = mac.hex()
-        return f"{self.base_url}{quote(path)}?{urlencode(params, quote_via=quote)}"
+        raise ValueError(f"unknown signing style {style!r}")
 
     @staticmethod
     def expiry(style: str, params: Mapping[str, str]) -> int:
