@@ -55,6 +55,9 @@ from engine.transfer import Transferer
 
 __all__ = ["PAGES_IN_FLIGHT", "Pipeline", "PipelineResult"]
 
+# Pages whose tags and annotations are fetched at the same time (at most PAGES_IN_FLIGHT).
+METADATA_PAGES_AT_ONCE = 3
+
 # Pages between listing and commit. Enough to keep downloads going while a page's metadata is
 # fetched; few enough that the results waiting for it stay small.
 PAGES_IN_FLIGHT = 4
@@ -151,7 +154,11 @@ class Pipeline:
             tg.start_soon(self._stage_tags)
             tg.start_soon(self._lister, query, pages_tx)
             tg.start_soon(self._content, pages_rx, meta_tx, chunks_tx)
-            tg.start_soon(self._metadata, meta_rx, events_tx.clone())
+            async with meta_rx:
+                # Several pages' metadata at once: each is a chain of requests (annotation ids,
+                # then the bulk answer) whose latency would otherwise add up page after page.
+                for _ in range(METADATA_PAGES_AT_ONCE):
+                    tg.start_soon(self._metadata, meta_rx.clone(), events_tx.clone())
             tg.start_soon(self._freshness, chunks_rx, jobs_tx)
             async with jobs_rx, events_tx:
                 for _ in range(concurrency if self.transferer is not None else 1):
