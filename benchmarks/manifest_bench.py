@@ -1,8 +1,7 @@
 """Micro benchmark of the manifest's hot path (not a test: prints per-row costs).
 
-Run from the repository root: ``.venv/bin/python -m tests.manifest.bench_apply``. It applies
+Run from the repository root: ``.venv/bin/python -m benchmarks.manifest_bench``. It applies
 10,000 updates in batches of 500 for several mixes and times rows(), mark_seen() and export.
-(It belongs with the benchmarks; it sits here because the manifest helper owns only this folder.)
 """
 
 from __future__ import annotations
