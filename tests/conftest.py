@@ -8,6 +8,7 @@ signal handling, call_soon ordering).
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import pytest
@@ -38,3 +39,14 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
     # ``anyio_backend``, and a marker added later would leave them with one unnamed backend.
     if collector.funcnamefilter(name) and inspect.iscoroutinefunction(obj):  # type: ignore[attr-defined]
         pytest.mark.anyio(obj)
+
+
+@pytest.fixture(autouse=True)
+def _engine_loggers_enabled() -> None:
+    # Importing the platform SDK (picsellia, a dev dependency some tests use) runs
+    # logging.config.dictConfig with disable_existing_loggers, which silences every logger
+    # created before it, the engine's included; tests that check warnings would then depend on
+    # which module was collected first.
+    for name, logger in logging.root.manager.loggerDict.items():
+        if name.startswith("engine") and isinstance(logger, logging.Logger):
+            logger.disabled = False
