@@ -295,3 +295,14 @@ def test_a_failed_asset_is_named_in_one_line_without_secrets_and_exits_1(
     assert summary["failed"] == 1
     assert summary["failures"][0]["asset_id"] == victim
     assert summary["exit_code"] == 1
+
+
+def test_demo_mirrors_then_reruns_incrementally(tmp_path: Path):
+    """The README's first command: the embedded emulator and a real mirror, twice."""
+    args = [*ASSETSYNC, "demo", "--dest", str(tmp_path / "demo"), "--assets", "40", "--json"]
+    first = _run(args, _env(None))
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert (summary["outcome"], summary["downloaded"], summary["failed"]) == ("ok", 40, 0)
+    again = json.loads(_run(args, _env(None)).stdout)
+    assert (again["downloaded"], again["skipped"]) == (0, 40)
