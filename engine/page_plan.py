@@ -27,7 +27,14 @@ from engine.platform import models
 from engine.signed_urls import SignedUrl
 from engine.summary import LiveCounters
 
-__all__ = ["ContentPlan", "InFlightPaths", "PagePlan", "PagePlanner"]
+__all__ = [
+    "ContentPlan",
+    "InFlightPaths",
+    "PagePlan",
+    "PagePlanner",
+    "local_file",
+    "stored_asset",
+]
 
 StagedTags = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
 
@@ -80,7 +87,18 @@ class ContentPlan:
     not_ready: list[str] = field(default_factory=list)
 
 
-def _stored(row: AssetRow | None) -> StoredAsset | None:
+def local_file(dest: Path, rel_path: str) -> LocalFile | None:
+    """What ``lstat`` says of a recorded file (lstat: a symlink planted there is not our file);
+    ``None`` when nothing is there."""
+    try:
+        st = os.lstat(dest / rel_path)
+    except OSError:
+        return None
+    return LocalFile(st.st_size, stat_module.S_ISREG(st.st_mode))
+
+
+def stored_asset(row: AssetRow | None) -> StoredAsset | None:
+    """The manifest row as the pure planner sees it."""
     if row is None:
         return None
     return StoredAsset(
@@ -142,7 +160,7 @@ class PagePlanner:
             reason = content_decision(
                 data_id=asset.data.id,
                 object_name=asset.data.object_name,
-                stored=_stored(row),
+                stored=stored_asset(row),
                 local=local.get(asset.id),
             )
             if reason is None:
@@ -203,7 +221,7 @@ class PagePlanner:
             anns = annotations.get(asset.id, [])
             t_digest, a_digest = self._count_changes(row, tags, data_tags, anns)
             plan.ready.append((asset, row))
-            if metadata_changed(_stored(row), t_digest, a_digest):
+            if metadata_changed(stored_asset(row), t_digest, a_digest):
                 counters.updated += 1
                 plan.updates.append(update_for(asset, tags, data_tags, anns, file=None))
                 self._emit("update", asset.id, row.path, "metadata changed")
@@ -236,13 +254,8 @@ class PagePlanner:
         rows = manifest.rows(ids)
         local: dict[str, LocalFile] = {}
         for asset_id, row in rows.items():
-            if row.path is None:
-                continue
-            try:
-                st = os.lstat(self.dest / row.path)
-            except OSError:
-                continue
-            local[asset_id] = LocalFile(st.st_size, stat_module.S_ISREG(st.st_mode))
+            if row.path is not None and (found := local_file(self.dest, row.path)) is not None:
+                local[asset_id] = found
         return rows, local
 
     async def _assign_paths(

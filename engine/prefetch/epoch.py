@@ -47,8 +47,8 @@ from engine.errors import AuthError, EngineError
 from engine.jobs import Job, Outcome, transfer_job, update_for_outcome
 from engine.manifest import AssetRow
 from engine.metadata import fetch_page_annotations
-from engine.page_plan import ContentPlan
-from engine.plan import LocalFile, StoredAsset, content_decision
+from engine.page_plan import ContentPlan, local_file, stored_asset
+from engine.plan import content_decision
 from engine.prefetch.budget import COLD_MIN, BudgetKeeper
 from engine.prefetch.items import AssetUnavailable, PrefetchItem
 from engine.prefetch.source import EpochSource, Listed
@@ -566,20 +566,10 @@ class EpochRun:
         row = await s.db.call(s.manifest.row, asset.id)
         if row is None or row.path is None:
             return None
-        try:
-            st = os.lstat(s.dest / row.path)
-        except OSError:
+        local = local_file(s.dest, row.path)
+        if local is None:
             return None
-        stored = StoredAsset(
-            data_id=row.data_id,
-            object_name=row.object_name,
-            path=row.path,
-            size=row.size,
-            state=row.state,
-            tags_digest=row.tags_digest,
-            annotations_digest=row.annotations_digest,
-        )
-        local = LocalFile(st.st_size, stat.S_ISREG(st.st_mode))
+        stored = stored_asset(row)
         reason = content_decision(
             data_id=asset.data.id, object_name=asset.data.object_name, stored=stored, local=local
         )
