@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
@@ -89,7 +90,7 @@ def set_pragmas(
     conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB:d}")
     if read_only:
         return  # a reader follows whatever journal mode the writers chose
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    mode = _switch_to_wal(conn, busy_timeout)
     if str(mode).lower() != "wal":
         raise ManifestError(
             f"the manifest {where} cannot use write-ahead logging (journal mode {mode}); "
@@ -103,6 +104,24 @@ def set_pragmas(
     # engine needs.
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT:d}")
+
+
+def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    # Switching a rollback-journal database to WAL needs an exclusive lock, and SQLite answers
+    # SQLITE_BUSY at once instead of calling the busy handler when it cannot get it: processes
+    # opening one fresh DEST together (prefetch DataLoader workers) would fail. Wait as the busy
+    # handler would, up to busy_timeout.
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.001
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            name = getattr(exc, "sqlite_errorname", None) or ""
+            if not name.startswith("SQLITE_BUSY") or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 @cache

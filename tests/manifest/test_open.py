@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,33 @@ def test_processes_opening_a_fresh_dest_at_once_all_succeed(tmp_path: Path) -> N
         for worker in workers:
             worker.join(60)
         assert [results.get(timeout=10) for _ in workers] == ["ok"] * 4
+
+
+def test_switching_to_wal_waits_for_a_writer_instead_of_failing(tmp_path: Path) -> None:
+    """SQLite answers BUSY at once (no busy handler) when the WAL switch meets a writer."""
+    path = db_file(tmp_path)
+    path.parent.mkdir()
+    path.touch()  # a fresh manifest another process is creating: rollback journal, no schema
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")  # a RESERVED lock, as another opener's migration holds
+    timer = threading.Timer(0.3, writer.execute, args=("COMMIT",))
+    timer.start()
+    try:
+        with Manifest.open(tmp_path, busy_timeout=10) as m:
+            assert m._connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        timer.join()
+        writer.close()
+
+
+def test_switching_to_wal_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    path = db_file(tmp_path)
+    path.parent.mkdir()
+    path.touch()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(ManifestError, match="locked by another process"):
+            Manifest.open(tmp_path, busy_timeout=0.1)
+    finally:
+        writer.close()
