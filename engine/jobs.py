@@ -22,7 +22,6 @@ __all__ = [
     "Job",
     "Outcome",
     "PlannedAction",
-    "fetch_job",
     "transfer_job",
     "update_for",
     "update_for_outcome",
@@ -153,18 +152,3 @@ def update_for_outcome(outcome: Outcome, *, metadata: bool = True) -> AssetUpdat
     return update_for(
         job.asset, tags, data_tags, annotations, file=file, content_type=result.content_type
     )
-
-
-async def fetch_job(
-    job: Job,
-    *,
-    transferer: Transferer,
-    client: PlatformClient,
-    dest: Path,
-    counters: LiveCounters,
-) -> tuple[AssetUpdate, TransferResult | None]:
-    """:func:`transfer_job` and its update, for a job whose metadata is already known."""
-    outcome = await transfer_job(
-        job, transferer=transferer, client=client, dest=dest, counters=counters
-    )
-    return update_for_outcome(outcome), outcome.result

@@ -62,14 +62,11 @@ class InFlightPaths:
 
 @dataclass(slots=True)
 class PagePlan:
-    """What a page asks for, in listing order within each list."""
+    """What a page's current files need once its metadata is known: metadata-only updates, and
+    the assets to mark as seen (skipped, or not uploaded yet)."""
 
-    jobs: list[Job] = field(default_factory=list)
     updates: list[AssetUpdate] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
-    # Assets that need nothing: their manifest row, in listing order (the prefetcher yields them).
-    ready: list[tuple[models.Asset, AssetRow]] = field(default_factory=list)
-    order: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -135,14 +132,6 @@ class PagePlanner:
         self.plan_sink = plan_sink
         self.in_flight = InFlightPaths()
 
-    async def plan(
-        self, assets: Sequence[models.Asset], annotations: Mapping[str, list[dict[str, Any]]]
-    ) -> PagePlan:
-        """Content and metadata of one page at once (tags must be staged already)."""
-        content = await self.plan_content(assets)
-        staged = await self.db.call(self.staged_tags, content.order)
-        return self.settle(content, staged, annotations)
-
     async def plan_content(self, assets: Sequence[models.Asset]) -> ContentPlan:
         """Which files of a page must be downloaded, and where; no metadata needed."""
         ids = [asset.id for asset in assets]
@@ -206,7 +195,7 @@ class PagePlanner:
     ) -> PagePlan:
         """The page once its tags and annotations are known: jobs get their metadata, kept
         assets are skipped or updated, and changes are counted."""
-        plan = PagePlan(order=content.order, seen=list(content.not_ready))
+        plan = PagePlan(seen=list(content.not_ready))
         counters = self.counters
         rows = content.rows
         for job in content.jobs:
@@ -215,12 +204,10 @@ class PagePlanner:
             row = rows.get(job.asset.id)
             if row is not None:
                 self._count_changes(row, job.tags, job.data_tags, job.annotations)
-        plan.jobs = content.jobs
         for asset, row in content.kept:
             tags, data_tags = staged.get(asset.id, ((), ()))
             anns = annotations.get(asset.id, [])
             t_digest, a_digest = self._count_changes(row, tags, data_tags, anns)
-            plan.ready.append((asset, row))
             if metadata_changed(stored_asset(row), t_digest, a_digest):
                 counters.updated += 1
                 plan.updates.append(update_for(asset, tags, data_tags, anns, file=None))

@@ -106,9 +106,7 @@ def decide(
 ) -> Decision:
     """Decide one asset: :func:`content_decision`, then :func:`metadata_changed`."""
     changed = metadata_changed(stored, tags_digest, annotations_digest)
-    reason = content_decision(
-        data_id=data_id, object_name=object_name, stored=stored, local=local
-    )
+    reason = content_decision(data_id=data_id, object_name=object_name, stored=stored, local=local)
     if reason is not None:
         return Decision(Action.DOWNLOAD, reason, changed)
     if changed:
