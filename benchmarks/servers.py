@@ -101,6 +101,7 @@ def _with_emulator(corpus: Corpus, objects: Path, nginx_workers: Any) -> Iterato
             external_storage=ExternalStorage(nginx.base_url, nginx.secret),
             url_ttl=URL_TTL,
             seed=0,
+            cache_assets=len(corpus.files),  # derive each record once, as a database stores it
         )
         dataset = emulator.dataset
         pairs = (

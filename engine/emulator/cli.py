@@ -164,6 +164,13 @@ async def _serve(emulator: Emulator, as_json: bool) -> None:
 @click.option("--large-share", default=0.01, show_default=True, help="Share of large objects.")
 @click.option("--large-size", default=9 * 1024 * 1024, show_default=True, help="Large size (B).")
 @click.option("--no-nasty-filenames", is_flag=True, help="Only ordinary filenames.")
+@click.option(
+    "--cache-assets",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Keep derived records and annotations of this many assets (about 2.5 KB each).",
+)
 @click.option("--token", help="API token (default: random).")
 @click.option("--control-secret", help="Secret of the control endpoint (default: random).")
 @click.option("--throttle", type=float, help="Storage bandwidth, bytes per second (shared).")
@@ -208,6 +215,7 @@ def emulator_command(**options: Any) -> None:
         port=options["port"],
         public_url=options["public_url"],
         faults=faults,
+        cache_assets=options["cache_assets"],
     )
     with asyncio.Runner(loop_factory=_loop_factory(options["loop_name"])) as runner:
         runner.run(_serve(emulator, options["as_json"]))

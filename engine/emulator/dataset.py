@@ -29,6 +29,10 @@ stale (see :mod:`~engine.emulator.cache`):
   stored text, and ``annotations/ids`` needs no generation at all when it is not filtered by
   status (counts and ids are derived from the ids' encoding). Annotations set by
   :meth:`Dataset.set_annotations` live in their overlay and are never cached.
+
+``cache_assets`` raises both bounds to cover that many assets: a benchmark that lists a version
+twice then measures the client, as against a platform that reads stored rows, rather than the
+emulator deriving everything again (records and annotations take ~2.5 KB an asset).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from engine.emulator.query import Query
 from engine.emulator.records import (
     ASSET_TAG_POOL,
     DATA_TAG_POOL,
+    RECORD_CACHE_ENTRIES,
     AssetRecord,
     FileEntry,
     GeneratorSpec,
@@ -145,7 +150,12 @@ class Dataset:
     """One dataset version, its datalake and its organisation (see the module docstring)."""
 
     def __init__(
-        self, spec: GeneratorSpec, *, from_dir: Path | None = None, multipart_part_size: int
+        self,
+        spec: GeneratorSpec,
+        *,
+        from_dir: Path | None = None,
+        multipart_part_size: int,
+        cache_assets: int = 0,
     ) -> None:
         self.spec = spec
         self.codec = IdCodec(spec.seed)
@@ -154,7 +164,13 @@ class Dataset:
         self.dataset_id = self.codec.encode("dataset", 0)
         self.dataset_version_id = self.codec.encode("version", 0)
         files = scan_dir(from_dir) if from_dir is not None else None
-        self.factory = RecordFactory(spec, self.codec, self.datalake_id, files)
+        self.factory = RecordFactory(
+            spec,
+            self.codec,
+            self.datalake_id,
+            files,
+            cache_entries=max(RECORD_CACHE_ENTRIES, cache_assets),
+        )
         self.content_source = ContentSource(spec.seed, multipart_part_size=multipart_part_size)
         self._next_index = len(files) if files is not None else spec.assets
         self._deleted: set[int] = set()
@@ -177,7 +193,7 @@ class Dataset:
         self._tags_set: set[int] = set()
         self._tag_masks: dict[int, array[int]] = {}  # block number -> generated tag masks
         self._annotation_texts: LruCache[tuple[int, int], tuple[AnnotationText, ...]] = LruCache(
-            ANNOTATION_CACHE_ENTRIES
+            max(ANNOTATION_CACHE_ENTRIES, cache_assets)
         )
 
     # ----- identity and lookup -------------------------------------------------------------

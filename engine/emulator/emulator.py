@@ -49,7 +49,9 @@ class Emulator:
     is then ignored), ``external_storage`` (nginx secure_link URLs), ``token``,
     ``control_secret``, ``host``, ``port``, ``public_url`` (the base clients use, when it is
     not the bind address: Docker, a proxy), ``clock`` (epoch seconds; tests move it to expire
-    URLs), ``fault_seed`` (RNG of probabilistic faults) and ``faults`` (rules active from start).
+    URLs), ``fault_seed`` (RNG of probabilistic faults), ``faults`` (rules active from start) and
+    ``cache_assets`` (keep derived records and annotations of that many assets, not only the
+    recent ones: for benchmarks that list a large version twice).
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class Emulator:
         clock: Callable[[], float] = time.time,
         fault_seed: int | None = None,
         faults: Iterable[FaultRule] = (),
+        cache_assets: int = 0,
     ) -> None:
         if signing not in (*STYLES, "mixed"):
             raise ValueError(f"signing must be one of s3, gcs, azure, mixed (got {signing!r})")
@@ -98,6 +101,7 @@ class Emulator:
             spec,
             from_dir=Path(from_dir) if from_dir is not None else None,
             multipart_part_size=multipart_part_size,
+            cache_assets=cache_assets,
         )
         self.faults = FaultController(
             url_ttl=url_ttl, seed=seed if fault_seed is None else fault_seed

@@ -195,6 +195,21 @@ def test_caches_stay_bounded_over_a_large_listing() -> None:
     assert dataset.content_source.cached == 0  # no content generated for metadata
 
 
+def test_cache_assets_keeps_a_whole_version_derived_once() -> None:
+    assets = RECORD_CACHE_ENTRIES + 2_000
+    emu = Emulator(assets=assets, seed=5, cache_assets=assets)
+    dataset = emu.dataset
+    for _ in range(2):
+        for index in dataset.iter_live():
+            dataset.record(index)
+            dataset.annotation_texts(index)
+    assert dataset.factory.cached == assets
+    assert len(dataset._annotation_texts) == assets
+    # The second pass derived nothing again.
+    assert dataset._annotation_texts.misses == assets
+    assert dataset._annotation_texts.hits == assets
+
+
 # ----- through the API: warm every cache, mutate, look again ---------------------------------
 
 
