@@ -88,7 +88,8 @@ def local_file(dest: Path, rel_path: str) -> LocalFile | None:
     """What ``lstat`` says of a recorded file (lstat: a symlink planted there is not our file);
     ``None`` when nothing is there."""
     try:
-        st = os.lstat(dest / rel_path)
+        # os.path.join, not Path's "/": a third of this call's cost, once per listed asset.
+        st = os.lstat(os.path.join(dest, rel_path))
     except OSError:
         return None
     return LocalFile(st.st_size, stat_module.S_ISREG(st.st_mode))

@@ -34,8 +34,14 @@ def tags_digest(tags: Iterable[str], data_tags: Iterable[str]) -> str:
     (moving a name from the asset tags to the data tags is a change), and the JSON encoding keeps
     names containing separators from colliding.
     """
-    payload = canonical_json([sorted(set(tags)), sorted(set(data_tags))])
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    value = [sorted(set(tags)), sorted(set(data_tags))]
+    try:
+        # orjson spells a list of strings exactly as canonical_json does (a property test
+        # holds it to that), at a fifth of the cost: one call per asset on every run.
+        payload = orjson.dumps(value)
+    except orjson.JSONEncodeError:  # a lone surrogate, which only the stdlib encodes
+        payload = canonical_json(value).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(payload).hexdigest()
 
 
 def annotations_digest(annotations: Iterable[Mapping[str, Any]]) -> str:

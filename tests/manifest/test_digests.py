@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.manifest import annotations_digest, path_key, tags_digest
+from engine.manifest.digests import canonical_json
 from tests.manifest.helpers import annotation, annotations_st
 
 names = st.lists(st.text(max_size=10), max_size=8)
@@ -27,6 +29,19 @@ def test_tags_digest_tells_sets_apart(tags, data_tags) -> None:
     if set(tags) != set(data_tags):
         assert tags_digest(tags, data_tags) != tags_digest(data_tags, tags)
     assert tags_digest(tags, data_tags) != tags_digest([*tags, "\x00new"], data_tags)
+
+
+@given(names, names)
+def test_tags_digest_is_the_sha256_of_the_canonical_json(tags, data_tags) -> None:
+    """Digests stored by earlier versions (the stdlib's spelling) stay valid."""
+    payload = canonical_json([sorted(set(tags)), sorted(set(data_tags))]).encode("utf-8")
+    assert tags_digest(tags, data_tags) == hashlib.sha256(payload).hexdigest()
+
+
+@given(st.lists(st.text(st.characters(codec=None, categories=["Cs", "Cc", "Lo"]), min_size=1)))
+def test_tags_digest_takes_names_orjson_cannot_encode(tags) -> None:
+    payload = canonical_json([sorted(set(tags)), []]).encode("utf-8", "surrogatepass")
+    assert tags_digest(tags, []) == hashlib.sha256(payload).hexdigest()
 
 
 def test_tags_digest_separators_cannot_collide() -> None:
