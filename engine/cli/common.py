@@ -40,7 +40,8 @@ T = TypeVar("T")
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 everything mirrored; 1 some assets failed after retries (the rest completed "
-    "and recorded); 2 usage, config or bad-input error; 3 authentication failed; 4 another run "
+    "and recorded), or the platform was unreachable after retries; 2 usage, config or "
+    "bad-input error; 3 authentication failed; 4 another run "
     "holds the lock on DEST; 130/143 interrupted by SIGINT/SIGTERM (state saved for resume)."
 )
 

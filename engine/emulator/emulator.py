@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -51,7 +52,8 @@ class Emulator:
     not the bind address: Docker, a proxy), ``clock`` (epoch seconds; tests move it to expire
     URLs), ``fault_seed`` (RNG of probabilistic faults), ``faults`` (rules active from start) and
     ``cache_assets`` (keep derived records and annotations of that many assets, not only the
-    recent ones: for benchmarks that list a large version twice).
+    recent ones: for benchmarks that list a large version twice) and ``ssl_context`` (serve API
+    and storage over HTTPS, as real object stores do: tests of the TLS client paths).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class Emulator:
         fault_seed: int | None = None,
         faults: Iterable[FaultRule] = (),
         cache_assets: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if signing not in (*STYLES, "mixed"):
             raise ValueError(f"signing must be one of s3, gcs, azure, mixed (got {signing!r})")
@@ -118,6 +121,7 @@ class Emulator:
         self._public_url = public_url.rstrip("/") if public_url else None
         self._clock = clock
         self._external = external_storage
+        self._ssl = ssl_context
         self._signer = Signer(secrets.token_bytes(32), base_url="http://unbound")
         self._context = Context(
             dataset=self.dataset,
@@ -147,7 +151,9 @@ class Emulator:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self._port, reuse_address=True)
+            site = web.TCPSite(
+                runner, self.host, self._port, reuse_address=True, ssl_context=self._ssl
+            )
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -192,7 +198,8 @@ class Emulator:
         if self._public_url is not None:
             return self._public_url
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._port}"
+        scheme = "http" if self._ssl is None else "https"
+        return f"{scheme}://{host}:{self._port}"
 
     @property
     def dataset_version_id(self) -> str:
