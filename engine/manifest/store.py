@@ -42,7 +42,9 @@ from engine.manifest.records import (
 )
 from engine.manifest.sanitize import safe_api_url, safe_options
 from engine.manifest.schema import (
+    DROP_STAGED_TAGS_INDEX,
     MIGRATIONS,
+    STAGED_TAGS_INDEX,
     TEMP_TABLES,
     Migration,
     check_compatible,
@@ -116,6 +118,7 @@ class Manifest:
         self.path = path
         self.schema_version = schema_version
         self.read_only = read_only
+        self._staging_indexed = False
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -306,8 +309,12 @@ class Manifest:
         if kind not in ("asset", "data"):
             raise ValueError(f"tag kind must be 'asset' or 'data', not {kind!r}")
         with self._write("stage tags", scratch=True) as conn:
+            if self._staging_indexed:  # staging again (a new run or epoch): append fast
+                conn.execute(DROP_STAGED_TAGS_INDEX)
+                self._staging_indexed = False
+            # Duplicates (an id listed twice as the listing drifts) are dropped when read.
             conn.executemany(
-                "INSERT OR IGNORE INTO staged_tags (run_id, asset_id, kind, name) VALUES (?,?,?,?)",
+                "INSERT INTO staged_tags (run_id, asset_id, kind, name) VALUES (?,?,?,?)",
                 ((run_id, asset_id, kind, tag_name) for asset_id in asset_ids),
             )
 
@@ -317,6 +324,10 @@ class Manifest:
         """``asset_id -> (asset tags, data tags)``, sorted, for every id asked (empty if none)."""
         ids = list(dict.fromkeys(asset_ids))
         found: dict[str, tuple[list[str], list[str]]] = {asset_id: ([], []) for asset_id in ids}
+        if not self._staging_indexed:
+            with self._write("index staged tags", scratch=True) as conn:
+                conn.execute(STAGED_TAGS_INDEX)
+            self._staging_indexed = True
         with self._read("read staged tags") as conn:
             sql = (
                 "SELECT asset_id, kind, name FROM staged_tags"
@@ -325,7 +336,7 @@ class Manifest:
             for query, params in self._lists.chunks(sql, ids):
                 for asset_id, kind, name in conn.execute(query, (run_id, *params)):
                     found[asset_id][0 if kind == "asset" else 1].append(name)
-        return {k: (tuple(sorted(a)), tuple(sorted(d))) for k, (a, d) in found.items()}
+        return {k: (tuple(sorted(set(a))), tuple(sorted(set(d)))) for k, (a, d) in found.items()}
 
     def clear_staging(self, run_id: int) -> None:
         with self._write("clear staged tags", scratch=True) as conn:

@@ -291,6 +291,24 @@ def test_tag_staging_streams_membership_per_run(m: Manifest, run: int) -> None:
         m.stage_tags(other, "label", "x", ["a0"])  # type: ignore[arg-type]
 
 
+def test_tags_staged_after_a_lookup_are_seen_by_the_next(m: Manifest, run: int) -> None:
+    """Lookups index the staging table; staging more (a later epoch) must not hide rows."""
+    m.stage_tags(run, "asset", "train", ["a1", "a2"])
+    assert m.staged_tags(run, ["a1"]) == {"a1": (("train",), ())}
+    m.stage_tags(run, "asset", "hard", ["a1"])
+    m.stage_tags(run, "data", "raw", ["a1", "a1"])
+    assert m.staged_tags(run, ["a1", "a2"]) == {
+        "a1": (("hard", "train"), ("raw",)),
+        "a2": (("train",), ()),
+    }
+    plan = m._connection().execute(
+        "EXPLAIN QUERY PLAN SELECT asset_id, kind, name FROM staged_tags"
+        " WHERE run_id = ? AND asset_id IN (?)",
+        (run, "a1"),
+    )
+    assert "staged_tags_by_asset" in " ".join(str(row[-1]) for row in plan)
+
+
 def test_runs_record_outcomes_without_credentials(m: Manifest) -> None:
     assert m.last_run() is None
     assert m.dataset_version() is None
