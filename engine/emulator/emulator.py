@@ -50,7 +50,7 @@ class Emulator:
     is then ignored), ``external_storage`` (nginx secure_link URLs), ``token``,
     ``control_secret``, ``host``, ``port``, ``public_url`` (the base clients use, when it is
     not the bind address: Docker, a proxy), ``clock`` (epoch seconds; tests move it to expire
-    URLs), ``fault_seed`` (RNG of probabilistic faults), ``faults`` (rules active from start) and
+    URLs), ``fault_seed`` (RNG of probabilistic faults), ``faults`` (rules active from start),
     ``cache_assets`` (keep derived records and annotations of that many assets, not only the
     recent ones: for benchmarks that list a large version twice) and ``ssl_context`` (serve API
     and storage over HTTPS, as real object stores do: tests of the TLS client paths).

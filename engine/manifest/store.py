@@ -305,7 +305,10 @@ class Manifest:
     def stage_tags(
         self, run_id: int, kind: TagKind, tag_name: str, asset_ids: Iterable[str]
     ) -> None:
-        """Record that ``asset_ids`` carry ``tag_name`` (one page of a per-tag id listing)."""
+        """Record that ``asset_ids`` carry ``tag_name`` (one page of a per-tag id listing).
+
+        Stage everything before the first :meth:`staged_tags`: a lookup indexes the table in
+        one pass, and staging again drops that index so appends stay cheap."""
         if kind not in ("asset", "data"):
             raise ValueError(f"tag kind must be 'asset' or 'data', not {kind!r}")
         with self._write("stage tags", scratch=True) as conn:

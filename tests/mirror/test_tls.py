@@ -49,14 +49,12 @@ def tls_emu(ca: trustme.CA) -> Iterator[Emulator]:
         yield running
 
 
-def _run(emu: Emulator, dest: Path, cert_file: Path | None) -> subprocess.CompletedProcess[str]:
+def _run(emu: Emulator, dest: Path, cert_file: Path) -> subprocess.CompletedProcess[str]:
+    """``assetsync mirror`` trusting only the CA in ``cert_file``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
     env.pop("SSL_CERT_DIR", None)
     env["PICSELLIA_TOKEN"] = emu.token
-    if cert_file is not None:
-        env["SSL_CERT_FILE"] = str(cert_file)
-    else:
-        env.pop("SSL_CERT_FILE", None)
+    env["SSL_CERT_FILE"] = str(cert_file)
     env.update(
         {
             "ASSETSYNC_TRANSFER__RETRY__BASE_DELAY": "0.01",
