@@ -12,7 +12,8 @@ Python is not the server. Each round runs, into fresh folders on the same file s
 
 Rounds alternate the tools; between runs the outputs are deleted and the file system synced
 (untimed), so one tool's dirty pages do not slow the next. Every output's SHA-256 is checked.
-The figures printed are medians over the rounds; ratios are assetsync's throughput over curl's
+The figures printed are medians over the rounds (CPU: user and system seconds
+of this process, or of curl, during the run); ratios are assetsync's throughput over curl's
 (above 1: assetsync is faster). ``--only assetsync-large`` runs just that, for ``py-spy``.
 """
 
@@ -24,6 +25,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -209,6 +211,26 @@ async def ours_small(
     return elapsed, digests
 
 
+class CpuMeter:
+    """User and system CPU seconds spent inside the block by this process and by the children
+    that ended in it (curl): the transfer's own cost, whatever the wall time says."""
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._now()
+        self.user = self.sys = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.user, self.sys = end[0] - self._start[0], end[1] - self._start[1]
+
+    @staticmethod
+    def _now() -> tuple[float, float]:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + kids.ru_utime, me.ru_stime + kids.ru_stime
+
+
 def run_loop(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run on uvloop, the engine's default loop (plain asyncio if uvloop is missing)."""
     try:
@@ -250,9 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     warm(corpus.root)
     out = base / "out"
     times: dict[str, list[float]] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {}
 
-    def record(name: str, seconds: float) -> None:
+    def record(name: str, seconds: float, meter: CpuMeter) -> None:
         times.setdefault(name, []).append(seconds)
+        cpu.setdefault(name, []).append((meter.user, meter.sys))
 
     try:
         with NginxServer(corpus.root) as nginx:
@@ -261,35 +285,41 @@ def main(argv: list[str] | None = None) -> int:
             want = {name: sha for name, _, sha in corpus.small}
 
             def run_curl_large() -> None:
-                record("curl large", curl_large(large_url, out / "curl" / "l.bin"))
+                with CpuMeter() as meter:
+                    seconds = curl_large(large_url, out / "curl" / "l.bin")
+                record("curl large", seconds, meter)
                 assert sha256_file(out / "curl" / "l.bin") == corpus.large_sha
                 clean(out)
 
             def run_ours_large(fsync: bool) -> None:
-                seconds, digest = run_loop(
-                    lambda: ours_large(large_url, out / "ours", out / "state", fsync, args)
-                )
+                with CpuMeter() as meter:
+                    seconds, digest = run_loop(
+                        lambda: ours_large(large_url, out / "ours", out / "state", fsync, args)
+                    )
                 assert digest == corpus.large_sha == sha256_file(out / "ours" / "l.bin")
-                record(f"assetsync large{' fsync' if fsync else ''}", seconds)
+                record(f"assetsync large{' fsync' if fsync else ''}", seconds, meter)
                 clean(out)
 
             def run_curl_small() -> None:
                 pairs = [(url, out / "curl" / name) for url, name in small_urls]
-                record("curl small", curl_small(pairs, args.concurrency, base))
+                with CpuMeter() as meter:
+                    seconds = curl_small(pairs, args.concurrency, base)
+                record("curl small", seconds, meter)
                 for name, _, sha in corpus.small[:50]:
                     assert sha256_file(out / "curl" / name) == sha
                 clean(out)
 
             def run_ours_small(fsync: bool) -> None:
-                seconds, digests = run_loop(
-                    lambda: ours_small(
-                        small_urls, out / "ours", out / "state", args.concurrency, fsync, args
+                with CpuMeter() as meter:
+                    seconds, digests = run_loop(
+                        lambda: ours_small(
+                            small_urls, out / "ours", out / "state", args.concurrency, fsync, args
+                        )
                     )
-                )
                 assert digests == want
                 for name, _, sha in corpus.small[:50]:
                     assert sha256_file(out / "ours" / name) == sha
-                record(f"assetsync small{' fsync' if fsync else ''}", seconds)
+                record(f"assetsync small{' fsync' if fsync else ''}", seconds, meter)
                 clean(out)
 
             if args.only:
@@ -313,11 +343,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(base, ignore_errors=True)
 
-    report(times, corpus, args)
+    report(times, cpu, corpus, args)
     return 0
 
 
-def report(times: dict[str, list[float]], corpus: Corpus, args: argparse.Namespace) -> None:
+def report(
+    times: dict[str, list[float]],
+    cpu: dict[str, list[tuple[float, float]]],
+    corpus: Corpus,
+    args: argparse.Namespace,
+) -> None:
     print(
         f"\nloopback, nginx secure_link; large {corpus.large_size / MiB:.0f} MiB, "
         f"{len(corpus.small)} small files ({corpus.small_bytes / MiB:.0f} MiB), "
@@ -326,14 +361,17 @@ def report(times: dict[str, list[float]], corpus: Corpus, args: argparse.Namespa
         f"{args.repeat} round(s), medians\n"
     )
     rates: dict[str, float] = {}
-    print(f"{'run':<26}{'seconds':>10}{'MB/s':>10}{'files/s':>10}")
+    print(f"{'run':<26}{'seconds':>10}{'MB/s':>10}{'files/s':>10}{'user s':>9}{'sys s':>9}")
     for name, values in times.items():
         seconds = statistics.median(values)
         large = "large" in name
         size = corpus.large_size if large else corpus.small_bytes
         rates[name] = size / seconds
-        files = "" if large else f"{len(corpus.small) / seconds:10.0f}"
-        print(f"{name:<26}{seconds:10.3f}{size / seconds / 1e6:10.0f}{files}")
+        files = f"{'':>10}" if large else f"{len(corpus.small) / seconds:10.0f}"
+        user = statistics.median(u for u, _ in cpu[name])
+        system = statistics.median(s for _, s in cpu[name])
+        rate = size / seconds / 1e6
+        print(f"{name:<26}{seconds:10.3f}{rate:10.0f}{files}{user:9.2f}{system:9.2f}")
     print()
     for ours, theirs in (
         ("assetsync large", "curl large"),
