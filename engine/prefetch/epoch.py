@@ -243,6 +243,14 @@ class EpochRun:
     # -- the consumer ------------------------------------------------------------------------
 
     async def next(self) -> PrefetchItem:
+        while (item := self.next_ready()) is None:
+            await self._changed()
+        return item
+
+    def next_ready(self) -> PrefetchItem | None:
+        """The next item if it can be handed out now (or the end, or an error, raised as
+        :meth:`next` would); ``None`` when the consumer must wait. Synchronous, so a caller on
+        another thread can take a ready item in one loop callback instead of a task."""
         s = self.s
         while True:
             error = self.fatal or s.error
@@ -258,8 +266,7 @@ class EpochRun:
                     raise StopAsyncIteration
                 if self.ended.is_set():
                     raise EngineError("the prefetcher stopped before the epoch ended")
-                await self._changed()
-                continue
+                return None
             slot = self.window.take(position)
             entry = self.entries.pop(position)
             self._notify()

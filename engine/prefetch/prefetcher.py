@@ -244,6 +244,11 @@ class EpochIterator:
             self._run = await self.prefetcher._start(self.number)
         return await self._run.next()
 
+    def next_ready(self) -> PrefetchItem | None:
+        """On the loop: the next item if it is there now (see :meth:`EpochRun.next_ready`);
+        ``None`` when it must be awaited (also before the epoch has started)."""
+        return None if self._run is None else self._run.next_ready()
+
     async def aclose(self) -> None:
         if self._run is not None:
             await self.prefetcher._stop(self._run)

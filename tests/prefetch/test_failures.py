@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import anyio
@@ -89,6 +90,42 @@ async def test_failure_policy_raise(tmp_path: Path):
         with Manifest.open(tmp_path / "d", create=False) as manifest:
             row = manifest.row(broken)
         assert row is not None and row.state == "failed"  # recorded for the next mirror
+
+
+def test_plain_iterator_raises_a_failure_it_finds_ready(tmp_path: Path):
+    """A slow consumer finds each next item already settled, failures included: the plain
+    iterator takes those without waiting on the loop, and must raise just the same."""
+    with Emulator(assets=20, seed=25).in_thread() as emu:
+        broken = listing(emu)[5]
+        data_id = emu.dataset.expected(broken).data_id
+        emu.faults.add(FaultRule(target="storage", kind="status", status=404, data_id=data_id))
+        settings = settings_for(emu, tmp_path / "d")
+        got: list[str] = []
+
+        def train(prefetcher: Prefetcher) -> None:
+            for item in prefetcher:
+                got.append(item.asset_id)
+                threading.Event().wait(0.05)  # the window fills while "training"
+
+        with Prefetcher(settings, window=4, on_failure="raise") as prefetcher:
+            with pytest.raises(AssetUnavailable) as caught:
+                train(prefetcher)
+            stats = prefetcher.stats
+        assert caught.value.asset_id == broken
+        assert got == listing(emu)[:5]
+        assert stats.failed == 1
+
+
+def test_plain_iterator_second_epoch_from_disk_in_order(tmp_path: Path):
+    with Emulator(assets=30, seed=26).in_thread() as emu:
+        settings = settings_for(emu, tmp_path / "d")
+        with Prefetcher(settings, window=8) as prefetcher:
+            first = [item.asset_id for item in prefetcher]
+            storage = emu.counters.snapshot()["storage_requests"]
+            second = [item for item in prefetcher]
+        assert first == [item.asset_id for item in second] == listing(emu)
+        assert all(item.cached for item in second)
+        assert emu.counters.snapshot()["storage_requests"] == storage  # nothing fetched again
 
 
 async def test_failure_policy_skip_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture):
