@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -43,6 +42,10 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.emulator_proc import EmulatorProcess, emulator_process  # noqa: E402
 
 PAGE = 1000
 ANNOTATION_IDS_PER_REQUEST = 50
@@ -64,44 +67,6 @@ def _dataset_args(opts: argparse.Namespace) -> list[str]:
         "0",
         "--no-nasty-filenames",
     ]
-
-
-@contextmanager
-def emulator_process(args: list[str]) -> Iterator[tuple[dict[str, Any], int]]:
-    """``assetsync emulator --json`` in its own process: (start-up info, pid)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "emulator", "--json", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the emulator did not start")
-        yield json.loads(line), proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 @dataclass
@@ -209,17 +174,17 @@ async def xget_assets(client: Client, pages: list[list[str]]) -> int:
     return found
 
 
-async def one_pass(client: Client, info: dict[str, Any], pid: int, assets: int) -> Pass:
+async def one_pass(client: Client, emu: EmulatorProcess, assets: int) -> Pass:
     result = Pass()
     max_pages = assets // PAGE + 2
     pages: list[list[str]] = []
 
     async def timed(name: str, run: Any) -> Any:
-        before_cpu, before_requests = cpu_seconds(pid), client.requests
+        before_cpu, before_requests = emu.cpu_seconds(), client.requests
         start = time.perf_counter()
         value = await run()
         phase = Phase(name, client.requests - before_requests, time.perf_counter() - start)
-        phase.cpu = cpu_seconds(pid) - before_cpu
+        phase.cpu = emu.cpu_seconds() - before_cpu
         result.phases.append(phase)
         return value
 
@@ -228,23 +193,22 @@ async def one_pass(client: Client, info: dict[str, Any], pid: int, assets: int) 
     if len(listed) != assets or len(set(listed)) != assets:
         raise RuntimeError(f"listed {len(listed)} ids ({len(set(listed))} distinct), not {assets}")
     await timed("annotations", lambda: fetch_annotations(client, pages))
-    await timed("tags", lambda: list_tags(client, info["datalake_id"], max_pages))
+    await timed("tags", lambda: list_tags(client, emu.info["datalake_id"], max_pages))
     await timed("xget", lambda: xget_assets(client, pages))
     return result
 
 
 async def run(opts: argparse.Namespace) -> tuple[list[Pass], float]:
-    with emulator_process(_dataset_args(opts)) as (info, pid):
+    with emulator_process(_dataset_args(opts)) as emu:
+        info, pid = emu.info, emu.pid
         headers = {"Authorization": f"Bearer {info['token']}"}
         timeout = aiohttp.ClientTimeout(total=600)
         with profiler(pid, opts.profile):
             async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
                 client = Client(session, info)
                 await client.call("GET", "/api/home/ping")  # the connection is open
-                passes = [
-                    await one_pass(client, info, pid, opts.assets) for _ in range(opts.passes)
-                ]
-        return passes, peak_rss_mb(pid)
+                passes = [await one_pass(client, emu, opts.assets) for _ in range(opts.passes)]
+        return passes, emu.peak_rss_mb()
 
 
 @contextmanager

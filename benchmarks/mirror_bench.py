@@ -41,9 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.emulator_proc import EmulatorProcess, emulator_process  # noqa: E402
 from engine.emulator import Emulator  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -85,51 +83,6 @@ def cli_args(options: dict[str, Any]) -> list[str]:
         else:
             out += [f"--{key.replace('_', '-')}", str(value)]
     return out
-
-
-@dataclass
-class EmulatorProcess:
-    info: dict[str, Any]
-    pid: int
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def control(self, method: str, path: str) -> Any:
-        request = urllib.request.Request(  # noqa: S310 - the emulator on loopback
-            f"{self.info['api_url']}/_emulator/{path}",
-            method=method,
-            headers={"X-Emulator-Secret": self.info["control_secret"]},
-        )
-        with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310
-            return json.loads(response.read())
-
-    def counters(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.control("POST", "quiesce")
-        return result
-
-
-@contextmanager
-def emulator_process(options: dict[str, Any]) -> Iterator[EmulatorProcess]:
-    """``assetsync emulator --json`` on 127.0.0.1 in its own process."""
-    command = [str(BIN / "assetsync"), "emulator", "--host", "127.0.0.1", "--port", "0"]
-    proc = subprocess.Popen(
-        [*command, "--json", *cli_args(options)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the emulator did not start")
-        yield EmulatorProcess(json.loads(line), proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass
@@ -389,7 +342,7 @@ def main() -> int:
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with emulator_process(options) as emulator:
+        with emulator_process(cli_args(options)) as emulator:
             print(f"emulator: {emulator.info['api_url']}, {emulator.info['assets']:,} assets")
             first = run_mirror("first", emulator, dest, opts.mirror_arg)
             if first.summary["downloaded"] != opts.assets or first.requests.get("storage", 0) < 1:

@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.emulator_proc import emulator_process  # noqa: E402
 from engine.emulator import Emulator  # noqa: E402
 from engine.emulator.nginx import NginxServer  # noqa: E402
 
@@ -84,30 +80,6 @@ def _cli_args(args: dict[str, Any]) -> list[str]:
         else:
             out += [f"--{key.replace('_', '-')}", str(value)]
     return out
-
-
-@contextmanager
-def emulator_process(args: list[str]) -> Iterator[dict[str, Any]]:
-    """``assetsync emulator --json`` in its own process; yields its start-up info."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "emulator", "--json", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the emulator did not start")
-        yield json.loads(line)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def listed_urls(info: dict[str, Any]) -> list[str]:
@@ -216,11 +188,11 @@ async def run(opts: argparse.Namespace, work: Path) -> dict[str, Result]:
         else:
             small_cli, large_cli = _cli_args(small_args), _cli_args(large_args)
         with (
-            emulator_process([*small_cli, "--loop", loop]) as small_info,
-            emulator_process([*large_cli, "--loop", loop]) as large_info,
+            emulator_process([*small_cli, "--loop", loop]) as small_emu,
+            emulator_process([*large_cli, "--loop", loop]) as large_emu,
         ):
-            small_urls = await listed_urls(small_info)
-            large_urls = await listed_urls(large_info)
+            small_urls = await listed_urls(small_emu.info)
+            large_urls = await listed_urls(large_emu.info)
             results[label] = await measure(Target(label, small_urls, large_urls[0]), opts)
     return results
 
