@@ -44,7 +44,7 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 __all__ = ["FAULT_KINDS", "BodyPlan", "FaultController", "FaultRule", "TokenBucket"]
 
@@ -59,17 +59,7 @@ FaultKind = Literal[
     "throttle",
     "drift",
 ]
-FAULT_KINDS: tuple[str, ...] = (
-    "status",
-    "drop",
-    "stall",
-    "ignore_range",
-    "ignore_if_range",
-    "misrange",
-    "chunked",
-    "throttle",
-    "drift",
-)
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)  # one list: the type is the source
 _BODY_KINDS = ("drop", "stall", "throttle", "chunked")
 _ids = itertools.count(1)
 
