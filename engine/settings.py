@@ -75,6 +75,9 @@ class TransferOptions(_Frozen):
     segment_threshold: int = Field(64 * MiB, ge=1)
     segment_size: int = Field(32 * MiB, ge=64 * KiB)
     segments: int = Field(4, ge=1, le=64)
+    # Bodies at least this large, over plain HTTP, are read by a worker thread straight from
+    # the socket instead of by the event loop (engine.transfer.socket_pump).
+    thread_body_min: int = Field(8 * MiB, ge=0)
     url_margin: float = Field(30.0, ge=0)
     unknown_url_lifetime: float = Field(300.0, gt=0)
     fsync: bool = True

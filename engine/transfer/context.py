@@ -14,6 +14,7 @@ from engine.signed_urls import SignedUrl
 from engine.transfer.http1 import StorageHttp
 from engine.transfer.progress import EventKind, ProgressEvent, TransferStats
 from engine.transfer.retry import Backoff
+from engine.transfer.threads import ThreadSlots
 from engine.transfer.urls import UrlSource
 
 __all__ = ["Context"]
@@ -36,6 +37,7 @@ class Context:
         on_progress: Callable[[ProgressEvent], None] | None,
         executor: Executor,
         rng: random.Random,
+        pumps: ThreadSlots | None = None,
     ) -> None:
         self.asset_id = asset_id
         self.data_id = data_id
@@ -48,6 +50,7 @@ class Context:
         self.on_progress = on_progress
         self.executor = executor  # file-system work off the loop
         self.rng = rng  # for backoff jitter
+        self.pumps = pumps  # threads that read large bodies from their sockets
         self.retries = 0
         self.restarts = 0
         self.received = 0  # bytes that came over the network in this fetch, all attempts

@@ -46,10 +46,12 @@ from engine.transfer.placement import check_rel_path, place, write_and_place
 from engine.transfer.progress import ProgressEvent, TransferStats
 from engine.transfer.ranges import plan_segments
 from engine.transfer.segments import Job, RangeIgnored
-from engine.transfer.threads import in_thread
+from engine.transfer.threads import ThreadSlots, in_thread
 from engine.transfer.urls import UrlProvider, UrlSource
 
 __all__ = ["ObjectRef", "TransferResult", "Transferer"]
+
+_PUMP_THREADS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +127,16 @@ class Transferer:
         # small objects written and placed whole, fsync and placement. An own pool, so that it
         # never queues behind (or holds up) DNS lookups in the loop's default executor.
         self._io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="assetsync-io")
+        # Threads that read large bodies straight from their sockets (engine.transfer.body):
+        # a handful is enough to fill the segments of the large files in flight.
+        self._pumps = ThreadSlots(_PUMP_THREADS, "assetsync-pump")
         # Jitter needs randomness, not a fresh generator (seeding one costs) per fetch.
         self._rng = random.Random()
 
     def close(self) -> None:
         """Release the writer threads and the partial folder's descriptor (idempotent)."""
         self._io.shutdown(wait=True)
+        self._pumps.shutdown()
         self._partial_dir.close()
         if self._owns_http:
             self.http.close()
@@ -174,6 +180,7 @@ class Transferer:
             on_progress=self.on_progress,
             executor=self._io,
             rng=self._rng,
+            pumps=self._pumps,
         )
         partial = Partial(self._partial_dir, ref.asset_id, ref.data_id)
         try:
@@ -245,7 +252,7 @@ class Transferer:
             raise IntegrityError(
                 f"{partial.path}: {on_disk} bytes on disk, {validator.size} expected"
             )
-        await self._place(partial, dest_root, rel_path)
+        await self._place(partial, dest_root, rel_path, synced=job is not None and job.synced)
         return self._result(ctx, validator, digest, rel_path, resumed, workers)
 
     @staticmethod
@@ -296,11 +303,14 @@ class Transferer:
             ctx, partial, state.validator, segments, state.done, ranged=True, inline_hash=False
         )
 
-    async def _place(self, partial: Partial, dest_root: Path, rel_path: PurePosixPath) -> None:
+    async def _place(
+        self, partial: Partial, dest_root: Path, rel_path: PurePosixPath, *, synced: bool
+    ) -> None:
         if self.options.fsync:
 
             def sync_and_place() -> None:
-                partial.sync()
+                if not synced:
+                    partial.sync()
                 place(partial.dir_fd, partial.name, dest_root, rel_path, fsync=True)
 
             await in_thread(self._io, sync_and_place)

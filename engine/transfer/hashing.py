@@ -43,10 +43,13 @@ class PrefixHasher:
         "_available",
         "_cond",
         "_dir_fd",
+        "_laggards",
         "_name",
         "_offers",
+        "_progress",
         "_stopped",
         "_waiting",
+        "hashed",
         "read_back",
         "size",
     )
@@ -61,6 +64,9 @@ class PrefixHasher:
         self._cond = threading.Condition(threading.Lock())
         self._offers: dict[int, list[bytes]] = {}
         self.read_back = 0  # bytes hashed from the file rather than from memory
+        self.hashed = 0  # bytes hashed so far (written by the thread, read by anyone)
+        self._progress = threading.Condition(threading.Lock())
+        self._laggards = 0  # threads waiting in wait_hashed
 
     def advance(self, frontier: int, offset: int = -1, chunks: list[bytes] | None = None) -> None:
         """The bytes ``[0, frontier)`` are written (called from the event loop); ``chunks``,
@@ -80,6 +86,30 @@ class PrefixHasher:
             self._stopped = True
             self._offers.clear()
             self._cond.notify()
+        with self._progress:
+            self._progress.notify_all()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def wait_hashed(self, at_least: int, timeout: float) -> None:
+        """Block (another thread) until ``at_least`` bytes are hashed, the hasher stops, or
+        ``timeout`` seconds pass."""
+        with self._progress:
+            if self.hashed >= at_least or self._stopped:
+                return
+            self._laggards += 1
+            try:
+                self._progress.wait(timeout)
+            finally:
+                self._laggards -= 1
+
+    def _hashed_up_to(self, hashed: int) -> None:
+        self.hashed = hashed
+        if self._laggards:
+            with self._progress:
+                self._progress.notify_all()
 
     async def digest(self, limiter: anyio.CapacityLimiter) -> str:
         """Run the thread; the hex digest once ``size`` bytes were hashed. Cancelling returns at
@@ -123,6 +153,7 @@ class PrefixHasher:
                 for chunk in chunks:
                     sha.update(chunk)
                     hashed += len(chunk)
+                self._hashed_up_to(hashed)
                 continue
             if buf is None:
                 buf = bytearray(min(_BLOCK, max(size, 1)))
@@ -142,4 +173,5 @@ class PrefixHasher:
                 sha.update(view[:got])
                 hashed += got
                 self.read_back += got
+                self._hashed_up_to(hashed)
         return sha.hexdigest()

@@ -162,6 +162,24 @@ class _Protocol(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def hand_over(self) -> list[bytes]:
+        """Stop reading from the socket and give up what was buffered: a blocking reader takes
+        the socket over (see :meth:`Response.socket_body`)."""
+        assert self.transport is not None
+        if not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        chunks = list(self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        return chunks
+
+    def take_back(self) -> None:
+        """The blocking reader is done: the event loop reads the socket again."""
+        if self._paused and self.transport is not None and not self.transport.is_closing():
+            self._paused = False
+            self.transport.resume_reading()
+
     def push_back(self, data: bytes) -> None:
         if data:
             self.chunks.appendleft(data)
@@ -293,6 +311,43 @@ class Response:
             return None
         value = self.headers.get("content-length")
         return int(value) if value is not None and value.isdigit() else None
+
+    def socket_body(self) -> tuple[int, list[bytes], int] | None:
+        """Hand the rest of the body to a blocking reader on another thread: the socket's
+        descriptor, the body bytes already received, and how many bytes remain after them.
+
+        Only for a plain-TCP body of known length (TLS records and chunk framing need the
+        event loop's decoding); None otherwise. The event loop stops reading the socket until
+        :meth:`socket_body_done` (all bytes were read) or :meth:`release` (they were not: the
+        connection is closed).
+        """
+        conn = self._conn
+        if conn is None or self._done or self._chunked or self._remaining is None:
+            return None
+        if conn.key[0] != "http" or not conn.usable:
+            return None
+        transport = conn.protocol.transport
+        assert transport is not None
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        chunks = conn.protocol.hand_over()
+        have = sum(len(chunk) for chunk in chunks)
+        if have > self._remaining:  # more than the body: not ours to take (never on HTTP/1.1)
+            conn.protocol.chunks.extend(chunks)
+            conn.protocol.buffered = have
+            conn.protocol.take_back()
+            return None
+        return sock.fileno(), chunks, self._remaining - have
+
+    def socket_body_done(self) -> None:
+        """The blocking reader read the body to its last byte: the connection is reusable."""
+        conn = self._conn
+        assert conn is not None
+        self._remaining = 0
+        self._done = True
+        conn.protocol.take_back()
+        self._finish()
 
     def set_read_timeout(self, seconds: float) -> None:
         """From now on a read may wait this long (the stall timeout once headers are in)."""

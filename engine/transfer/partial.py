@@ -369,7 +369,11 @@ class Partial:
         if self.fd < 0:
             return
         try:
-            os.ftruncate(self.fd, 0)
+            # Not an empty file: on ext4, truncating to 0 marks the inode so that its next
+            # close (the hasher's read-only descriptor's, too) flushes the whole file to disk
+            # synchronously ("auto_da_alloc"), 0.4 s per GiB measured after a 1 GiB download.
+            if os.fstat(self.fd).st_size:
+                os.ftruncate(self.fd, 0)
         except OSError as exc:
             raise storage_error(exc, f"cannot truncate {self.path}") from None
 

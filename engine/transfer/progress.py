@@ -43,6 +43,7 @@ class TransferStats:
     resumes: int = 0
     restarts: int = 0
     failures: int = 0
+    pumped: int = 0  # bodies read by a pump thread straight from the socket
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)

@@ -133,6 +133,7 @@ class Job:
         self._since_checkpoint = 0
         self._checkpointing = False
         self._tg: anyio.abc.TaskGroup | None = None
+        self.synced = False  # the data file was fsynced after its last byte was written
 
     # -- claims and the contiguous prefix --------------------------------------------------------
 
@@ -189,13 +190,25 @@ class Job:
         async def hash_prefix(hasher: PrefixHasher) -> None:
             digest.append(await hasher.digest(hash_limiter))
 
+        live = workers
+
+        async def worker(opened: tuple[Response, SignedUrl] | None) -> None:
+            nonlocal live
+            await self._worker(opened)
+            live -= 1
+            if live == 0 and hasher is not None and self.ctx.options.fsync:
+                # Every byte is written while the hasher still reads the last ones back: make
+                # the data durable meanwhile rather than after the digest.
+                await anyio.to_thread.run_sync(self.partial.sync)
+                self.synced = True
+
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 if hasher is not None:
                     tg.start_soon(hash_prefix, hasher)
                 for n in range(workers):
-                    tg.start_soon(self._worker, first if n == 0 else None)
+                    tg.start_soon(worker, first if n == 0 else None)
         except BaseExceptionGroup as group:
             chosen = pick_error(group)
             if chosen is group:

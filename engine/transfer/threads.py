@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TypeVar
 
 import anyio
 
-__all__ = ["in_thread"]
+__all__ = ["ThreadSlots", "in_thread"]
 
 T = TypeVar("T")
 
@@ -31,3 +31,28 @@ async def in_thread(executor: Executor, fn: Callable[[], T]) -> T:
             with anyio.CancelScope(shield=True):
                 await asyncio.wait([future])
         raise
+
+
+class ThreadSlots:
+    """A pool of threads taken without waiting, or not at all.
+
+    For work that holds a thread for as long as a network body lasts: when every slot is busy
+    the caller takes its event-loop path instead of queueing behind (or starving) other work.
+    """
+
+    def __init__(self, slots: int, name: str) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix=name)
+        self._free = slots
+
+    def try_take(self) -> bool:
+        """A slot, if one is free (event-loop thread only)."""
+        if self._free <= 0:
+            return False
+        self._free -= 1
+        return True
+
+    def give_back(self) -> None:
+        self._free += 1
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import aiohttp
 
 from engine.transfer import ObjectRef, ProgressEvent, Transferer
-from tests.transfer.conftest import fast_options
+from tests.transfer.conftest import BODY_PATHS, fast_options
 
 
 async def main(args: dict[str, str]) -> None:
@@ -32,7 +32,8 @@ async def main(args: dict[str, str]) -> None:
                 url: str = (await response.json())["presigned_url"]
                 return url
 
-        t = Transferer(session, fast_options(), Path(args["state_dir"]), on_progress=on_progress)
+        options = fast_options(thread_body_min=BODY_PATHS[args["body_path"]])
+        t = Transferer(session, options, Path(args["state_dir"]), on_progress=on_progress)
         await t.fetch(
             ObjectRef(args["asset_id"], args["data_id"]),
             None,

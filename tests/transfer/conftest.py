@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import aiohttp
+import pytest
 
 from engine.emulator import Emulator
 from engine.emulator.dataset import ExpectedAsset
@@ -26,6 +27,24 @@ MEDIUM = "medium"  # several segments, one stream
 SMALL = "small"  # one chunk: read whole, no partial file of its own
 
 
+# The two ways a body larger than one chunk reaches the disk (engine.transfer.body): read by
+# the event loop, or by a pump thread straight from its socket. A module that uses the
+# ``body_path`` fixture runs each of its tests both ways (fast_options reads the choice).
+BODY_PATHS = {"loop": 1 << 40, "pump": 0}
+_body_path = ["loop"]
+
+
+@pytest.fixture(params=sorted(BODY_PATHS))
+def body_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    _body_path[0] = request.param
+    yield request.param
+    _body_path[0] = "loop"
+
+
+def current_body_path() -> str:
+    return _body_path[0]
+
+
 def fast_options(**overrides: Any) -> TransferOptions:
     """Small chunks and segments so that small objects exercise every path; quick retries."""
     values: dict[str, Any] = {
@@ -38,6 +57,7 @@ def fast_options(**overrides: Any) -> TransferOptions:
         "fsync": False,
         "timeouts": Timeouts(connect=5.0, read=10.0, stall=10.0),
         "retry": RetryPolicy(attempts=6, base_delay=0.01, max_delay=0.05, max_retry_after=0.2),
+        "thread_body_min": BODY_PATHS[_body_path[0]],
     }
     values.update(overrides)
     return TransferOptions(**values)

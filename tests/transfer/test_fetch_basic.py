@@ -19,11 +19,11 @@ from engine.errors import (
 from engine.settings import RetryPolicy
 from engine.transfer import ObjectRef
 
-from .conftest import KiB, MiB, fast_options, harness
+from .conftest import KiB, MiB, current_body_path, fast_options, harness
 
 # Marked here, at collection time, so anyio's plugin parametrizes these tests over the
 # conftest's backends (asyncio and uvloop) and keeps their own parametrization.
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("body_path")]
 
 
 @pytest.mark.parametrize("signing", ["s3", "gcs", "azure"])
@@ -58,6 +58,18 @@ async def test_clean_download_of_every_size_class(tmp_path: Path, signing: str) 
         total = sum(a.size for a in assets)
         assert h.emu.counters.storage_bytes == total
         assert t.stats.files == len(assets) and t.stats.bytes == total
+        # The path under test was the one taken: every body above one chunk went through a
+        # pump thread, or none did.
+        size, chunk = options.segment_size, options.chunk_size
+        # Above one chunk, every object is fetched a segment per request (in parallel or not).
+        bodies = sum(
+            1
+            for a in assets
+            if a.size > chunk
+            for start in range(0, a.size, size)
+            if min(size, a.size - start) > chunk
+        )
+        assert t.stats.pumped == (bodies if current_body_path() == "pump" else 0)
         large = classes["segmented"][0]
         assert h.emu.counters.storage_bytes_for(large.data_id) == large.size
 

@@ -30,7 +30,7 @@ from engine.transfer import ProgressEvent, TransferResult
 
 from .conftest import LARGE, MEDIUM, Harness, KiB, fast_options, harness, pick, settle
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("body_path")]
 
 SEGMENT = 256 * KiB  # fast_options().segment_size
 

@@ -18,9 +18,9 @@ from engine.emulator import FaultRule
 from engine.errors import DiskFullError
 from engine.transfer import Transferer
 
-from .conftest import MiB, fast_options, harness, settle
+from .conftest import MiB, current_body_path, fast_options, harness, settle
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("body_path")]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,6 +45,7 @@ async def test_killed_process_is_resumed_by_a_new_one(tmp_path: Path, kind: str)
             "state_dir": str(h.state_dir),
             "dest": str(h.dest),
             "rel": "killed.bin",
+            "body_path": current_body_path(),
         }
         killed_at = 0
         async with await anyio.open_process(

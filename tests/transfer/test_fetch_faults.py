@@ -14,7 +14,7 @@ from engine.transfer import ProgressEvent
 
 from .conftest import LARGE, MEDIUM, KiB, MiB, fast_options, harness, pick, settle
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("body_path")]
 
 
 # Many seeds: which offsets the drops hit decides how batches, leftovers and retries

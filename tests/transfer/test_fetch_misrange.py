@@ -19,7 +19,7 @@ from engine.transfer import ProgressEvent, TransferResult
 
 from .conftest import LARGE, MEDIUM, SMALL, Harness, KiB, harness, pick
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("body_path")]
 
 SEGMENT = 256 * KiB  # fast_options().segment_size
 MISRANGES = [

@@ -26,6 +26,7 @@ from .conftest import MiB, fast_options, sha256_of
 
 pytestmark = [
     pytest.mark.anyio,
+    pytest.mark.usefixtures("body_path"),
     pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
                        reason="nginx is not installed"),
 ]  # fmt: skip

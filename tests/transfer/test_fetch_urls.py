@@ -25,7 +25,7 @@ from engine.transfer import ObjectRef, ProgressEvent, Transferer
 
 from .conftest import Harness, KiB, MiB, fast_options, harness
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("body_path")]
 
 STYLES = ["s3", "gcs", "azure"]
 MODES = ["known", "skewed"]

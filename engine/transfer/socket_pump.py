@@ -1,0 +1,131 @@
+"""A large body read straight from its socket by a worker thread, into one reused buffer.
+
+Why: on the event loop every receive is a wake-up (selector, callback, future, task step) and a
+fresh ``bytes`` object, ~20-40 µs of Python per 64-256 KiB; at line rate on loopback that was
+most of the transfer core's CPU beyond SHA-256, on a 2-core machine shared with the server. A
+thread blocked in ``recv_into`` pays the kernel's copy and almost nothing else, and releases the
+GIL while it waits, copies, hashes and writes. Measured on the benchmark machine with
+``benchmarks/transfer_bench.py``: see the README.
+
+:func:`pump` runs on the worker thread. It never touches event-loop objects: it reports each
+batch written through ``landed`` (which the caller forwards with ``call_soon_threadsafe``) and
+watches ``stop`` so that a cancelled transfer's thread exits within :data:`_SLICE` seconds.
+Whatever ends the body (its last byte, a reset, a stall, a cancellation), every byte received
+is written and reported before :func:`pump` returns or raises, as on the event-loop path.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from engine.transfer.http1 import BodyError, ReadTimeout
+
+__all__ = ["PumpStopped", "pump"]
+
+# How long one poll() waits before looking at the stop flag and the stall clock.
+_SLICE = 0.25
+# A partly filled buffer waits at most this long before it is written (a slow body still
+# reaches the disk and the sidecar every so often), like the event-loop path's batches.
+_FLUSH_AFTER = 0.5
+
+
+class PumpStopped(Exception):
+    """The transfer was cancelled while the thread was reading."""
+
+
+class _Hash(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+
+def pump(
+    sock_fd: int,
+    write: Callable[[memoryview, int], None],
+    pos: int,
+    count: int,
+    *,
+    buffer_size: int,
+    stall: float,
+    stop: threading.Event,
+    landed: Callable[[int], None],
+    sha: _Hash | None = None,
+    gate: Callable[[int], None] | None = None,
+) -> None:
+    """Read ``count`` bytes from the non-blocking socket ``sock_fd`` and write them from file
+    offset ``pos`` on, ``buffer_size`` at a time; ``landed(n)`` after each write.
+
+    ``sha``, when given, is fed every byte in order (the caller must not touch it meanwhile).
+    ``gate(offset)``, when given, is called before each read and may block: flow control.
+    Raises :class:`ReadTimeout` after ``stall`` seconds without a byte, :class:`BodyError` if
+    the connection ends early, :class:`OSError` for a socket error, :class:`PumpStopped` once
+    ``stop`` is set, and whatever ``write`` raises.
+    """
+    buf = bytearray(min(buffer_size, max(count, 1)))
+    view = memoryview(buf)
+    size = len(buf)
+    filled = 0
+    batch_started = 0.0
+    poller = select.poll()
+    poller.register(sock_fd, select.POLLIN | select.POLLPRI)
+
+    def flush() -> None:
+        nonlocal pos, filled
+        if filled:
+            data = view[:filled]
+            if sha is not None:
+                sha.update(data)
+            write(data, pos)
+            pos += filled
+            n, filled = filled, 0
+            landed(n)
+
+    try:
+        while count > 0:
+            if stop.is_set():
+                raise PumpStopped
+            if gate is not None:
+                gate(pos + filled)
+            try:
+                got = os.readv(sock_fd, [view[filled : filled + min(count, size - filled)]])
+            except BlockingIOError:
+                _wait(poller, stall, stop, flush if filled else None, batch_started)
+                continue
+            if got == 0:
+                raise BodyError(f"connection closed {count} bytes before the body's end")
+            if not filled:
+                batch_started = time.monotonic()
+            filled += got
+            count -= got
+            if filled == size:
+                flush()
+    finally:
+        # Land what was received, whatever ended the body. A write error raised here outranks
+        # the network error that brought us here.
+        flush()
+
+
+def _wait(
+    poller: select.poll,
+    stall: float,
+    stop: threading.Event,
+    flush: Callable[[], None] | None,
+    batch_started: float,
+) -> None:
+    """Until the socket is readable; raises after ``stall`` seconds of silence or on ``stop``."""
+    deadline = time.monotonic() + stall
+    while True:
+        now = time.monotonic()
+        if flush is not None and now - batch_started >= _FLUSH_AFTER:
+            flush()
+            flush = None
+        left = deadline - now
+        if left <= 0:
+            raise ReadTimeout("no bytes within the stall timeout")
+        if poller.poll(min(left, _SLICE) * 1000):
+            return  # readable, hung up or in error: the next read tells which
+        if stop.is_set():
+            raise PumpStopped

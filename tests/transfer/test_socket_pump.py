@@ -1,0 +1,257 @@
+"""The pump thread's loop (engine.transfer.socket_pump) on a real socket pair: every byte lands
+once, in order, at its offset; a cut, a stall and a stop end it with every received byte written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.transfer.hashing import PrefixHasher
+from engine.transfer.http1 import BodyError, ReadTimeout
+from engine.transfer.socket_pump import PumpStopped, pump
+
+
+class Sink:
+    """A file the pump writes into, and what it reported."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.landed: list[int] = []
+        self.writes: list[tuple[int, int]] = []
+
+    def write(self, data: memoryview, pos: int) -> None:
+        self.writes.append((pos, len(data)))
+        assert os.pwrite(self.fd, data, pos) == len(data)
+
+    def read(self) -> bytes:
+        size = os.fstat(self.fd).st_size
+        return os.pread(self.fd, size, 0)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)  # as an event loop's transport leaves it
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def _send_in_pieces(sock: socket.socket, data: bytes, pieces: list[int], close: bool) -> None:
+    at = 0
+    for size in pieces:
+        if at >= len(data):
+            break
+        sock.sendall(data[at : at + size])
+        at += size
+    sock.sendall(data[at:])
+    if close:
+        sock.shutdown(socket.SHUT_WR)
+
+
+# tmp_path is shared by the examples: each one truncates its file.
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    size=st.integers(min_value=1, max_value=300_000),
+    offset=st.integers(min_value=0, max_value=10_000),
+    buffer_size=st.integers(min_value=1, max_value=70_000),
+    pieces=st.lists(st.integers(min_value=1, max_value=50_000), max_size=20),
+    hashed=st.booleans(),
+)
+def test_every_byte_lands_once_in_order(
+    tmp_path: Path,
+    size: int,
+    offset: int,
+    buffer_size: int,
+    pieces: list[int],
+    hashed: bool,
+) -> None:
+    data = os.urandom(size)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    sink = Sink(tmp_path / "out.bin")
+    sha = hashlib.sha256() if hashed else None
+    gated: list[int] = []
+    # The sender writes the body and then more (the next response on a kept-alive connection):
+    # the pump must stop at exactly its count.
+    sender = threading.Thread(target=_send_in_pieces, args=(theirs, data + b"NEXT", pieces, False))
+    sender.start()
+    try:
+        pump(
+            ours.fileno(),
+            sink.write,
+            offset,
+            size,
+            buffer_size=buffer_size,
+            stall=10.0,
+            stop=threading.Event(),
+            landed=sink.landed.append,
+            sha=sha,
+            gate=gated.append,
+        )
+        sender.join()
+        assert sink.read()[offset:] == data
+        assert sum(sink.landed) == size
+        # Writes are contiguous and in order, each reported once.
+        pos = offset
+        for at, n in sink.writes:
+            assert at == pos
+            pos += n
+        assert [n for _, n in sink.writes] == sink.landed
+        assert gated == sorted(gated) and all(offset <= g < offset + size for g in gated)
+        if sha is not None:
+            assert sha.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert ours.recv(16) == b"NEXT"  # the rest is left for the connection's next user
+    finally:
+        sender.join()
+        sink.close()
+        ours.close()
+        theirs.close()
+
+
+def test_a_cut_body_is_an_error_and_what_came_is_written(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, theirs = pair
+    sink = Sink(tmp_path / "out.bin")
+    data = os.urandom(5000)
+    _send_in_pieces(theirs, data, [1000, 1000], close=True)
+    with pytest.raises(BodyError):
+        pump(
+            ours.fileno(),
+            sink.write,
+            0,
+            8000,
+            buffer_size=64 * 1024,  # larger than what came: only the final flush writes it
+            stall=10.0,
+            stop=threading.Event(),
+            landed=sink.landed.append,
+        )
+    assert sink.read() == data
+    assert sum(sink.landed) == 5000
+    sink.close()
+
+
+def test_silence_is_a_stall(tmp_path: Path, pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    sink = Sink(tmp_path / "out.bin")
+    theirs.sendall(b"x" * 100)
+    with pytest.raises(ReadTimeout):
+        pump(
+            ours.fileno(),
+            sink.write,
+            0,
+            1000,
+            buffer_size=4096,
+            stall=0.3,
+            stop=threading.Event(),
+            landed=sink.landed.append,
+        )
+    assert sink.read() == b"x" * 100 and sink.landed == [100]
+    sink.close()
+
+
+def test_a_stop_ends_the_pump_and_keeps_what_came(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, theirs = pair
+    sink = Sink(tmp_path / "out.bin")
+    stop = threading.Event()
+    theirs.sendall(b"y" * 300)
+
+    def gate(offset: int) -> None:
+        if offset == 300:  # the 300 bytes are in the pump's buffer, not yet written
+            stop.set()
+
+    with pytest.raises(PumpStopped):
+        pump(
+            ours.fileno(),
+            sink.write,
+            0,
+            10_000,
+            buffer_size=64 * 1024,
+            stall=60.0,
+            stop=stop,
+            landed=sink.landed.append,
+            gate=gate,
+        )
+    assert sink.read() == b"y" * 300 and sink.landed == [300]
+    sink.close()
+
+
+def test_a_slow_body_is_written_before_it_ends(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """A batch does not wait in memory for the whole buffer: after a pause the bytes so far
+    are written and reported (so a killed process finds them in the sidecar)."""
+    ours, theirs = pair
+    sink = Sink(tmp_path / "out.bin")
+    first_landed = threading.Event()
+
+    def landed(n: int) -> None:
+        sink.landed.append(n)
+        first_landed.set()
+
+    def slow_sender() -> None:
+        theirs.sendall(b"a" * 100)
+        # The rest only once the first bytes were reported: they cannot have been held back.
+        assert first_landed.wait(30)
+        theirs.sendall(b"b" * 100)
+
+    sender = threading.Thread(target=slow_sender)
+    sender.start()
+    pump(
+        ours.fileno(),
+        sink.write,
+        0,
+        200,
+        buffer_size=1 << 20,
+        stall=30.0,
+        stop=threading.Event(),
+        landed=landed,
+    )
+    sender.join()
+    assert sink.landed == [100, 100]
+    assert sink.read() == b"a" * 100 + b"b" * 100
+    sink.close()
+
+
+def test_wait_hashed_returns_once_the_hasher_gets_there_or_stops(tmp_path: Path) -> None:
+    """The pumps' flow control: a pump ahead of the hash waits for it, never forever."""
+    path = tmp_path / "data.bin"
+    data = os.urandom(3 * 1024 * 1024)
+    path.write_bytes(data)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        hasher = PrefixHasher(dir_fd, "data.bin", len(data))
+        result: list[str] = []
+        thread = threading.Thread(target=lambda: result.append(hasher._run()))
+        thread.start()
+        hasher.advance(1024 * 1024)
+        hasher.wait_hashed(1024 * 1024, timeout=30)
+        assert hasher.hashed >= 1024 * 1024
+        hasher.advance(len(data))
+        thread.join(timeout=30)
+        assert result == [hashlib.sha256(data).hexdigest()]
+        assert hasher.hashed == len(data)
+
+        stopped = PrefixHasher(dir_fd, "data.bin", len(data))
+        stopped.stop()
+        stopped.wait_hashed(len(data), timeout=30)  # returns at once: nobody would get there
+        assert stopped.stopped and stopped.hashed == 0
+    finally:
+        os.close(dir_fd)
