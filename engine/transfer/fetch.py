@@ -51,7 +51,9 @@ from engine.transfer.urls import UrlProvider, UrlSource
 
 __all__ = ["ObjectRef", "TransferResult", "Transferer"]
 
-_PUMP_THREADS = 8
+# Threads that read large bodies from their sockets: 16 measured 785 MB/s mirroring 4 x 1 GiB
+# (no fsync), 8 measured 741 (the rest of the segments went through the event loop).
+_PUMP_THREADS = 16
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,14 +17,16 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 
 import anyio
 import anyio.to_thread
 
 from engine.errors import LocalStorageError
 from engine.transfer.partial import storage_error
+from engine.transfer.socket_pump import PumpStopped
 
-__all__ = ["PrefixHasher"]
+__all__ = ["HashGate", "PrefixHasher"]
 
 _BLOCK = 4 * 1024 * 1024
 # Batches (of chunk_size) held for hashing from memory: bounds the memory a hasher may pin.
@@ -51,6 +53,7 @@ class PrefixHasher:
         "_waiting",
         "hashed",
         "read_back",
+        "running",
         "size",
     )
 
@@ -67,6 +70,7 @@ class PrefixHasher:
         self.hashed = 0  # bytes hashed so far (written by the thread, read by anyone)
         self._progress = threading.Condition(threading.Lock())
         self._laggards = 0  # threads waiting in wait_hashed
+        self.running = False  # the thread got its limiter token and is hashing
 
     def advance(self, frontier: int, offset: int = -1, chunks: list[bytes] | None = None) -> None:
         """The bytes ``[0, frontier)`` are written (called from the event loop); ``chunks``,
@@ -120,6 +124,7 @@ class PrefixHasher:
         return await anyio.to_thread.run_sync(self._run, abandon_on_cancel=True, limiter=limiter)
 
     def _run(self) -> str:
+        self.running = True
         try:
             fd = os.open(self._name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
         except OSError as exc:
@@ -175,3 +180,49 @@ class PrefixHasher:
                 self.read_back += got
                 self._hashed_up_to(hashed)
         return sha.hexdigest()
+
+
+class HashGate:
+    """Flow control for pump threads: a pump may run ahead of the hashed prefix by ``ahead``
+    bytes, no more (``gate(offset)`` blocks until the hash gets within reach).
+
+    Why: on two cores the pumps (and the server) would otherwise starve the hasher, which then
+    hashes the last few hundred MiB alone after the last byte with the other core idle; 1.12 s
+    against 1.00 s per GiB, measured with no fsync (median of three runs each).
+
+    It only ever delays: a hasher that is not running yet (waiting for its limiter token) holds
+    nobody back, and a pump held back for ``max_wait`` seconds stops waiting for the rest of its
+    body, so connections held by waiting pumps can never starve the segment the hash needs.
+    ``stop`` set while waiting raises :class:`~engine.transfer.socket_pump.PumpStopped`.
+    """
+
+    _SLICE = 0.25  # how often a waiting pump looks at its stop flag
+
+    def __init__(
+        self, hasher: PrefixHasher, ahead: int, stop: threading.Event, *, max_wait: float
+    ) -> None:
+        self._hasher = hasher
+        self._ahead = ahead
+        self._stop = stop
+        self._max_wait = max_wait
+        self.gave_up = False
+
+    def __call__(self, offset: int) -> None:
+        hasher = self._hasher
+        ahead = self._ahead
+        deadline = 0.0
+        while (
+            not self.gave_up
+            and hasher.running
+            and not hasher.stopped
+            and offset - hasher.hashed >= ahead
+        ):
+            if self._stop.is_set():
+                raise PumpStopped
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + self._max_wait
+            elif now >= deadline:
+                self.gave_up = True
+                return
+            hasher.wait_hashed(offset - ahead + 1, min(self._SLICE, deadline - now))

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.transfer.hashing import PrefixHasher
+from engine.errors import LocalStorageError
+from engine.transfer.hashing import HashGate, PrefixHasher
 from engine.transfer.http1 import BodyError, ReadTimeout
 from engine.transfer.socket_pump import PumpStopped, pump
 
@@ -253,5 +254,71 @@ def test_wait_hashed_returns_once_the_hasher_gets_there_or_stops(tmp_path: Path)
         stopped.stop()
         stopped.wait_hashed(len(data), timeout=30)  # returns at once: nobody would get there
         assert stopped.stopped and stopped.hashed == 0
+    finally:
+        os.close(dir_fd)
+
+
+def test_the_hash_gate_holds_a_pump_back_until_the_hash_is_near(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    data = os.urandom(4 * 1024 * 1024)
+    path.write_bytes(data)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        hasher = PrefixHasher(dir_fd, "data.bin", len(data))
+        gate = HashGate(hasher, 1024 * 1024, threading.Event(), max_wait=60.0)
+        gate(3 * 1024 * 1024)  # the hasher is not running (no token yet): nobody waits
+        assert not gate.gave_up
+        thread = threading.Thread(target=hasher._run)
+        thread.start()
+        released = threading.Event()
+
+        def pump_side() -> None:
+            gate(3 * 1024 * 1024)
+            released.set()
+
+        waiter = threading.Thread(target=pump_side)
+        waiter.start()
+        assert not released.wait(0.3)  # held: the hash is at 0, 3 MiB behind
+        hasher.advance(len(data))  # the prefix is on disk: the hash catches up
+        waiter.join(timeout=30)
+        assert released.is_set() and not gate.gave_up
+        assert hasher.hashed > 2 * 1024 * 1024
+        thread.join(timeout=30)
+    finally:
+        os.close(dir_fd)
+
+
+def test_the_hash_gate_only_delays(tmp_path: Path) -> None:
+    """A hash that does not move releases the pump after max_wait, for the rest of its body;
+    a stop raises."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"z" * 1024)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        hasher = PrefixHasher(dir_fd, "data.bin", 1024)
+        outcome: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                hasher._run()
+            except LocalStorageError as exc:  # stop() below: the hasher gives up
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        while not hasher.running:
+            threading.Event().wait(0.01)
+        gate = HashGate(hasher, 100, threading.Event(), max_wait=0.2)
+        gate(500)  # nothing was advanced: the hash stays at 0
+        assert gate.gave_up
+        gate(900)  # from now on it does not wait at all
+
+        stop = threading.Event()
+        stop.set()
+        with pytest.raises(PumpStopped):
+            HashGate(hasher, 100, stop, max_wait=60.0)(500)
+        hasher.stop()
+        thread.join(timeout=30)
+        assert len(outcome) == 1
     finally:
         os.close(dir_fd)
