@@ -32,6 +32,7 @@ from engine.errors import IntegrityError, TransientTransferError
 from engine.signed_urls import SignedUrl, redact
 from engine.transfer.hashing import HashGate
 from engine.transfer.http1 import HttpError, Response
+from engine.transfer.partial import storage_error
 from engine.transfer.retry import Backoff
 from engine.transfer.socket_pump import pump
 from engine.transfer.threads import ThreadSlots
@@ -243,6 +244,11 @@ async def _pumped(
         def landed(n: int) -> None:  # on the pump thread
             loop.call_soon_threadsafe(on_landed, n)
 
+        partial = job.partial
+
+        def partial_write_error(exc: OSError) -> Exception:
+            return storage_error(exc, f"cannot write {partial.path}")
+
         halt = threading.Event()
         hasher = job.hasher
         gate: HashGate | None = None
@@ -267,6 +273,7 @@ async def _pumped(
                 # hash object until the thread is done.
                 sha=job.sha,
                 gate=gate,
+                splice_to=(job.partial.fd, partial_write_error),
             ),
         )
         try:

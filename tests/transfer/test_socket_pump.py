@@ -41,6 +41,10 @@ class Sink:
         os.close(self.fd)
 
 
+def _no_error(exc: OSError) -> Exception:
+    raise AssertionError(f"the file refused a write: {exc}")
+
+
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     ours, theirs = socket.socketpair()
@@ -72,6 +76,7 @@ def _send_in_pieces(sock: socket.socket, data: bytes, pieces: list[int], close: 
     buffer_size=st.integers(min_value=1, max_value=70_000),
     pieces=st.lists(st.integers(min_value=1, max_value=50_000), max_size=20),
     hashed=st.booleans(),
+    spliced=st.booleans(),
 )
 def test_every_byte_lands_once_in_order(
     tmp_path: Path,
@@ -80,6 +85,7 @@ def test_every_byte_lands_once_in_order(
     buffer_size: int,
     pieces: list[int],
     hashed: bool,
+    spliced: bool,
 ) -> None:
     data = os.urandom(size)
     ours, theirs = socket.socketpair()
@@ -103,16 +109,20 @@ def test_every_byte_lands_once_in_order(
             landed=sink.landed.append,
             sha=sha,
             gate=gated.append,
+            splice_to=(sink.fd, _no_error) if spliced else None,
         )
         sender.join()
         assert sink.read()[offset:] == data
         assert sum(sink.landed) == size
         # Writes are contiguous and in order, each reported once.
-        pos = offset
-        for at, n in sink.writes:
-            assert at == pos
-            pos += n
-        assert [n for _, n in sink.writes] == sink.landed
+        if spliced and not hashed:  # the kernel wrote: nothing went through our buffer
+            assert sink.writes == []
+        else:
+            pos = offset
+            for at, n in sink.writes:
+                assert at == pos
+                pos += n
+            assert [n for _, n in sink.writes] == sink.landed
         assert gated == sorted(gated) and all(offset <= g < offset + size for g in gated)
         if sha is not None:
             assert sha.hexdigest() == hashlib.sha256(data).hexdigest()
@@ -124,8 +134,9 @@ def test_every_byte_lands_once_in_order(
         theirs.close()
 
 
+@pytest.mark.parametrize("spliced", [False, True])
 def test_a_cut_body_is_an_error_and_what_came_is_written(
-    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket], spliced: bool
 ) -> None:
     ours, theirs = pair
     sink = Sink(tmp_path / "out.bin")
@@ -141,13 +152,17 @@ def test_a_cut_body_is_an_error_and_what_came_is_written(
             stall=10.0,
             stop=threading.Event(),
             landed=sink.landed.append,
+            splice_to=(sink.fd, _no_error) if spliced else None,
         )
     assert sink.read() == data
     assert sum(sink.landed) == 5000
     sink.close()
 
 
-def test_silence_is_a_stall(tmp_path: Path, pair: tuple[socket.socket, socket.socket]) -> None:
+@pytest.mark.parametrize("spliced", [False, True])
+def test_silence_is_a_stall(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket], spliced: bool
+) -> None:
     ours, theirs = pair
     sink = Sink(tmp_path / "out.bin")
     theirs.sendall(b"x" * 100)
@@ -161,13 +176,15 @@ def test_silence_is_a_stall(tmp_path: Path, pair: tuple[socket.socket, socket.so
             stall=0.3,
             stop=threading.Event(),
             landed=sink.landed.append,
+            splice_to=(sink.fd, _no_error) if spliced else None,
         )
     assert sink.read() == b"x" * 100 and sink.landed == [100]
     sink.close()
 
 
+@pytest.mark.parametrize("spliced", [False, True])
 def test_a_stop_ends_the_pump_and_keeps_what_came(
-    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket], spliced: bool
 ) -> None:
     ours, theirs = pair
     sink = Sink(tmp_path / "out.bin")
@@ -188,14 +205,16 @@ def test_a_stop_ends_the_pump_and_keeps_what_came(
             stall=60.0,
             stop=stop,
             landed=sink.landed.append,
+            splice_to=(sink.fd, _no_error) if spliced else None,
             gate=gate,
         )
     assert sink.read() == b"y" * 300 and sink.landed == [300]
     sink.close()
 
 
+@pytest.mark.parametrize("spliced", [False, True])
 def test_a_slow_body_is_written_before_it_ends(
-    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket], spliced: bool
 ) -> None:
     """A batch does not wait in memory for the whole buffer: after a pause the bytes so far
     are written and reported (so a killed process finds them in the sidecar)."""
@@ -224,6 +243,7 @@ def test_a_slow_body_is_written_before_it_ends(
         stall=30.0,
         stop=threading.Event(),
         landed=landed,
+        splice_to=(sink.fd, _no_error) if spliced else None,
     )
     sender.join()
     assert sink.landed == [100, 100]
@@ -322,3 +342,65 @@ def test_the_hash_gate_only_delays(tmp_path: Path) -> None:
         assert len(outcome) == 1
     finally:
         os.close(dir_fd)
+
+
+def test_a_file_that_refuses_splice_gets_the_bytes_by_hand(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """splice(2) into an O_APPEND descriptor is refused (EINVAL), like a file system without
+    splice: what is already in the pipe is written by hand and the rest read as usual."""
+    ours, theirs = pair
+    sink = Sink(tmp_path / "out.bin")
+    appending = os.open(tmp_path / "out.bin", os.O_WRONLY | os.O_APPEND)
+    data = os.urandom(200_000)
+    sender = threading.Thread(target=_send_in_pieces, args=(theirs, data, [70_000], False))
+    sender.start()
+    try:
+        pump(
+            ours.fileno(),
+            sink.write,
+            0,
+            len(data),
+            buffer_size=64 * 1024,
+            stall=10.0,
+            stop=threading.Event(),
+            landed=sink.landed.append,
+            splice_to=(appending, _no_error),
+        )
+    finally:
+        sender.join()
+        os.close(appending)
+    assert sink.read() == data and sum(sink.landed) == len(data)
+    assert sink.writes  # the by-hand path wrote it
+    sink.close()
+
+
+def test_a_write_error_while_splicing_is_the_file_s_error(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, theirs = pair
+    (tmp_path / "ro.bin").write_bytes(b"")
+    read_only = os.open(tmp_path / "ro.bin", os.O_RDONLY)
+    theirs.sendall(b"q" * 1000)
+
+    class Refused(Exception):
+        pass
+
+    def refused(exc: OSError) -> Exception:
+        return Refused(exc.errno)
+
+    try:
+        with pytest.raises(Refused):
+            pump(
+                ours.fileno(),
+                lambda data, pos: None,
+                0,
+                1000,
+                buffer_size=4096,
+                stall=10.0,
+                stop=threading.Event(),
+                landed=lambda n: None,
+                splice_to=(read_only, refused),
+            )
+    finally:
+        os.close(read_only)
