@@ -381,6 +381,12 @@ def report(
     ):
         if ours in rates and theirs in rates:
             print(f"ratio {ours} / {theirs}: {rates[ours] / rates[theirs]:.2f}")
+    # Every round, not only the median: runs on a shared 2-core VM vary, and a reader should
+    # see by how much.
+    print("\nMB/s of each round, in order:")
+    for name, values in times.items():
+        size = corpus.large_size if "large" in name else corpus.small_bytes
+        print(f"  {name:<24}" + " ".join(f"{size / v / 1e6:6.0f}" for v in values))
 
 
 if __name__ == "__main__":
