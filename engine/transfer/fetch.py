@@ -51,8 +51,9 @@ from engine.transfer.urls import UrlProvider, UrlSource
 
 __all__ = ["ObjectRef", "TransferResult", "Transferer"]
 
-# Threads that read large bodies from their sockets: 16 measured 785 MB/s mirroring 4 x 1 GiB
-# (no fsync), 8 measured 741 (the rest of the segments went through the event loop).
+# Threads that read large bodies from their sockets. Mirroring 4 x 1 GiB without fsync
+# (`python -m benchmarks run --only large --tools assetsync --assetsync-arg=--no-fsync`, one
+# run each): 741 MB/s with 8, 785 with 16, 807 with 32; bodies beyond them use the event loop.
 _PUMP_THREADS = 16
 
 
@@ -129,8 +130,7 @@ class Transferer:
         # small objects written and placed whole, fsync and placement. An own pool, so that it
         # never queues behind (or holds up) DNS lookups in the loop's default executor.
         self._io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="assetsync-io")
-        # Threads that read large bodies straight from their sockets (engine.transfer.body):
-        # a handful is enough to fill the segments of the large files in flight.
+        # Threads that read large bodies straight from their sockets (engine.transfer.body).
         self._pumps = ThreadSlots(_PUMP_THREADS, "assetsync-pump")
         # Jitter needs randomness, not a fresh generator (seeding one costs) per fetch.
         self._rng = random.Random()

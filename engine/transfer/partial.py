@@ -369,9 +369,10 @@ class Partial:
         if self.fd < 0:
             return
         try:
-            # Not an empty file: on ext4, truncating to 0 marks the inode so that its next
-            # close (the hasher's read-only descriptor's, too) flushes the whole file to disk
-            # synchronously ("auto_da_alloc"), 0.4 s per GiB measured after a 1 GiB download.
+            # Only when there are bytes to drop: on ext4, truncating to 0 marks the inode so that
+            # its next close (the hasher's read-only descriptor's, too) flushes the whole file
+            # to disk synchronously ("auto_da_alloc"): 0.4 s per GiB, measured after a fresh
+            # 1 GiB download whose empty partial had been truncated.
             if os.fstat(self.fd).st_size:
                 os.ftruncate(self.fd, 0)
         except OSError as exc:
