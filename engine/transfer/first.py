@@ -79,6 +79,7 @@ async def start_fresh(ctx: Context, partial: Partial, ranged: bool) -> Fresh:
                 stop=seg if ranged else None,
                 if_range=None,
                 read_timeout=ctx.timeout,
+                hold_from=ctx.hold_from,
             )
             handed = False
             try:

@@ -252,6 +252,7 @@ class Job:
                     stop=stop if self.ranged else None,
                     if_range=self.validator.if_range if pos > 0 else None,
                     read_timeout=self.ctx.timeout,
+                    hold_from=self.ctx.hold_from,
                 )
             try:
                 await self._consume(index, response, url, pos, stop, backoff)

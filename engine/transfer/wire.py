@@ -64,9 +64,11 @@ async def open_get(
     stop: int | None,
     if_range: str | None,
     read_timeout: float,
+    hold_from: int | None = None,
 ) -> Response:
     """Send ``GET`` (for ``[start, stop)`` when ``start`` is given) and return the response
-    once its headers arrived. The caller reads and releases it."""
+    once its headers arrived. The caller reads and releases it. ``hold_from``: see
+    :meth:`StorageHttp.get`."""
     # identity: we store the object's bytes as they are, never a server's on-the-fly encoding.
     headers = {"Accept-Encoding": "identity"}
     if start is not None:
@@ -75,7 +77,7 @@ async def open_get(
             headers["If-Range"] = if_range
     try:
         # The URL goes on the request line byte for byte, or the signature no longer matches.
-        return await http.get(url.url, headers, read_timeout=read_timeout)
+        return await http.get(url.url, headers, read_timeout=read_timeout, hold_from=hold_from)
     except (TimeoutError, HttpError, OSError, ValueError) as exc:
         raise translate(exc, url, "headers") from None
 

@@ -310,3 +310,33 @@ async def test_invalid_urls_are_refused_before_any_connection():
         with pytest.raises(ValueError, match="URL"):
             await http.get(url, {}, read_timeout=1)
     assert http.connections_opened == 0
+
+
+async def test_a_held_body_waits_in_the_socket_until_read():
+    """``hold_from``: once the head is in, the loop reads no more of a large body (a pump
+    thread may take the socket over); reading it anyway resumes, and the connection is reused."""
+    size = 16 * 1024 * 1024
+    payload = bytes(range(256)) * (size // 256)
+
+    async with serve(lambda n, req: [ok(payload if n == 1 else b"small")]) as base:
+        http = StorageHttp()
+        response = await http.get(f"{base}/big", {}, read_timeout=5, hold_from=1024 * 1024)
+        await asyncio.sleep(0.2)  # the server keeps sending; the client must not take it in
+        conn = response._conn
+        assert conn is not None
+        # At most what arrived together with the head: about one socket read (uvloop reads a
+        # ready socket up to 32 times per wake-up unless told to stop at the head).
+        assert conn.protocol.buffered <= 512 * 1024
+        assert await read_all_fast(response) == payload
+        # Below the threshold nothing is held: the body is read as usual.
+        small = await http.get(f"{base}/small", {}, read_timeout=5, hold_from=1024 * 1024)
+        assert await read_all(small) == b"small"
+        assert http.connections_opened == 1
+        http.close()
+
+
+async def read_all_fast(response) -> bytes:
+    parts = []
+    while chunk := await response.content.read(1 << 20):
+        parts.append(chunk)
+    return b"".join(parts)
