@@ -331,6 +331,14 @@ class Response:
         value = self.headers.get("content-length")
         return int(value) if value is not None and value.isdigit() else None
 
+    def _raw_remaining(self) -> int | None:
+        """Bytes left in a body a blocking reader could take from the socket as they are
+        (plain TCP, known length, not finished); None for any other body."""
+        conn = self._conn
+        if conn is None or self._done or self._chunked or conn.key[0] != "http":
+            return None
+        return self._remaining
+
     def hold_body(self, at_least: int) -> None:
         """Stop the event loop reading a plain-HTTP body of known length of at least
         ``at_least`` bytes; reading it (or :meth:`socket_body`) resumes."""
@@ -339,13 +347,8 @@ class Response:
             return
         protocol = conn.protocol
         protocol.hold_after_head = False
-        if (
-            not self._done
-            and not self._chunked
-            and self._remaining is not None
-            and conn.key[0] == "http"
-            and self._remaining >= at_least
-        ):
+        remaining = self._raw_remaining()
+        if remaining is not None and remaining >= at_least:
             protocol.hold()
         else:
             protocol.take_back()  # not a body for a pump: the loop reads on
@@ -360,9 +363,8 @@ class Response:
         connection is closed).
         """
         conn = self._conn
-        if conn is None or self._done or self._chunked or self._remaining is None:
-            return None
-        if conn.key[0] != "http" or not conn.usable:
+        remaining = self._raw_remaining()
+        if conn is None or remaining is None or not conn.usable:
             return None
         transport = conn.protocol.transport
         assert transport is not None
@@ -371,12 +373,12 @@ class Response:
             return None
         chunks = conn.protocol.hand_over()
         have = sum(len(chunk) for chunk in chunks)
-        if have > self._remaining:  # more than the body: not ours to take (never on HTTP/1.1)
+        if have > remaining:  # more than the body: not ours to take (never on HTTP/1.1)
             conn.protocol.chunks.extend(chunks)
             conn.protocol.buffered = have
             conn.protocol.take_back()
             return None
-        return sock.fileno(), chunks, self._remaining - have
+        return sock.fileno(), chunks, remaining - have
 
     def socket_body_done(self) -> None:
         """The blocking reader read the body to its last byte: the connection is reusable."""
