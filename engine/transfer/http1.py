@@ -142,10 +142,8 @@ class _Protocol(asyncio.Protocol):
         """Until more bytes, the end, or ``silence`` seconds without either."""
         if self.chunks or self.eof:
             return
-        if self._paused and self.transport is not None:
-            # Nothing buffered: whoever paused (high water, a held body) is past it.
-            self._paused = False
-            self.transport.resume_reading()
+        # Nothing buffered: whoever paused (high water, a held body) is past it.
+        self.take_back()
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         # A timer handle, not asyncio.timeout(): one per wait on the hot path, cheaply.
@@ -185,16 +183,14 @@ class _Protocol(asyncio.Protocol):
         """Stop reading from the socket and give up what was buffered: a blocking reader takes
         the socket over (see :meth:`Response.socket_body`)."""
         assert self.transport is not None
-        if not self._paused:
-            self._paused = True
-            self.transport.pause_reading()
+        self.hold()
         chunks = list(self.chunks)
         self.chunks.clear()
         self.buffered = 0
         return chunks
 
     def take_back(self) -> None:
-        """The blocking reader is done: the event loop reads the socket again."""
+        """Reading resumes (the blocking reader is done, or nothing is buffered)."""
         if self._paused and self.transport is not None and not self.transport.is_closing():
             self._paused = False
             self.transport.resume_reading()
