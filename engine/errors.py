@@ -25,6 +25,9 @@ which process exit code it maps to (``exit_code``)::
     └── ManifestError               the manifest database is unusable
 
 ``retry_after`` carries a server's ``Retry-After`` (seconds) when there was one.
+
+Task groups (anyio) report failures as exception groups; :func:`primary_error` is the one rule
+for turning such a group back into the error a caller should see.
 Messages never contain tokens or URL signatures: pass URLs through
 :func:`engine.signed_urls.redact` before putting them in a message.
 """
@@ -52,6 +55,7 @@ __all__ = [
     "TransientTransferError",
     "UrlExpired",
     "UsageError",
+    "primary_error",
 ]
 
 
@@ -161,3 +165,32 @@ class DiskFullError(LocalStorageError):
 
 class ManifestError(EngineError):
     """The manifest database could not be opened, migrated or written."""
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+
+
+def primary_error(exc: BaseException) -> BaseException:
+    """The error an exception group stands for, or ``exc`` itself when it is not a group.
+
+    Task groups wrap whatever their tasks raised, nested as deep as the task groups were. The
+    caller wants the one error that explains the failure:
+
+    1. the first :class:`EngineError` among the leaves (it carries the exit code, and the other
+       leaves are errors that merely came along as the group was torn down);
+    2. else, if a leaf is not an :class:`Exception` (a cancellation, ``KeyboardInterrupt``,
+       ``SystemExit``), the group unchanged: those must propagate as they are;
+    3. else the first leaf: a bug, which surfaces as itself with its own traceback.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, EngineError):
+            return leaf
+    if not leaves or any(not isinstance(leaf, Exception) for leaf in leaves):
+        return exc
+    return leaves[0]
