@@ -4,9 +4,11 @@ Precedence, highest first: values passed explicitly (the command line, or a libr
 environment variables ``ASSETSYNC_*`` (nested with ``__``, e.g. ``ASSETSYNC_TRANSFER__CHUNK_SIZE``),
 a TOML file (``--config FILE`` or ``ASSETSYNC_CONFIG``), then the defaults below.
 
-The token is deliberately not a command-line option (it would show in ``ps`` and shell history):
-it comes from ``PICSELLIA_TOKEN`` (the platform SDK's variable), ``ASSETSYNC_TOKEN``, a token file
-or the TOML file, and is held as a :class:`~pydantic.SecretStr` so it never prints.
+The token is deliberately not a command-line option (it would show in ``ps`` and shell history).
+It follows the same precedence: ``--token-file`` (or a library caller's ``token``), then the
+environment (``ASSETSYNC_TOKEN``, then ``PICSELLIA_TOKEN``, the platform SDK's variable), then the
+TOML file's ``token_file`` or ``token``. It is held as a :class:`~pydantic.SecretStr` so it
+never prints.
 """
 
 from __future__ import annotations
@@ -157,6 +159,9 @@ class _TomlSource(PydanticBaseSettingsSource):
 
 
 _OTHER_TABLES = frozenset({"prefetch"})
+# assetsync's own variable first: it is the more specific one (the SDK's may be set for
+# another purpose).
+_TOKEN_VARIABLES = ("ASSETSYNC_TOKEN", "PICSELLIA_TOKEN")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -185,6 +190,41 @@ def _read_token_file(path: Path) -> str:
     return token
 
 
+def _env_token() -> str | None:
+    for name in _TOKEN_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _token(
+    explicit: Any,
+    token_file: Path | None,
+    file_values: dict[str, Any],
+    config_file: Path | None,
+) -> Any:
+    """The token, by the documented precedence: the command line (``--token-file``, or a
+    library caller's value) over the environment over the config file (``token_file`` or
+    ``token``). A lower source is not even read when a higher one gave a token, so a config
+    file's ``token_file`` that does not exist on this machine is no obstacle to an environment
+    token. The file's keys are taken out of ``file_values`` either way."""
+    in_file_path = file_values.pop("token_file", None)
+    in_file = file_values.pop("token", None)
+    if in_file_path is not None and in_file is not None:
+        raise UsageError(f"config file {config_file}: give token or token_file, not both")
+    if token_file is not None:
+        return _read_token_file(token_file)
+    if explicit is not None:
+        return explicit
+    from_env = _env_token()
+    if from_env is not None:
+        return from_env
+    if in_file_path is not None:
+        return _read_token_file(Path(str(in_file_path)))
+    return in_file
+
+
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(part) for part in err["loc"]) or "settings"
@@ -206,19 +246,12 @@ def load_settings(
     if config_file is None and os.environ.get("ASSETSYNC_CONFIG"):
         config_file = Path(os.environ["ASSETSYNC_CONFIG"])
     file_values = _read_toml(config_file) if config_file is not None else {}
-    file_token = file_values.pop("token_file", None)
-    if token_file is None and file_token is not None:
-        token_file = Path(str(file_token))
-
     explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if token_file is not None:
-        explicit["token"] = _read_token_file(token_file)
-    elif (
-        "token" not in explicit
-        and "ASSETSYNC_TOKEN" not in os.environ
-        and os.environ.get("PICSELLIA_TOKEN")
-    ):
-        explicit["token"] = os.environ["PICSELLIA_TOKEN"]
+    token = _token(explicit.get("token"), token_file, file_values, config_file)
+    if token is not None:
+        explicit["token"] = token
+    else:
+        explicit.pop("token", None)
 
     reset = _config_values.set(file_values)
     try:

@@ -60,3 +60,64 @@ def test_missing_and_broken_config_files(tmp_path: Path):
     bad.write_text("this is = = not toml")
     with pytest.raises(UsageError, match="not valid TOML"):
         load_settings(config_file=bad)
+
+
+def _no_token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ASSETSYNC_TOKEN", "PICSELLIA_TOKEN", "ASSETSYNC_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _token(**kwargs: object) -> str:
+    settings = load_settings(**kwargs)  # type: ignore[arg-type]
+    assert settings.token is not None
+    return settings.token.get_secret_value()
+
+
+@pytest.mark.parametrize("key", ["token_file", "token"])
+def test_token_precedence_command_line_over_environment_over_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+):
+    _no_token_env(monkeypatch)
+    in_file = tmp_path / "file-token"
+    in_file.write_text("tok-from-config\n")
+    config = tmp_path / "c.toml"
+    value = str(in_file) if key == "token_file" else "tok-from-config"
+    config.write_text(f'{key} = "{value}"\n')
+    cli_file = tmp_path / "cli-token"
+    cli_file.write_text("tok-from-cli\n")
+
+    assert _token(config_file=config) == "tok-from-config"
+    monkeypatch.setenv("PICSELLIA_TOKEN", "tok-from-picsellia-env")
+    assert _token(config_file=config) == "tok-from-picsellia-env"  # environment beats file
+    monkeypatch.setenv("ASSETSYNC_TOKEN", "tok-from-assetsync-env")
+    assert _token(config_file=config) == "tok-from-assetsync-env"  # the specific variable first
+    assert _token(config_file=config, token_file=cli_file) == "tok-from-cli"  # command line
+
+
+def test_the_cron_example_config_works_with_a_token_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """config/cron-sync.toml names /etc/assetsync/token, absent here: an environment token is
+    enough, and that file is not even read."""
+    _no_token_env(monkeypatch)
+    config = Path(__file__).parent.parent / "config" / "cron-sync.toml"
+    assert "token_file" in config.read_text()
+    assert not Path("/etc/assetsync/token").exists()
+    monkeypatch.setenv("PICSELLIA_TOKEN", "tok-from-env")
+    settings = load_settings(config_file=config)
+    assert settings.token is not None and settings.token.get_secret_value() == "tok-from-env"
+    assert settings.tags == ("train",)
+    # Without a token in the environment the file is needed, and its absence is a usage error.
+    monkeypatch.delenv("PICSELLIA_TOKEN")
+    with pytest.raises(UsageError, match="cannot read token file /etc/assetsync/token"):
+        load_settings(config_file=config)
+
+
+def test_a_config_giving_both_token_and_token_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    _no_token_env(monkeypatch)
+    config = tmp_path / "c.toml"
+    config.write_text('token = "a"\ntoken_file = "/nowhere"\n')
+    with pytest.raises(UsageError, match="not both"):
+        load_settings(config_file=config)
