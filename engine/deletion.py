@@ -1,6 +1,15 @@
 """``--delete``: remove the files of assets that left the version, safely.
 
-Only after a listing that completed without errors, never more than ``--max-delete`` percent
+What goes:
+
+- ``--delete`` without a filter: the files of assets the run's listing did not contain;
+- ``--delete`` with ``--tag`` / ``--data-tag``: only the files of assets no longer in the version.
+  The filtered listing cannot tell, so the version's unfiltered id listing is staged into the
+  manifest's scratch table page by page (:func:`stage_version_ids`, never held in memory), and
+  an asset found there stays;
+- ``--delete-excluded`` (rclone's name): also the files of assets the filter leaves out.
+
+Only after listings that completed without errors, never more than ``--max-delete`` percent
 without ``--force`` (both decided by :func:`engine.plan.deletion_verdict`), and never through a
 symlink: the walk to the file's folder opens each component relative to its parent with
 ``O_NOFOLLOW``, so a link planted inside DEST cannot make a deletion land outside it.
@@ -10,17 +19,19 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import anyio.to_thread
 
-from engine.errors import LocalStorageError
+from engine.errors import AuthError, EngineError, LocalStorageError
 from engine.manifest import Manifest
 from engine.manifest_access import ManifestAccess
 from engine.plan import deletion_verdict
+from engine.platform import PlatformClient
 from engine.summary import Failure, LiveCounters
 
-__all__ = ["delete_unseen", "remove_file"]
+__all__ = ["DeletionReport", "delete_unseen", "remove_file", "stage_version_ids"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _BATCH = 500
@@ -54,9 +65,11 @@ def remove_file(dest: Path, rel_path: PurePosixPath) -> bool:
         os.close(fd)
 
 
-def _unseen_batch(manifest: Manifest, run_id: int) -> list[tuple[str, str | None, str]]:
+def _unseen_batch(
+    manifest: Manifest, run_id: int, keep_in_version: bool
+) -> list[tuple[str, str | None, str]]:
     batch: list[tuple[str, str | None, str]] = []
-    for row in manifest.unseen(run_id, page_size=_BATCH):
+    for row in manifest.unseen(run_id, page_size=_BATCH, keep_in_version=keep_in_version):
         batch.append((row.asset_id, row.path, row.filename))
         if len(batch) >= _BATCH:
             break
@@ -75,6 +88,35 @@ def _remove_batch(dest: Path, batch: list[tuple[str, str | None, str]]) -> list[
     return failures
 
 
+async def stage_version_ids(
+    client: PlatformClient, dataset_version: str, db: ManifestAccess, run_id: int, page_size: int
+) -> str | None:
+    """Stage every id of the version (unfiltered) for this run; the listing's error, if any
+    (a refused token is raised: it ends the run)."""
+    manifest = db.manifest
+    if manifest is None:
+        return None
+    try:
+        async for ids in client.asset_id_pages(dataset_version, limit=page_size):
+            if ids:
+                await db.call(manifest.stage_in_version, run_id, ids)
+    except AuthError:
+        raise
+    except EngineError as exc:
+        return f"the version's id listing failed: {exc}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DeletionReport:
+    """``candidates``: files chosen for deletion (deleted, unless refused: ``note`` says);
+    ``kept``: files of assets still in the version that the filter left out, kept."""
+
+    candidates: int
+    kept: int
+    note: str
+
+
 async def delete_unseen(
     *,
     dest: Path,
@@ -85,24 +127,46 @@ async def delete_unseen(
     force: bool,
     dry_run: bool,
     counters: LiveCounters,
-) -> tuple[int, str]:
-    """Delete what this run's listing did not contain. Returns (candidates, explanation)."""
+    filtered: bool = False,
+    delete_excluded: bool = False,
+) -> DeletionReport:
+    """Delete what this run may delete (see the module docstring).
+
+    ``filtered``: the listing was filtered; unless ``delete_excluded``, the version's ids must
+    have been staged (:func:`stage_version_ids`) and ``listing_complete`` covers that listing
+    too."""
     manifest = db.manifest
     if manifest is None:
-        return 0, "nothing mirrored yet"
-    candidates = await db.call(manifest.count_unseen, run_id)
+        return DeletionReport(0, 0, "nothing mirrored yet")
+    keep_in_version = filtered and not delete_excluded
+    candidates = await db.call(manifest.count_unseen, run_id, keep_in_version=keep_in_version)
+    unseen = await db.call(manifest.count_unseen, run_id) if keep_in_version else candidates
+    # Without complete listings nothing is deleted, and what "kept" would count is unknown.
+    kept = unseen - candidates if listing_complete else 0
     total = await db.call(manifest.count_assets)
+    because = (
+        "are no longer in the version or are left out by the filter (--delete-excluded)"
+        if filtered and delete_excluded
+        else "are no longer in the version"
+    )
     verdict = deletion_verdict(
         candidates=candidates,
         total=total,
         listing_complete=listing_complete,
         max_delete_percent=max_delete_percent,
         force=force,
+        because=because,
     )
+    reason = verdict.reason
+    if kept:
+        reason += (
+            f"; {kept} files of assets the filter leaves out are still in the version and were "
+            "kept (--delete-excluded removes them)"
+        )
     if not verdict.allowed or dry_run or candidates == 0:
-        return candidates, verdict.reason
+        return DeletionReport(candidates, kept, reason)
     while True:
-        batch = await db.call(_unseen_batch, manifest, run_id)
+        batch = await db.call(_unseen_batch, manifest, run_id, keep_in_version)
         if not batch:
             break
         failures = await anyio.to_thread.run_sync(_remove_batch, dest, batch)
@@ -115,5 +179,6 @@ async def delete_unseen(
         if failures:
             # A file we cannot delete (permissions, a read-only mount) will not go on the next
             # try either; stop instead of looping over the same rows.
-            return candidates, f"stopped after a deletion failed: {failures[0].error}"
-    return candidates, verdict.reason
+            note = f"stopped after a deletion failed: {failures[0].error}"
+            return DeletionReport(candidates, kept, note)
+    return DeletionReport(candidates, kept, reason)

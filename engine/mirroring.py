@@ -1,13 +1,18 @@
 """``await engine.mirror(settings)``: one run, from checks to summary.
 
-Order of a run, each step refusing early and cheaply before anything on disk changes:
+Order of a run, each step refusing early and cheaply; nothing on disk is created before the
+platform has answered:
 
-1. check the settings (version, destination, token) — :class:`~engine.errors.UsageError`;
-2. take the lock on DEST — :class:`~engine.errors.LockHeldError` (a dry run takes none);
-3. open the manifest and check it mirrors this version with this layout;
-4. ask the platform who we are (:class:`~engine.errors.AuthError`) and for the version;
+1. check the settings (version, destination, token) and that DEST could be used, without
+   creating it — :class:`~engine.errors.UsageError`;
+2. ask the platform who we are (:class:`~engine.errors.AuthError`), for the version and for the
+   tags a filter names (:mod:`engine.preflight`);
+3. create DEST and take its lock — :class:`~engine.errors.LockHeldError` (a dry run does
+   neither);
+4. open the manifest and check it mirrors this version with this layout;
 5. run the pipeline (:mod:`engine.scheduler`);
-6. delete what left the version, if asked and if the listing was complete;
+6. delete what left the version, if asked and if the listings were complete
+   (:mod:`engine.deletion`);
 7. record the run and return its :class:`~engine.summary.MirrorSummary`.
 
 Cancellation (a signal) still records the run as interrupted and keeps partial files for resume.
@@ -25,17 +30,18 @@ from typing import Any
 import aiohttp
 import anyio
 
-from engine.deletion import delete_unseen
-from engine.errors import EngineError, NotFoundError, UsageError
+from engine.deletion import DeletionReport, delete_unseen, stage_version_ids
+from engine.destination import check_destination
+from engine.errors import EngineError, UsageError, primary_error
 from engine.jobs import PlannedAction
 from engine.lock import DestLock
 from engine.manifest import Manifest
 from engine.manifest_access import ManifestAccess
 from engine.platform import PlatformClient
 from engine.platform.query import tags_filter
+from engine.preflight import check_platform
 from engine.scheduler import Pipeline, PipelineResult
 from engine.settings import Settings
-from engine.signed_urls import redact
 from engine.summary import LiveCounters, MirrorSummary, Outcome
 from engine.transfer import Transferer
 from engine.transfer.http1 import StorageHttp
@@ -56,12 +62,15 @@ def _check(settings: Settings) -> tuple[str, Path]:
         raise UsageError(
             "no API token: set PICSELLIA_TOKEN, or give --token-file, or token in the config file"
         )
-    dest = Path(settings.dest).expanduser()
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"destination {dest} exists and is not a directory")
-    if dest.is_symlink():
-        raise UsageError(f"destination {dest} is a symlink; give the real directory")
-    return settings.dataset_version, dest.absolute()
+    dest = check_destination(settings.dest, writable=not settings.dry_run)
+    return settings.dataset_version, dest
+
+
+def _create_destination(dest: Path) -> None:
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create destination {dest}: {exc.strerror}") from None
 
 
 @asynccontextmanager
@@ -128,6 +137,7 @@ def _run_options(settings: Settings) -> dict[str, Any]:
     return {
         "layout": settings.layout,
         "delete": settings.delete,
+        "delete_excluded": settings.delete_excluded,
         "tags": list(settings.tags),
         "data_tags": list(settings.data_tags),
         "concurrency": settings.limits.concurrency,
@@ -149,33 +159,7 @@ async def mirror(
     """
     dv, dest = _check(settings)
     counters = counters or LiveCounters()
-    if not settings.dry_run:
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create destination {dest}: {exc.strerror}") from None
-    with _lock(settings, dest):
-        manifest = await anyio.to_thread.run_sync(_open_manifest, settings, dest)
-        try:
-            _check_manifest(manifest, settings, dv)
-            return await _run(settings, dv, dest, manifest, counters, plan_sink, clock)
-        finally:
-            if manifest is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(manifest.close)
-
-
-async def _run(
-    settings: Settings,
-    dv: str,
-    dest: Path,
-    manifest: Manifest | None,
-    counters: LiveCounters,
-    plan_sink: Callable[[PlannedAction], None] | None,
-    clock: Callable[[], float],
-) -> MirrorSummary:
     assert settings.token is not None
-    db = ManifestAccess(manifest)
     async with AsyncExitStack() as stack:
         api_session, storage_session = await stack.enter_async_context(open_sessions(settings))
         client = PlatformClient(
@@ -185,13 +169,39 @@ async def _run(
             settings.transfer.retry,
             settings.transfer.timeouts,
         )
-        await client.ping()
-        try:
-            await client.dataset_version(dv)
-        except NotFoundError:
-            raise UsageError(
-                f"dataset version {dv} not found on {redact(settings.api_url)}"
-            ) from None
+        await check_platform(
+            client, settings.api_url, dv, tags=settings.tags, data_tags=settings.data_tags
+        )
+        if not settings.dry_run:
+            await anyio.to_thread.run_sync(_create_destination, dest)
+        with _lock(settings, dest):
+            manifest = await anyio.to_thread.run_sync(_open_manifest, settings, dest)
+            try:
+                _check_manifest(manifest, settings, dv)
+                return await _run(
+                    settings, dv, dest, manifest, client, storage_session, counters, plan_sink,
+                    clock,
+                )  # fmt: skip
+            finally:
+                if manifest is not None:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(manifest.close)
+    raise AssertionError("unreachable")  # pragma: no cover - the stack does not swallow
+
+
+async def _run(
+    settings: Settings,
+    dv: str,
+    dest: Path,
+    manifest: Manifest | None,
+    client: PlatformClient,
+    storage_session: StorageHttp,
+    counters: LiveCounters,
+    plan_sink: Callable[[PlannedAction], None] | None,
+    clock: Callable[[], float],
+) -> MirrorSummary:
+    db = ManifestAccess(manifest)
+    async with AsyncExitStack() as stack:
         writable = manifest is not None and not settings.dry_run
         run_id = (
             await db.call(manifest.begin_run, dv, settings.api_url, _run_options(settings))  # type: ignore[union-attr]
@@ -222,21 +232,14 @@ async def _run(
         )
         outcome: Outcome = "failed"
         deletion_note: str | None = None
-        planned_deletions = 0
+        planned_deletions = deletions_kept = 0
         error: str | None = None
         try:
             result = await _unwrap(pipeline.run(tags_filter(settings.tags, settings.data_tags)))
-            if settings.delete:
-                planned_deletions, deletion_note = await delete_unseen(
-                    dest=dest,
-                    db=db,
-                    run_id=run_id,
-                    listing_complete=result.listing_complete and result.listing_error is None,
-                    max_delete_percent=settings.max_delete,
-                    force=settings.force,
-                    dry_run=settings.dry_run,
-                    counters=counters,
-                )
+            if settings.delete or settings.delete_excluded:
+                report = await _delete(settings, dv, dest, client, db, run_id, result, counters)
+                planned_deletions, deletions_kept = report.candidates, report.kept
+                deletion_note = report.note
             outcome = _outcome(settings, result, counters)
             error = result.listing_error
         except anyio.get_cancelled_exc_class():
@@ -266,7 +269,7 @@ async def _run(
         updated=counters.updated,
         deleted=counters.deleted,
         failed=counters.failed,
-        bytes_downloaded=stats.bytes if stats else 0,
+        bytes_downloaded=None if settings.dry_run else (stats.bytes if stats else 0),
         bytes_resumed=counters.bytes_resumed,
         duration_seconds=round(counters.elapsed, 3),
         url_refreshes=(stats.refreshes if stats else 0) + pipeline.result.url_batch_refreshes,
@@ -275,30 +278,56 @@ async def _run(
         tag_changes=counters.tag_changes,
         annotation_changes=counters.annotation_changes,
         planned_deletions=planned_deletions,
+        deletions_kept=deletions_kept,
         deletion_note=deletion_note,
         failures=tuple(counters.failures),
         error=error,
     )
 
 
+async def _delete(
+    settings: Settings,
+    dv: str,
+    dest: Path,
+    client: PlatformClient,
+    db: ManifestAccess,
+    run_id: int,
+    result: PipelineResult,
+    counters: LiveCounters,
+) -> DeletionReport:
+    filtered = bool(settings.tags or settings.data_tags)
+    complete = result.listing_complete and result.listing_error is None
+    if filtered and not settings.delete_excluded and complete:
+        # The filtered listing cannot tell "left the version" from "left out by the filter".
+        ids_error = await stage_version_ids(client, dv, db, run_id, settings.page_size)
+        if ids_error is not None:
+            # As for a broken listing: nothing is deleted, and the run says it failed.
+            complete = result.listing_complete = False
+            result.listing_error = ids_error
+    return await delete_unseen(
+        dest=dest,
+        db=db,
+        run_id=run_id,
+        listing_complete=complete,
+        max_delete_percent=settings.max_delete,
+        force=settings.force,
+        dry_run=settings.dry_run,
+        counters=counters,
+        filtered=filtered,
+        delete_excluded=settings.delete_excluded,
+    )
+
+
 async def _unwrap(run: Any) -> PipelineResult:
-    """anyio reports a failed task group as an exception group: surface the engine error."""
+    """anyio reports a failed task group as an exception group: surface the error it stands for."""
     try:
         result: PipelineResult = await run
     except BaseExceptionGroup as group:
-        for exc in _leaves(group):
-            if isinstance(exc, EngineError):
-                raise exc from None
-        raise
+        error = primary_error(group)
+        if error is group:
+            raise
+        raise error from None
     return result
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 def _outcome(settings: Settings, result: PipelineResult, counters: LiveCounters) -> Outcome:

@@ -127,8 +127,11 @@ def deletion_verdict(
     listing_complete: bool,
     max_delete_percent: float,
     force: bool,
+    because: str = "are no longer in the version",
 ) -> DeletionVerdict:
     """May this run delete ``candidates`` of the ``total`` assets the manifest holds?
+
+    ``because`` says why the candidates are candidates, for the verdict's reason.
 
     Never after an incomplete listing (an asset missing from a broken listing is not gone), and
     not more than ``max_delete_percent`` of the mirror without ``force``: a wrong filter or an
@@ -145,4 +148,4 @@ def deletion_verdict(
             f"{candidates} of {total} files ({share:.0f}%) would be deleted, more than "
             f"--max-delete {max_delete_percent:g}%; use --force to allow it",
         )
-    return DeletionVerdict(True, f"{candidates} files are no longer in the version")
+    return DeletionVerdict(True, f"{candidates} files {because}")

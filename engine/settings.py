@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     dest: Path | None = None
     layout: Literal["name", "id"] = "name"
     delete: bool = False
+    # Also delete the files of assets a tags filter leaves out (implies delete).
+    delete_excluded: bool = False
     max_delete: float = Field(50.0, ge=0, le=100)
     force: bool = False
     dry_run: bool = False

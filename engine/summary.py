@@ -65,7 +65,14 @@ class LiveCounters:
 
 @dataclass(frozen=True, slots=True)
 class MirrorSummary:
-    """The result of one mirror run, as printed and as returned to library callers."""
+    """The result of one mirror run, as printed and as returned to library callers.
+
+    ``bytes_downloaded`` is ``None`` for a dry run: it fetches nothing and the listing carries no
+    sizes, so the bytes it would download are unknown (``downloaded`` counts the files it would
+    download). ``planned_deletions`` counts the files ``--delete`` chose (deleted, or refused
+    with the reason in ``deletion_note``); ``deletions_kept`` the files of assets still in the
+    version that a filter left out and that were kept (``--delete-excluded`` removes them).
+    """
 
     dataset_version: str
     dest: str
@@ -76,7 +83,7 @@ class MirrorSummary:
     updated: int
     deleted: int
     failed: int
-    bytes_downloaded: int
+    bytes_downloaded: int | None
     bytes_resumed: int
     duration_seconds: float
     url_refreshes: int
@@ -85,6 +92,7 @@ class MirrorSummary:
     tag_changes: int
     annotation_changes: int
     planned_deletions: int = 0
+    deletions_kept: int = 0
     deletion_note: str | None = None
     failures: tuple[Failure, ...] = ()
     error: str | None = None

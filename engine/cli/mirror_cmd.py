@@ -45,6 +45,7 @@ def settings_from_options(options: dict[str, Any]) -> Settings:
         "dest": options.get("dest"),
         "layout": options.get("layout"),
         "delete": options.get("delete"),
+        "delete_excluded": _flag(bool(options.get("delete_excluded"))),
         "max_delete": options.get("max_delete"),
         "force": _flag(bool(options.get("force"))),
         "dry_run": _flag(bool(options.get("dry_run"))),
@@ -92,7 +93,15 @@ async def run_mirror(
 )
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings.")
 @click.option(
-    "--delete/--no-delete", default=None, help="Remove local files of assets gone from the version."
+    "--delete/--no-delete",
+    default=None,
+    help="Remove local files of assets gone from the version (with a filter: only those).",
+)
+@click.option(
+    "--delete-excluded",
+    is_flag=True,
+    help="With --tag/--data-tag: also remove files of assets the filter leaves out "
+    "(implies --delete).",
 )
 @click.option(
     "--max-delete", type=float, help="Refuse to delete more than this % of files (default 50)."

@@ -1,4 +1,8 @@
-"""Human-readable output: the final summary and a dry run's plan lines."""
+"""Human-readable output: the final summary and a dry run's plan lines.
+
+Everything that came from a server or a file system (ids, filenames, paths, error messages) goes
+through :func:`engine.safe_text.printable`: a terminal shows it, it never acts on it.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +10,54 @@ import click
 
 from engine.cli.progress import format_bytes
 from engine.jobs import PlannedAction
+from engine.safe_text import printable, safe_message
 from engine.summary import MirrorSummary
 
-__all__ = ["print_plan_line", "print_summary"]
+__all__ = ["print_plan_line", "print_summary", "summary_lines"]
+
+# A dry run fetches nothing, and the listing carries no sizes: what it would download is a
+# number of files, never a number of bytes.
+SIZE_UNKNOWN = "size unknown until fetched"
 
 
 def print_plan_line(action: PlannedAction) -> None:
-    path = action.path if action.path is not None else "-"
-    click.echo(f"{action.action:8} {path}  ({action.reason}; asset {action.asset_id})")
+    path = printable(action.path) if action.path is not None else "-"
+    reason = printable(action.reason)
+    click.echo(f"{action.action:8} {path}  ({reason}; asset {printable(action.asset_id)})")
 
 
-def print_summary(summary: MirrorSummary, *, quiet: bool = False) -> None:
+def summary_lines(summary: MirrorSummary, *, quiet: bool = False) -> list[str]:
     s = summary
-    rate = s.bytes_downloaded / s.duration_seconds if s.duration_seconds > 0 else 0.0
+    if s.bytes_downloaded is None:
+        volume, speed = SIZE_UNKNOWN, ""
+    else:
+        rate = s.bytes_downloaded / s.duration_seconds if s.duration_seconds > 0 else 0.0
+        volume, speed = format_bytes(s.bytes_downloaded), f" ({format_bytes(rate)}/s)"
     verb = "would download" if s.outcome == "dry-run" else "downloaded"
     lines = [
-        f"assetsync: {s.outcome}: dataset version {s.dataset_version} -> {s.dest}",
-        f"  listed {s.listed}; {verb} {s.downloaded} ({format_bytes(s.bytes_downloaded)}), "
+        f"assetsync: {s.outcome}: dataset version {printable(s.dataset_version)} -> "
+        f"{printable(s.dest)}",
+        f"  listed {s.listed}; {verb} {s.downloaded} ({volume}), "
         f"skipped {s.skipped}, updated {s.updated}, deleted {s.deleted}, failed {s.failed}",
         f"  tag changes {s.tag_changes}, annotation changes {s.annotation_changes}; "
         f"URL refreshes {s.url_refreshes}, retries {s.retries}, resumes {s.resumes}",
-        f"  took {s.duration_seconds:.1f} s ({format_bytes(rate)}/s)",
+        f"  took {s.duration_seconds:.1f} s{speed}",
     ]
-    if s.deletion_note and (s.planned_deletions or s.deleted):
-        lines.append(f"  deletions: {s.deletion_note}")
+    if s.deletion_note and (s.planned_deletions or s.deleted or s.deletions_kept):
+        lines.append(f"  deletions: {safe_message(s.deletion_note)}")
     if s.error:
-        lines.append(f"  error: {s.error}")
+        lines.append(f"  error: {safe_message(s.error)}")
     for failure in s.failures:
-        lines.append(f"  failed: {failure.asset_id} {failure.filename!r}: {failure.error}")
+        lines.append(
+            f'  failed: {printable(failure.asset_id)} "{printable(failure.filename)}": '
+            f"{safe_message(failure.error)}"
+        )
     if s.failed > len(s.failures):
         lines.append(f"  ... and {s.failed - len(s.failures)} more failures")
     if quiet and s.outcome == "ok":
         lines = lines[:1]
-    click.echo("\n".join(lines))
+    return lines
+
+
+def print_summary(summary: MirrorSummary, *, quiet: bool = False) -> None:
+    click.echo("\n".join(summary_lines(summary, quiet=quiet)))

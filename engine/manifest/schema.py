@@ -134,7 +134,8 @@ _V1 = statements(
 
 # Per-connection scratch tables (TEMP: not part of the file, so not versioned). They hold what
 # one run learns during its listing without keeping it in RAM: tag membership streamed in per
-# tag, and (for a read-only dry run, which cannot update assets.last_seen_run) the ids listed.
+# tag, (for a read-only dry run, which cannot update assets.last_seen_run) the ids listed, and
+# the version's unfiltered ids when a filtered run deletes.
 # TEMP tables cost no WAL traffic, vanish with a crash, and work on a read-only connection.
 TEMP_TABLES = (
     # A heap, not a B-tree keyed by asset id: ids arrive in no order, and keyed inserts cost
@@ -148,6 +149,14 @@ TEMP_TABLES = (
         name     TEXT NOT NULL
     )""",
     """CREATE TEMP TABLE IF NOT EXISTS seen (
+        run_id   INTEGER NOT NULL,
+        asset_id TEXT NOT NULL,
+        PRIMARY KEY (run_id, asset_id)
+    ) WITHOUT ROWID""",
+    # The version's unfiltered id listing, for --delete after a filtered listing (an asset the
+    # filter left out is still in the version and must stay). Keyed: only such runs fill it,
+    # and the deletion query probes it once per candidate.
+    """CREATE TEMP TABLE IF NOT EXISTS in_version (
         run_id   INTEGER NOT NULL,
         asset_id TEXT NOT NULL,
         PRIMARY KEY (run_id, asset_id)

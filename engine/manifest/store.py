@@ -72,6 +72,18 @@ _COUNT_UNSEEN = (
     "SELECT count(*) FROM assets WHERE last_seen_run IS NOT ?"
     " AND asset_id NOT IN (SELECT asset_id FROM temp.seen WHERE run_id = ?)"
 )
+# ... and not in the version's unfiltered id listing staged by this run (--delete with a filter:
+# what the filter left out is still in the version, and stays).
+_GONE = (
+    "AND last_seen_run IS NOT ?"
+    " AND asset_id NOT IN (SELECT asset_id FROM temp.seen WHERE run_id = ?)"
+    " AND asset_id NOT IN (SELECT asset_id FROM temp.in_version WHERE run_id = ?)"
+)
+_COUNT_GONE = (
+    "SELECT count(*) FROM assets WHERE last_seen_run IS NOT ?"
+    " AND asset_id NOT IN (SELECT asset_id FROM temp.seen WHERE run_id = ?)"
+    " AND asset_id NOT IN (SELECT asset_id FROM temp.in_version WHERE run_id = ?)"
+)
 # Which of the given keys have a recorded path under them (see directory_keys).
 _UNDER = (
     "SELECT key FROM (SELECT column1 AS key FROM (VALUES {rows}))"
@@ -270,6 +282,7 @@ class Manifest:
             assert run_id is not None
             conn.execute("DELETE FROM staged_tags WHERE run_id <> ?", (run_id,))
             conn.execute("DELETE FROM seen WHERE run_id <> ?", (run_id,))
+            conn.execute("DELETE FROM in_version WHERE run_id <> ?", (run_id,))
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('dataset_version', ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -286,6 +299,7 @@ class Manifest:
             )
             conn.execute("DELETE FROM staged_tags WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM seen WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM in_version WHERE run_id = ?", (run_id,))
 
     def last_run(self, *, finished: bool = False) -> RunRecord | None:
         """The latest run (``finished``: the latest that recorded an outcome)."""
@@ -341,10 +355,22 @@ class Manifest:
                     found[asset_id][0 if kind == "asset" else 1].append(name)
         return {k: (tuple(sorted(set(a))), tuple(sorted(set(d)))) for k, (a, d) in found.items()}
 
+    def stage_in_version(self, run_id: int, asset_ids: Iterable[str]) -> None:
+        """Record that ``asset_ids`` are in the version (one page of its unfiltered id
+        listing), so :meth:`unseen` can tell an asset a filter left out from one that is gone.
+        A scratch table: it works on a read-only (dry run) connection too."""
+        with self._write("stage the version's ids", scratch=True) as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO temp.in_version (run_id, asset_id) VALUES (?, ?)",
+                ((run_id, asset_id) for asset_id in asset_ids),
+            )
+
     def clear_staging(self, run_id: int) -> None:
         with self._write("clear staged tags", scratch=True) as conn:
             conn.execute("DELETE FROM staged_tags WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM seen WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM in_version WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM in_version WHERE run_id = ?", (run_id,))
 
     # -- reading assets ----------------------------------------------------------------------
 
@@ -422,14 +448,24 @@ class Manifest:
         """Every asset, ordered by id, ``page_size`` rows in memory at a time."""
         return self._pages("", (), page_size)
 
-    def unseen(self, run_id: int, *, page_size: int = 500) -> Iterator[AssetRow]:
-        """Assets this run's listing did not contain (the ``--delete`` candidates)."""
+    def unseen(
+        self, run_id: int, *, page_size: int = 500, keep_in_version: bool = False
+    ) -> Iterator[AssetRow]:
+        """Assets this run's listing did not contain (the ``--delete`` candidates).
+
+        ``keep_in_version``: leave out those :meth:`stage_in_version` recorded as still in the
+        version (a filtered run's listing does not contain what the filter left out)."""
+        if keep_in_version:
+            return self._pages(_GONE, (run_id, run_id, run_id), page_size)
         return self._pages(_UNSEEN, (run_id, run_id), page_size)
 
-    def count_unseen(self, run_id: int) -> int:
+    def count_unseen(self, run_id: int, *, keep_in_version: bool = False) -> int:
         """How many assets :meth:`unseen` would give."""
         with self._read("count unseen assets") as conn:
-            row = conn.execute(_COUNT_UNSEEN, (run_id, run_id)).fetchone()
+            if keep_in_version:
+                row = conn.execute(_COUNT_GONE, (run_id, run_id, run_id)).fetchone()
+            else:
+                row = conn.execute(_COUNT_UNSEEN, (run_id, run_id)).fetchone()
         return int(row[0])
 
     def tags(self, asset_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

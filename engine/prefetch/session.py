@@ -1,9 +1,10 @@
 """What a prefetcher holds while it is open: lock, manifest, run record, HTTP, transfer core.
 
-Opening follows the mirror's order (:mod:`engine.mirror`), refusing early and cheaply: the
-settings, the DEST lock (shared, or exclusive with a disk budget: see
-:mod:`engine.prefetch.locking`), the manifest (same version, same layout), the platform (token,
-version), then a run row so ``assetsync status`` shows the prefetcher. Tags are staged in the
+Opening follows the mirror's order (:mod:`engine.mirroring`), refusing early and cheaply: the
+settings (DEST checked, not created), the platform (token, version, the filter's tags: nothing
+exists on disk before it has answered), the DEST lock (shared, or exclusive with a disk budget:
+see :mod:`engine.prefetch.locking`), the manifest (same version, same layout), then a run row so
+``assetsync status`` shows the prefetcher. Tags are staged in the
 background from the start, as the mirror does, for every epoch of the session.
 """
 
@@ -23,7 +24,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from engine.errors import EngineError, NotFoundError, UsageError
+from engine.destination import check_destination
+from engine.errors import EngineError, UsageError
 from engine.freshness import UrlFreshener
 from engine.jobs import Job, update_for
 from engine.lock import STATE_DIR, DestLock
@@ -41,8 +43,8 @@ from engine.prefetch.order import OrderStore
 from engine.prefetch.split import Shard
 from engine.prefetch.window import DiskBooks
 from engine.prefetch.writer import SessionWriter
+from engine.preflight import check_platform
 from engine.settings import Settings
-from engine.signed_urls import redact
 from engine.summary import LiveCounters
 from engine.transfer import ProgressEvent, Transferer
 
@@ -62,12 +64,7 @@ def check_settings(settings: Settings, has_ids: bool) -> tuple[str, Path]:
         raise UsageError("no API token: set PICSELLIA_TOKEN, or give a token file or token")
     if has_ids and (settings.tags or settings.data_tags):
         raise UsageError("give either asset ids or a tag filter, not both")
-    dest = Path(settings.dest).expanduser()
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"destination {dest} exists and is not a directory")
-    if dest.is_symlink():
-        raise UsageError(f"destination {dest} is a symlink; give the real directory")
-    return settings.dataset_version, dest.absolute()
+    return settings.dataset_version, check_destination(settings.dest, writable=True)
 
 
 def _prefixes(path: str) -> list[str]:
@@ -150,6 +147,19 @@ class Session:
     async def _open(self, stack: AsyncExitStack) -> None:
         settings = self.settings
         budget = self.options.max_bytes
+        # The platform first: a refused token or an unknown version creates nothing on disk.
+        api, storage = await stack.enter_async_context(open_sessions(settings))
+        assert settings.token is not None
+        t = settings.transfer
+        self.client = PlatformClient(api, settings.api_url, settings.token, t.retry, t.timeouts)
+        await check_platform(
+            self.client,
+            settings.api_url,
+            self.dv,
+            tags=settings.tags,
+            data_tags=settings.data_tags,
+        )
+
         state = await anyio.to_thread.run_sync(state_dir, self.dest)
         lock: DestLock | SharedDestLock
         if budget is not None:
@@ -170,18 +180,6 @@ class Session:
         self.db = ManifestAccess(manifest)
         stack.push_async_callback(self._close_manifest)
         await self.db.call(self._check_manifest)
-
-        api, storage = await stack.enter_async_context(open_sessions(settings))
-        assert settings.token is not None
-        t = settings.transfer
-        self.client = PlatformClient(api, settings.api_url, settings.token, t.retry, t.timeouts)
-        await self.client.ping()
-        try:
-            await self.client.dataset_version(self.dv)
-        except NotFoundError:
-            raise UsageError(
-                f"dataset version {self.dv} not found on {redact(settings.api_url)}"
-            ) from None
 
         self.order = OrderStore()
         stack.callback(self.order.close)
