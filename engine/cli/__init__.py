@@ -1,17 +1,20 @@
 """The ``assetsync`` command line: a click group whose subcommands live in their own modules.
 
 This package is the only place that picks the event loop (uvloop when available) and maps
-:class:`~engine.errors.EngineError` to the documented exit codes. Subcommands are imported when
+:class:`~engine.errors.EngineError` to the documented exit codes: the group runs every
+subcommand inside :func:`engine.cli.boundary.guarded`. Subcommands are imported when
 they run, so ``assetsync mirror`` does not pay for the emulator's server or the demo.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
 
 from engine._version import __version__
+from engine.cli.boundary import guarded
 from engine.cli.common import EXIT_CODES_HELP
 
 __all__ = ["cli", "main"]
@@ -39,6 +42,10 @@ class _LazyGroup(click.Group):
         command = getattr(importlib.import_module(module), attribute)
         assert isinstance(command, click.Command)
         return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with guarded(ctx):
+            return super().invoke(ctx)
 
 
 @click.group(

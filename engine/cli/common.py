@@ -9,6 +9,8 @@ Exit codes (also in ``assetsync --help`` and the README):
 3     authentication failed
 4     another run holds the lock on DEST
 130   interrupted by SIGINT (state saved; the next run resumes)
+141   stdout was closed before the output was written (``| head``), as for
+      any tool that SIGPIPE stops
 143   terminated by SIGTERM (state saved; the next run resumes)
 ====  =================================================================
 """
@@ -17,21 +19,18 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import anyio
-import click
 
-from engine.errors import EngineError, Interrupted
-from engine.signed_urls import redact
+from engine.errors import Interrupted, primary_error
+from engine.safe_text import safe_message
 
 __all__ = [
     "EXIT_CODES_HELP",
-    "fail",
     "run_async",
     "setup_logging",
 ]
@@ -42,39 +41,33 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 everything mirrored; 1 some assets failed after retries (the rest completed "
     "and recorded), or the platform was unreachable after retries; 2 usage, config or "
     "bad-input error; 3 authentication failed; 4 another run "
-    "holds the lock on DEST; 130/143 interrupted by SIGINT/SIGTERM (state saved for resume)."
+    "holds the lock on DEST; 130/143 interrupted by SIGINT/SIGTERM (state saved for resume); "
+    "141 stdout closed early (| head)."
 )
 
-_URL = re.compile(r"https?://\S+")
 
+class _SafeFormatter(logging.Formatter):
+    """Log lines for people: URLs lose their signatures and control characters are escaped
+    (a message quoting a server's text must not move the cursor or forge a line)."""
 
-class _RedactingFilter(logging.Filter):
-    """Defence in depth: whatever a log call formats, signed URLs leave without signatures."""
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = safe_message(record.message)
+        return super().formatMessage(record)
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "://" in message:
-            record.msg = _URL.sub(lambda m: redact(m.group(0)), message)
-            record.args = None
-        return True
+    def formatException(self, ei: Any) -> str:
+        text = super().formatException(ei)
+        return "\n".join(safe_message(line) for line in text.split("\n"))
 
 
 def setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_RedactingFilter())
+    handler.setFormatter(_SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # aiohttp's access and client logs are noise at INFO and may carry URLs.
     logging.getLogger("aiohttp").setLevel(max(level, logging.WARNING))
-
-
-def fail(message: str, code: int) -> NoReturn:
-    """One line on stderr, then the documented exit code."""
-    click.echo(f"assetsync: error: {message}", err=True)
-    sys.exit(code)
 
 
 def tune_gc() -> None:
@@ -123,7 +116,8 @@ def run_async(main: Callable[[], Awaitable[T]], *, use_uvloop: bool = True) -> T
             tg.start_soon(watch_signals)
             tg.start_soon(work)
         if errors:
-            raise errors[0]
+            # main() may have run task groups of its own: raise what their group stands for.
+            raise primary_error(errors[0])
         if received:
             raise Interrupted(
                 f"stopped by {signal.Signals(received[0]).name}; partial files and the manifest "
@@ -139,10 +133,3 @@ def run_async(main: Callable[[], Awaitable[T]], *, use_uvloop: bool = True) -> T
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
         have_uvloop = False
     return anyio.run(guarded, backend="asyncio", backend_options={"use_uvloop": have_uvloop})
-
-
-def exit_for(exc: EngineError) -> NoReturn:
-    """Map an engine error to its one-line message and exit code."""
-    if isinstance(exc, Interrupted):
-        fail(str(exc), exc.code)
-    fail(str(exc), exc.exit_code)

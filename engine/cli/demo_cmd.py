@@ -6,18 +6,20 @@ emulator runs in the same event loop on a free 127.0.0.1 port; the mirror is the
 
 from __future__ import annotations
 
-import json
+import shlex
 import sys
 from pathlib import Path
 
 import click
 from pydantic import SecretStr
 
-from engine.cli.common import exit_for, run_async, setup_logging
+from engine.cli.boundary import emit_json, json_option
+from engine.cli.common import run_async, setup_logging
+from engine.cli.invocation import command_prefix
 from engine.cli.mirror_cmd import run_mirror
 from engine.cli.output import print_summary
 from engine.emulator import Emulator
-from engine.errors import EngineError
+from engine.safe_text import printable
 from engine.settings import Settings, load_settings
 from engine.summary import MirrorSummary
 
@@ -39,7 +41,7 @@ __all__ = ["demo_command"]
     help="Serve your own folder of files as the demo dataset.",
 )
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--json", "json_output", is_flag=True, help="One JSON summary object on stdout.")
+@json_option("One JSON summary object on stdout (also on errors).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def demo_command(
     dest: Path, assets: int, from_dir: Path | None, seed: int, json_output: bool, quiet: bool
@@ -73,17 +75,16 @@ def demo_command(
             )
             return await run_mirror(settings, json_output=json_output, quiet=quiet, verbose=0)
 
-    try:
-        summary = run_async(main)
-    except EngineError as exc:
-        exit_for(exc)
+    summary = run_async(main)
     if json_output:
-        click.echo(json.dumps(summary.to_json(), sort_keys=True))
+        emit_json(summary.to_json())
     else:
         print_summary(summary)
+        run = command_prefix()
+        where = shlex.quote(str(dest))
         click.echo(
-            f"\nFiles are in {dest}/; try: assetsync status --dest {dest}   "
-            f"assetsync manifest export --dest {dest} | head -n 2",
+            f"\nFiles are in {printable(str(dest))}/; try: {run} status --dest {where}   "
+            f"{run} manifest export --dest {where} | head -n 2",
             err=True,
         )
     sys.exit(summary.exit_code)

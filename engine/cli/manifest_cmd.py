@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -11,10 +9,12 @@ from typing import Any, Literal
 
 import click
 
-from engine.cli.common import exit_for, run_async
+from engine.cli.boundary import emit_json, json_option
+from engine.cli.common import run_async
 from engine.cli.progress import format_bytes
-from engine.errors import EngineError
+from engine.errors import UsageError
 from engine.manifest import Manifest
+from engine.safe_text import printable
 from engine.verify import verify
 
 __all__ = ["manifest_group", "status_command", "verify_command"]
@@ -32,14 +32,11 @@ def _when(epoch: float | None) -> str:
 
 @click.command("status")
 @_dest_option
-@click.option("--json", "json_output", is_flag=True, help="One JSON object on stdout.")
+@json_option("One JSON object on stdout (also on errors).")
 def status_command(dest: Path, json_output: bool) -> None:
     """What DEST holds, from which version, when it was last synced and how that went."""
-    try:
-        with Manifest.open(dest, create=False) as manifest:
-            status = manifest.status()
-    except EngineError as exc:
-        exit_for(exc)
+    with Manifest.open(dest, create=False) as manifest:
+        status = manifest.status()
     last = status.last_run
     if json_output:
         payload: dict[str, Any] = {
@@ -58,15 +55,16 @@ def status_command(dest: Path, json_output: bool) -> None:
                 "counts": last.counts,
             },
         }
-        click.echo(json.dumps(payload, sort_keys=True))
+        emit_json(payload)
         return
     states = ", ".join(f"{k} {v}" for k, v in status.states.items() if v)
-    click.echo(f"{dest}: dataset version {status.dataset_version or '-'}")
+    version = printable(status.dataset_version or "-")
+    click.echo(f"{printable(str(dest))}: dataset version {version}")
     click.echo(f"  {status.assets} assets ({states or 'none'}), {format_bytes(status.total_bytes)}")
     if last is None:
         click.echo("  never synced")
     else:
-        outcome = last.outcome or "running (or killed)"
+        outcome = printable(last.outcome or "running (or killed)")
         click.echo(
             f"  last run: started {_when(last.started_at)}, finished {_when(last.finished_at)}, "
             f"outcome {outcome}"
@@ -75,38 +73,35 @@ def status_command(dest: Path, json_output: bool) -> None:
 
 @click.command("verify")
 @_dest_option
-@click.option("--json", "json_output", is_flag=True, help="One JSON object on stdout.")
+@json_option("One JSON object on stdout (also on errors).")
 def verify_command(dest: Path, json_output: bool) -> None:
     """Re-hash every file against the manifest; bad or missing files are marked and fetched
     again by the next mirror. Exit 1 if any problem was found."""
-    try:
-        report = run_async(lambda: verify(dest))
-    except EngineError as exc:
-        exit_for(exc)
+    report = run_async(lambda: verify(dest))
     if json_output:
-        click.echo(
-            json.dumps(
-                {
-                    "checked": report.checked,
-                    "ok": report.ok,
-                    "bytes": report.bytes,
-                    "problems": report.problem_count,
-                    "details": [
-                        {
-                            "asset_id": p.asset_id,
-                            "path": p.path,
-                            "state": p.state,
-                            "detail": p.detail,
-                        }
-                        for p in report.problems
-                    ],
-                },
-                sort_keys=True,
-            )
+        emit_json(
+            {
+                "checked": report.checked,
+                "ok": report.ok,
+                "bytes": report.bytes,
+                "problems": report.problem_count,
+                "details": [
+                    {
+                        "asset_id": p.asset_id,
+                        "path": p.path,
+                        "state": p.state,
+                        "detail": p.detail,
+                    }
+                    for p in report.problems
+                ],
+            }
         )
     else:
         for p in report.problems:
-            click.echo(f"{p.state}: {p.path} (asset {p.asset_id}): {p.detail}")
+            click.echo(
+                f"{p.state}: {printable(p.path or '-')} (asset {printable(p.asset_id)}): "
+                f"{printable(p.detail)}"
+            )
         click.echo(
             f"verified {report.checked} files ({format_bytes(report.bytes)}): {report.ok} ok, "
             f"{report.problem_count} marked for the next mirror"
@@ -127,20 +122,12 @@ def manifest_group() -> None:
 )
 def export_command(dest: Path, fmt: Literal["jsonl", "json"], output: Path | None) -> None:
     """One object per asset: ids, filename, path, size, sha256, tags, data tags, annotations."""
-    try:
-        with Manifest.open(dest, create=False) as manifest:
-            if output is None:
-                manifest.export(sys.stdout, fmt)
-            else:
-                with output.open("w", encoding="utf-8") as fh:
-                    manifest.export(fh, fmt)
-    except EngineError as exc:
-        exit_for(exc)
-    except BrokenPipeError:
-        # The reader went away (`| head`): not an error. Point stdout at /dev/null so the
-        # interpreter's final flush does not complain a second time.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
-    except OSError as exc:
-        click.echo(f"assetsync: error: cannot write {output}: {exc.strerror}", err=True)
-        sys.exit(2)
+    with Manifest.open(dest, create=False) as manifest:
+        if output is None:
+            manifest.export(sys.stdout, fmt)
+            return
+        try:
+            with output.open("w", encoding="utf-8") as fh:
+                manifest.export(fh, fmt)
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror}") from None

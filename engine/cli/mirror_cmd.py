@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,20 +9,17 @@ from typing import Any
 import anyio
 import click
 
-from engine.cli.common import EXIT_CODES_HELP, exit_for, run_async, setup_logging
+from engine.cli.boundary import emit_json, json_option, verbose_option
+from engine.cli.common import EXIT_CODES_HELP, run_async, setup_logging
 from engine.cli.output import print_plan_line, print_summary
 from engine.cli.progress import make_progress
-from engine.errors import EngineError, Interrupted
+from engine.errors import primary_error
 from engine.jobs import PlannedAction
 from engine.mirroring import mirror
 from engine.settings import Settings, load_settings
 from engine.summary import LiveCounters, MirrorSummary
 
 __all__ = ["mirror_command", "run_mirror"]
-
-
-def _code(exc: EngineError) -> int:
-    return exc.code if isinstance(exc, Interrupted) else exc.exit_code
 
 
 def _flag(value: bool) -> bool | None:
@@ -72,13 +68,20 @@ async def run_mirror(
 
     if progress is None or settings.dry_run:
         return await mirror(settings, counters=counters, plan_sink=on_plan)
-    with progress:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(progress.run)
-            try:
-                summary = await mirror(settings, counters=counters, plan_sink=on_plan)
-            finally:
-                tg.cancel_scope.cancel()
+    try:
+        with progress:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(progress.run)
+                try:
+                    summary = await mirror(settings, counters=counters, plan_sink=on_plan)
+                finally:
+                    tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The display's task group wraps whatever the mirror raised: give callers the error.
+        error = primary_error(group)
+        if error is group:
+            raise
+        raise error from None
     return summary
 
 
@@ -110,7 +113,7 @@ async def run_mirror(
     "--force", is_flag=True, help="Allow deleting more than --max-delete, or a DEST switch."
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing.")
-@click.option("--json", "json_output", is_flag=True, help="One JSON summary object on stdout.")
+@json_option("One JSON summary object on stdout (also on errors).")
 @click.option("--concurrency", type=int, help="Transfers in flight (default 32).")
 @click.option("--per-host", type=int, help="Connections to one storage host (default 32).")
 @click.option("--segments", type=int, help="Parallel range segments for one large file.")
@@ -120,7 +123,7 @@ async def run_mirror(
 @click.option(
     "--data-tag", "data_tags", multiple=True, help="Only assets with this data tag (repeatable)."
 )
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@verbose_option()
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def mirror_command(**options: Any) -> None:
     """Mirror a dataset version into DEST: files, tags, data tags and annotations.
@@ -131,19 +134,12 @@ def mirror_command(**options: Any) -> None:
     quiet = bool(options.pop("quiet"))
     verbose = int(options.pop("verbose"))
     setup_logging(verbose)
-    try:
-        settings = settings_from_options(options)
-        summary = run_async(
-            lambda: run_mirror(settings, json_output=json_output, quiet=quiet, verbose=verbose)
-        )
-    except EngineError as exc:
-        if json_output:
-            # A scheduler reading --json gets one object whatever happened.
-            error = {"outcome": "error", "error": str(exc), "exit_code": _code(exc)}
-            click.echo(json.dumps(error, sort_keys=True))
-        exit_for(exc)
+    settings = settings_from_options(options)
+    summary = run_async(
+        lambda: run_mirror(settings, json_output=json_output, quiet=quiet, verbose=verbose)
+    )
     if json_output:
-        click.echo(json.dumps(summary.to_json(), sort_keys=True))
+        emit_json(summary.to_json())
     else:
         print_summary(summary, quiet=quiet)
     sys.exit(summary.exit_code)

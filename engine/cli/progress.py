@@ -50,7 +50,11 @@ class _Rate:
 
 
 class RichProgress(AbstractContextManager["RichProgress"]):
-    """Files (with ETA), bytes and rate on a terminal."""
+    """Files (with ETA), bytes and rate on a terminal.
+
+    The bar appears once the listing has started: a run refused before that (a wrong token, an
+    unknown version, a held lock) shows its one-line error and no empty bar.
+    """
 
     def __init__(self, counters: LiveCounters, console: Console) -> None:
         # rich is imported here, not at start-up: a cron run without a terminal never needs it.
@@ -76,13 +80,15 @@ class RichProgress(AbstractContextManager["RichProgress"]):
         self._task: TaskID | None = None
 
     def __enter__(self) -> RichProgress:
-        self._progress.start()
-        self._task = self._progress.add_task("mirroring", total=None, bytes="", rate="")
         return self
 
     def refresh(self) -> None:
         c = self._counters
-        assert self._task is not None
+        if self._task is None:
+            if c.total is None and c.listed == 0:
+                return
+            self._progress.start()
+            self._task = self._progress.add_task("mirroring", total=None, bytes="", rate="")
         done = c.downloaded + c.skipped + c.updated + c.failed
         self._progress.update(
             self._task,
@@ -100,7 +106,8 @@ class RichProgress(AbstractContextManager["RichProgress"]):
         tb: TracebackType | None,
     ) -> None:
         self.refresh()
-        self._progress.stop()
+        if self._task is not None:
+            self._progress.stop()
 
     async def run(self, interval: float = 0.25) -> None:
         while True:
@@ -146,6 +153,9 @@ class LineProgress(AbstractContextManager["LineProgress"]):
     async def run(self) -> None:
         while True:
             await anyio.sleep(self._interval)
+            c = self._counters
+            if c.total is None and c.listed == 0:
+                continue  # not listing yet (the platform has not answered): nothing to say
             print(self.line(), file=self._stream, flush=True)
 
 

@@ -17,7 +17,6 @@ Objects are rewritten in place (``rewrite_object``) through the control endpoint
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +24,10 @@ from typing import Any
 
 import click
 
+from engine.cli.boundary import emit_json, json_option
 from engine.emulator.emulator import Emulator
 from engine.emulator.faults import FaultRule
+from engine.errors import UsageError
 
 __all__ = ["emulator_command", "parse_fault"]
 
@@ -116,7 +117,12 @@ async def _serve(emulator: Emulator, as_json: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with emulator:
+    try:
+        await emulator.start()
+    except OSError as exc:
+        where = f"{emulator.host}:{emulator.port}"
+        raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    try:
         info = emulator.info()
         if emulator.host not in ("127.0.0.1", "::1", "localhost"):
             click.echo(
@@ -125,7 +131,7 @@ async def _serve(emulator: Emulator, as_json: bool) -> None:
                 err=True,
             )
         if as_json:
-            click.echo(json.dumps(info))
+            emit_json(info)
         else:
             click.echo(f"API URL:            {info['api_url']}")
             click.echo(f"Token:              {info['token']}")
@@ -135,6 +141,8 @@ async def _serve(emulator: Emulator, as_json: bool) -> None:
             click.echo(f"Assets:             {info['assets']}")
             click.echo("Serving until interrupted (Ctrl-C).")
         await stop.wait()
+    finally:
+        await emulator.close()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
 
@@ -192,7 +200,7 @@ async def _serve(emulator: Emulator, as_json: bool) -> None:
     help="Event loop.",
 )
 @click.option("--public-url", help="Base URL clients use to reach this server (Docker, proxies).")
-@click.option("--json", "as_json", is_flag=True, help="Print the start-up info as one JSON line.")
+@json_option("Print the start-up info as one JSON line (an error as one JSON object).")
 def emulator_command(**options: Any) -> None:
     """Run the local platform emulator (API + signed storage) until interrupted."""
     faults = _convenience_faults(options) + [parse_fault(s) for s in options["fault_specs"]]
@@ -218,4 +226,4 @@ def emulator_command(**options: Any) -> None:
         cache_assets=options["cache_assets"],
     )
     with asyncio.Runner(loop_factory=_loop_factory(options["loop_name"])) as runner:
-        runner.run(_serve(emulator, options["as_json"]))
+        runner.run(_serve(emulator, options["json_output"]))
