@@ -92,7 +92,8 @@ async def run_mirror(
 @click.option(
     "--token-file",
     type=click.Path(path_type=Path),
-    help="File holding the API token (else PICSELLIA_TOKEN, ASSETSYNC_TOKEN or the config).",
+    help="File holding the API token. Precedence: this, then ASSETSYNC_TOKEN or "
+    "PICSELLIA_TOKEN, then token_file or token in the config.",
 )
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings.")
 @click.option(
