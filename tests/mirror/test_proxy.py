@@ -95,7 +95,6 @@ def _mirror(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
     env.update(proxy_env)
     env["PICSELLIA_TOKEN"] = platform.emu.token
-    env["ASSETSYNC_TRANSFER__RETRY__ATTEMPTS"] = "2"
     env["ASSETSYNC_TRANSFER__RETRY__BASE_DELAY"] = "0.01"
     if platform.cert_file is not None:
         env.pop("SSL_CERT_DIR", None)
