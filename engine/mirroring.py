@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
@@ -45,6 +46,7 @@ from engine.settings import Settings
 from engine.summary import LiveCounters, MirrorSummary, Outcome
 from engine.transfer import Transferer
 from engine.transfer.http1 import StorageHttp
+from engine.transfer.proxies import Proxies, ProxyConfigError
 
 __all__ = ["mirror", "open_sessions"]
 
@@ -78,17 +80,28 @@ async def open_sessions(
     settings: Settings,
 ) -> AsyncIterator[tuple[aiohttp.ClientSession, StorageHttp]]:
     """An aiohttp session for the API, and the storage connection pool: separate, so downloads
-    never queue the API behind them; the pool carries the per-host limit, segments included."""
+    never queue the API behind them; the pool carries the per-host limit, segments included.
+    Both go through the proxies the environment names (one rule: engine.transfer.proxies)."""
     limits = settings.limits
     t = settings.transfer
-    api = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=16, limit_per_host=8, enable_cleanup_closed=True),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.timeouts.connect),
-    )
+    try:
+        proxies = Proxies.from_environment()
+    except ProxyConfigError as exc:
+        raise UsageError(str(exc)) from None
+    with warnings.catch_warnings():
+        # aiohttp 3.14 deprecates a session-wide proxy_auth (for proxy_headers on every call);
+        # it works until aiohttp 4, which pyproject.toml excludes.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        api = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=16, limit_per_host=8, enable_cleanup_closed=True),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.timeouts.connect),
+            **_api_proxy(proxies, settings.api_url),
+        )
     storage = StorageHttp(
         limit=limits.concurrency * max(1, t.segments // 2) + t.segments,
         limit_per_host=limits.per_host,
         connect_timeout=t.timeouts.connect,
+        proxies=proxies,
     )
     try:
         yield api, storage
@@ -96,6 +109,19 @@ async def open_sessions(
         storage.close()
         with anyio.CancelScope(shield=True):
             await api.close()
+
+
+def _api_proxy(proxies: Proxies, api_url: str) -> dict[str, Any]:
+    """The API session's proxy arguments. Not ``trust_env=True``: that also reads ~/.netrc,
+    and a netrc entry for the API's host (or a ``default`` one) makes aiohttp refuse our own
+    ``Authorization`` header with a ValueError. The credentials go apart from the URL, which
+    aiohttp quotes in its error messages."""
+    proxy = proxies.for_full_url(api_url)
+    if proxy is None:
+        return {}
+    if proxy.credentials is None:
+        return {"proxy": proxy.url}
+    return {"proxy": proxy.url, "proxy_auth": aiohttp.BasicAuth(*proxy.credentials)}
 
 
 @contextmanager

@@ -50,3 +50,13 @@ def _engine_loggers_enabled() -> None:
     for name, logger in logging.root.manager.loggerDict.items():
         if name.startswith("engine") and isinstance(logger, logging.Logger):
             logger.disabled = False
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The clients honour HTTP(S)_PROXY / NO_PROXY (engine.transfer.proxies): a developer's or a
+    # CI machine's proxy must not sit between the tests and their servers on 127.0.0.1. The
+    # proxy tests set what they need; subprocesses inherit this environment.
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)

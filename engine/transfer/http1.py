@@ -8,8 +8,24 @@ the bytes themselves costs less. Measured on the benchmark machine against nginx
 protocols ~6,700 files/s (hash, write and rename included). Mirroring small files is exactly
 that loop, so the storage side gets this client: one ``GET`` at a time per connection,
 ``Content-Length``, chunked and read-until-close bodies, ``Connection: close``, redirects,
-TLS, connect/read/stall timeouts, a per-host and a total connection limit, and back-pressure
-(``pause_reading`` above a high-water mark, so memory per connection stays bounded).
+TLS, forward proxies (:mod:`engine.transfer.proxies`), connect/read/stall timeouts, a per-host
+and a total connection limit, and back-pressure (``pause_reading`` above a high-water mark, so
+memory per connection stays bounded).
+
+Parsing is llhttp's (Node.js's parser, through ``httptools``), driven as uvicorn drives it:
+bytes go to the parser as the loop receives them, and its callbacks fill the body queue, so
+framing never reaches a reader. It refuses what a hand parser let through: ``Content-Length``
+beside ``Transfer-Encoding``, chunk sizes such as ``-5``, ``0x5`` or ``1_0``, a
+``Content-Length`` of ``+5``, ``HTTP/1.banana``, a space in a header name. On top of it this
+module bounds what a server may send before the body (a head over 64 KiB, more than 100 header
+fields, ``100 Continue`` for ever: all before a deadline of ``read_timeout`` for the whole
+head), refuses any ``Transfer-Encoding`` but exactly ``chunked``, bounds trailers and chunk
+framing, never reuses a connection on which a byte arrived that nobody asked for, and follows at
+most 5 redirects, to http(s) only and never from https down to http.
+
+A fresh parser per response: a body handed to a pump thread (:meth:`Response.socket_body`) is
+read from the socket, not by the parser, which cannot skip bytes; the next response on the
+connection starts from a clean parser instead.
 
 Errors are this module's own (:class:`HttpError` and below, :class:`ReadTimeout`, a
 :class:`TimeoutError`); :func:`engine.transfer.wire.translate` maps them to the engine's tree.
@@ -19,11 +35,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import ssl
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import cast
+
+import httptools
+
+from engine.transfer.proxies import Proxies, Proxy
 
 __all__ = [
     "BodyError",
@@ -32,13 +53,20 @@ __all__ = [
     "Headers",
     "HttpError",
     "ProtocolError",
+    "ProxyError",
     "ReadTimeout",
+    "RedirectError",
     "Response",
     "StorageHttp",
 ]
 
-_MAX_HEAD = 64 * 1024
-_MAX_REDIRECTS = 5
+# What a server may send before the answer's body: bytes (1xx heads included), fields per head
+# (trailers too), and 1xx answers.
+MAX_HEAD = 64 * 1024
+MAX_HEADERS = 100
+# Bytes of chunk framing (sizes, extensions, trailers) without a body byte between them.
+MAX_FRAMING = 64 * 1024
+MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "assetsync"
 
@@ -55,65 +83,183 @@ class ConnectTimeout(HttpError, TimeoutError):
     """The TCP (or TLS) connection was not established within the connect timeout."""
 
 
+class ProxyError(ConnectError):
+    """The proxy would not open a tunnel (``CONNECT`` answered with ``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class ProtocolError(HttpError):
-    """The server's answer is not HTTP/1.x as we can read it."""
+    """The server's answer is not HTTP/1.x as we accept it (malformed, ambiguous, too big)."""
+
+
+class RedirectError(ProtocolError):
+    """A redirect we do not follow: too many, to another scheme, or from https to http."""
 
 
 class BodyError(HttpError):
-    """The body ended before its announced end (connection cut, bad chunk framing)."""
+    """The body ended before its announced end, or its framing is malformed."""
 
 
 class ReadTimeout(TimeoutError):
-    """Nothing arrived for the read (headers) or stall (body) timeout."""
+    """The head did not arrive within the read timeout, or no body byte within the stall
+    timeout."""
+
+
+class _Unrequested(Exception):
+    """A second answer began on the connection: nobody asked for it."""
 
 
 class Headers(Mapping[str, str]):
-    """Response headers, case-insensitive; repeated fields joined with ``", "``."""
+    """Response headers, case-insensitive; repeated fields joined with ``", "``.
+
+    Kept as the parser gave them (bytes, names lower-cased) and decoded when asked for: a
+    response's dozen fields are read a handful of times, so decoding all of them would cost
+    more than the few look-ups do."""
 
     __slots__ = ("_items",)
 
-    def __init__(self, items: dict[str, str]) -> None:
+    def __init__(self, items: dict[bytes, bytes]) -> None:
         self._items = items
 
     def __getitem__(self, key: str) -> str:
-        return self._items[key.lower()]
+        return self._items[key.lower().encode("latin-1")].decode("latin-1")
 
     def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        return self._items.get(key.lower(), default)
+        value = self._items.get(key.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower().encode("latin-1") in self._items
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
+        return (name.decode("latin-1") for name in self._items)
 
     def __len__(self) -> int:
         return len(self._items)
 
 
+def _fields(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """Name (lower-cased) to value; a repeated field's values joined with ``", "``."""
+    fields = {name.lower(): value for name, value in raw}
+    if len(fields) < len(raw):
+        fields = {}
+        for name, value in raw:
+            key = name.lower()
+            known = fields.get(key)
+            fields[key] = value if known is None else known + b", " + value
+    return fields
+
+
 class _Protocol(asyncio.Protocol):
-    """Receives bytes into a queue of buffers; the reader waits on one future at a time."""
+    """One connection. Received bytes go straight through the current response's parser;
+    its callbacks queue body bytes for the reader, who waits on one future at a time."""
 
     def __init__(self, high_water: int) -> None:
-        self.chunks: collections.deque[bytes] = collections.deque()
-        self.buffered = 0
-        self.eof = False
-        self.error: BaseException | None = None
         self.transport: asyncio.Transport | None = None
+        self.eof = False
+        self.lost: BaseException | None = None
+        # A byte arrived that no request asked for: the connection is never reused.
+        self.stray = False
         self._waiter: asyncio.Future[None] | None = None
         self._high = high_water
         self._low = high_water // 4
         self._paused = False
-        self.hold_after_head = False
+        self.parser: httptools.HttpResponseParser | None = None
+        self.body: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self._reset(hold=False)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport: no isinstance check here.
-        self.transport = cast(asyncio.Transport, transport)
+    # -- one response -------------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        self.chunks.append(data)
-        self.buffered += len(data)
-        if self.buffered > self._high and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-        elif self.hold_after_head and data.find(b"\r\n\r\n") >= 0:
+    def begin(self, hold: bool) -> None:
+        """A request is about to go out: a fresh parser for its answer."""
+        self._reset(hold)
+        self.parser = httptools.HttpResponseParser(self)
+
+    def _reset(self, hold: bool) -> None:
+        self.hold_after_head = hold
+        self.head_done = False
+        self.complete = False
+        self.failure: HttpError | None = None
+        self.status = 0
+        self.reason = b""
+        # Header fields as received; once the head is in, the trailers (counted, not kept).
+        self.raw: list[tuple[bytes, bytes]] = []
+        self.headers: dict[bytes, bytes] = {}
+        self.informational = 0
+        self.head_fed = 0  # fed while the head was still incomplete
+        self.feeding = 0  # the length of the read being parsed
+        self.chunked = False
+        self.until_close = False
+        self.keep_alive = False
+        self.received = 0  # bytes fed to this parser
+        self.body_received = 0
+        self.framing = 0
+
+    def end(self) -> None:
+        """The answer is done with (read, handed over or dropped): bytes from now on are
+        stray until the next :meth:`begin`."""
+        self.parser = None
+        self.body.clear()
+        self.buffered = 0
+
+    # llhttp's callbacks (through httptools); an exception raised here stops the parser.
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Unrequested
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        raw = self.raw
+        if len(raw) >= MAX_HEADERS:
+            if self.head_done:
+                raise BodyError(f"more than {MAX_HEADERS} trailer fields")
+            raise ProtocolError(f"more than {MAX_HEADERS} header fields")
+        raw.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None
+        raw = self.raw
+        # The head cannot be longer than what was fed for it; count it only when that is more
+        # than the bound (a head and a large first read of the body together).
+        if self.head_fed + self.feeding > MAX_HEAD:
+            size = len(self.reason) + sum(len(name) + len(value) + 4 for name, value in raw)
+            if self.head_fed + size > MAX_HEAD:
+                raise ProtocolError(f"response head larger than {MAX_HEAD // 1024} KiB")
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise ProtocolError(f"not an HTTP/1.x answer: HTTP/{version}")
+        status = parser.get_status_code()
+        if not 100 <= status <= 599:
+            raise ProtocolError(f"status {status} is not an HTTP status")
+        self.raw = []
+        if status < 200:
+            # 100 Continue and friends precede the answer; their fields are not its fields.
+            self.informational += 1
+            if self.informational > MAX_HEADERS:
+                raise ProtocolError(f"more than {MAX_HEADERS} informational (1xx) answers")
+            self.reason = b""
+            return
+        headers = self.headers = _fields(raw)
+        encoding = headers.get(b"transfer-encoding")
+        if encoding is not None:
+            # llhttp reads "chunked, gzip" to the end of the connection and "gzip, chunked" as
+            # chunked; we store bytes as sent and decode no coding, so anything else is refused.
+            if encoding.strip().lower() != b"chunked":
+                raise ProtocolError(f"unsupported Transfer-Encoding {encoding[:40]!r}")
+            self.chunked = True
+        self.status = status
+        self.until_close = not self.chunked and b"content-length" not in headers
+        self.keep_alive = parser.should_keep_alive()
+        self.head_done = True
+        if self.hold_after_head:
             # The head is in: read no further until told (Response.hold_body). uvloop reads a
             # ready socket up to 32 times per wake-up, so without this a body meant for a pump
             # thread arrived here by megabytes (4-7% of a 1 GiB download, measured) before the
@@ -122,15 +268,99 @@ class _Protocol(asyncio.Protocol):
             self.hold()
         self._wake()
 
-    def eof_received(self) -> bool:
-        self.eof = True
+    def on_body(self, data: bytes) -> None:
+        self.body.append(data)
+        n = len(data)
+        self.buffered += n
+        self.body_received += n
+        if self.buffered > self._high and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
         self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.head_done:  # not the end of a 1xx
+            self.complete = True
+            self._wake()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport: no isinstance check here.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None or self.complete:
+            self.stray = True
+            return
+        if self.failure is not None:
+            return  # refused already: the connection is dropped once the reader sees it
+        n = len(data)
+        self.received += n
+        self.feeding = n
+        body_before = self.body_received
+        head_before = self.head_done
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Unrequested):
+                self.stray = True
+            elif isinstance(cause, HttpError):
+                self._fail(cause)
+            else:
+                self._fail(ProtocolError(f"cannot parse the answer: {cause!r}"))
+            return
+        except httptools.HttpParserUpgrade:
+            self._fail(ProtocolError("the server switched protocols unasked"))
+            return
+        except httptools.HttpParserError as exc:
+            if self.head_done:
+                self._fail(BodyError(f"malformed body framing: {exc}"))
+            else:
+                self._fail(ProtocolError(f"malformed answer: {exc}"))
+            return
+        if not self.head_done:
+            self.head_fed += n
+            if self.head_fed > MAX_HEAD:
+                self._fail(ProtocolError(f"response head larger than {MAX_HEAD // 1024} KiB"))
+        elif head_before and self.chunked and not self.complete:
+            # Bytes of framing without body between them: a chunk extension or a trailer that
+            # never ends is refused here (counted per read, so a few KiB more may pass).
+            if self.body_received > body_before:
+                self.framing = 0
+            else:
+                self.framing += n
+                if self.framing > MAX_FRAMING:
+                    self._fail(BodyError(f"over {MAX_FRAMING // 1024} KiB of chunk framing"))
+
+    def eof_received(self) -> bool:
+        self._ended(None)
         return False  # close our side too: HTTP/1.1 has nothing more to say
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
         if exc is not None:
-            self.error = exc
+            self.lost = exc
+        self._ended(exc)
+
+    def _ended(self, exc: Exception | None) -> None:
+        self.eof = True
+        if (
+            self.parser is not None
+            and self.head_done
+            and not self.complete
+            and self.until_close
+            and exc is None
+            and self.failure is None
+        ):
+            self.complete = True  # a body without length ends with the connection
+        self._wake()
+
+    # -- for the reader -----------------------------------------------------------------------
+
+    def _fail(self, error: HttpError) -> None:
+        self.failure = error
         self._wake()
 
     def _wake(self) -> None:
@@ -139,11 +369,9 @@ class _Protocol(asyncio.Protocol):
             waiter.set_result(None)
 
     async def wait(self, silence: float) -> None:
-        """Until more bytes, the end, or ``silence`` seconds without either."""
-        if self.chunks or self.eof:
-            return
-        # Nothing buffered: whoever paused (high water, a held body) is past it.
-        self.take_back()
+        """Until the parser has news (head, body bytes, the end, an error) or the connection
+        ends; raises :class:`ReadTimeout` after ``silence`` seconds without any. Bytes of
+        framing alone are no news: they do not restart the clock."""
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         # A timer handle, not asyncio.timeout(): one per wait on the hot path, cheaply.
@@ -155,17 +383,18 @@ class _Protocol(asyncio.Protocol):
             self._waiter = None
 
     def take(self, limit: int) -> bytes:
-        """Up to ``limit`` buffered bytes (the first buffer alone when it is big enough)."""
-        first = self.chunks[0]
+        """Up to ``limit`` body bytes (the first buffer alone when it is big enough)."""
+        body = self.body
+        first = body[0]
         if len(first) <= limit:
-            self.chunks.popleft()
+            body.popleft()
             data = first
             # Join small neighbours: fewer, larger pieces downstream.
-            while self.chunks and len(data) + len(self.chunks[0]) <= limit and len(data) < 65536:
-                data += self.chunks.popleft()
+            while body and len(data) + len(body[0]) <= limit and len(data) < 65536:
+                data += body.popleft()
         else:
             data = first[:limit]
-            self.chunks[0] = first[limit:]
+            body[0] = first[limit:]
         self.buffered -= len(data)
         if self._paused and self.buffered <= self._low and self.transport is not None:
             self._paused = False
@@ -180,12 +409,11 @@ class _Protocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def hand_over(self) -> list[bytes]:
-        """Stop reading from the socket and give up what was buffered: a blocking reader takes
-        the socket over (see :meth:`Response.socket_body`)."""
-        assert self.transport is not None
+        """Stop reading from the socket and give up the body bytes received so far: a blocking
+        reader takes the socket over (see :meth:`Response.socket_body`)."""
         self.hold()
-        chunks = list(self.chunks)
-        self.chunks.clear()
+        chunks = list(self.body)
+        self.body.clear()
         self.buffered = 0
         return chunks
 
@@ -195,27 +423,24 @@ class _Protocol(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
-    def push_back(self, data: bytes) -> None:
-        if data:
-            self.chunks.appendleft(data)
-            self.buffered += len(data)
-
-    def split_head(self) -> bytes | None:
-        """The header block, when it sits whole in the first buffer (the common case: no join,
-        one slice for the body bytes that came with it)."""
-        first = self.chunks[0]
-        end = first.find(b"\r\n\r\n", 0, _MAX_HEAD)
-        if end < 0:
-            return None
-        self.chunks.popleft()
-        self.buffered -= len(first)
-        self.push_back(first[end + 4 :])
-        return first[:end]
+    def quiet(self) -> bool:
+        """Nothing waits unread in the socket, not even its end: safe for the next request.
+        (An answer nobody asked for, sent on an idle connection, was once taken for the next
+        object's body.)"""
+        transport = self.transport
+        if transport is None:
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
-        waiter.set_exception(ReadTimeout("no bytes within the timeout"))
+        waiter.set_exception(ReadTimeout("nothing arrived within the timeout"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +453,11 @@ class _Target:
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.scheme, self.host, self.port)
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     @property
     def host_header(self) -> str:
@@ -249,6 +479,21 @@ def _target(url: str) -> _Target:
     return _Target(scheme, parts.hostname, port, target)
 
 
+def _request_bytes(target: _Target, headers: Mapping[str, str], proxy: Proxy | None) -> bytes:
+    """The ``GET``; through a proxy (plain-HTTP targets only: https ones are tunnelled) the
+    request target is the absolute URL and the proxy's credentials go with it."""
+    if proxy is None:
+        lines = [f"GET {target.request_target} HTTP/1.1"]
+    else:
+        lines = [f"GET http://{target.host_header}{target.request_target} HTTP/1.1"]
+        if proxy.authorization is not None:
+            lines.append(f"Proxy-Authorization: {proxy.authorization}")
+    lines.append(f"Host: {target.host_header}")
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines.append(f"User-Agent: {_USER_AGENT}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 class _Connection:
     __slots__ = ("key", "protocol", "reused")
 
@@ -260,9 +505,16 @@ class _Connection:
     @property
     def usable(self) -> bool:
         p = self.protocol
-        return not p.eof and p.transport is not None and not p.transport.is_closing()
+        return (
+            not p.eof
+            and not p.stray
+            and p.failure is None
+            and p.transport is not None
+            and not p.transport.is_closing()
+        )
 
     def close(self) -> None:
+        self.protocol.end()
         if self.protocol.transport is not None:
             self.protocol.transport.close()
 
@@ -270,49 +522,17 @@ class _Connection:
 class Response:
     """One answer: status and headers now, the body on demand, the connection back on release."""
 
-    def __init__(
-        self,
-        client: StorageHttp,
-        connection: _Connection,
-        status: int,
-        reason: str,
-        headers: Headers,
-        version: str,
-        read_timeout: float,
-        head_request_body: bool,
-    ) -> None:
+    def __init__(self, client: StorageHttp, connection: _Connection, read_timeout: float) -> None:
+        p = connection.protocol
         self._client = client
         self._conn: _Connection | None = connection
-        self.status = status
-        self.reason = reason
-        self.headers = headers
+        self.status = p.status
+        self.reason = p.reason.decode("latin-1")
+        self.headers = Headers(p.headers)
         self.read_timeout = read_timeout
-        connection_header = (headers.get("connection") or "").lower()
-        self._keep_alive = (
-            "close" not in connection_header
-            if version == "HTTP/1.1"
-            else "keep-alive" in connection_header
-        )
-        self._chunked = "chunked" in (headers.get("transfer-encoding") or "").lower()
-        self._remaining: int | None = None  # bytes left in the body (or in the current chunk)
+        self._chunked = p.chunked
         self._done = False
-        if not head_request_body or status in (204, 304) or 100 <= status < 200:
-            self._remaining, self._done = 0, True
-        elif not self._chunked:
-            length = headers.get("content-length")
-            if length is not None:
-                try:
-                    self._remaining = int(length)
-                except ValueError:
-                    raise ProtocolError(f"bad Content-Length {length[:40]!r}") from None
-                if self._remaining < 0:
-                    raise ProtocolError("negative Content-Length")
-                self._done = self._remaining == 0
-            else:
-                self._keep_alive = False  # the body runs to the end of the connection
-        else:
-            self._remaining = 0  # no chunk open yet
-        if self._done:
+        if p.complete and not p.body:
             self._finish()
 
     @property
@@ -328,12 +548,14 @@ class Response:
         return int(value) if value is not None and value.isdigit() else None
 
     def _raw_remaining(self) -> int | None:
-        """Bytes left in a body a blocking reader could take from the socket as they are
-        (plain TCP, known length, not finished); None for any other body."""
+        """Bytes of the body not yet read by the caller when a blocking reader could take the
+        rest from the socket as it is (plain TCP, known length, not finished); else None."""
         conn = self._conn
-        if conn is None or self._done or self._chunked or conn.key[0] != "http":
+        length = self.content_length
+        if conn is None or self._done or length is None or conn.key[0] != "http":
             return None
-        return self._remaining
+        p = conn.protocol
+        return length - p.body_received + p.buffered
 
     def hold_body(self, at_least: int) -> None:
         """Stop the event loop reading a plain-HTTP body of known length of at least
@@ -356,130 +578,75 @@ class Response:
         Only for a plain-TCP body of known length (TLS records and chunk framing need the
         event loop's decoding); None otherwise. The event loop stops reading the socket until
         :meth:`socket_body_done` (all bytes were read) or :meth:`release` (they were not: the
-        connection is closed).
+        connection is closed). The parser never sees the bytes the thread reads; the next
+        answer on this connection gets a parser of its own.
         """
         conn = self._conn
-        remaining = self._raw_remaining()
-        if conn is None or remaining is None or not conn.usable:
+        if conn is None or self._raw_remaining() is None or not conn.usable:
             return None
-        transport = conn.protocol.transport
+        p = conn.protocol
+        if p.failure is not None:
+            return None
+        transport = p.transport
         assert transport is not None
         sock = transport.get_extra_info("socket")
         if sock is None:
             return None
-        chunks = conn.protocol.hand_over()
-        have = sum(len(chunk) for chunk in chunks)
-        if have > remaining:  # more than the body: not ours to take (never on HTTP/1.1)
-            conn.protocol.chunks.extend(chunks)
-            conn.protocol.buffered = have
-            conn.protocol.take_back()
-            return None
-        return sock.fileno(), chunks, remaining - have
+        length = self.content_length
+        assert length is not None
+        chunks = p.hand_over()
+        return sock.fileno(), chunks, length - p.body_received
 
     def socket_body_done(self) -> None:
         """The blocking reader read the body to its last byte: the connection is reusable."""
         conn = self._conn
         assert conn is not None
-        self._remaining = 0
-        self._done = True
-        conn.protocol.take_back()
+        conn.protocol.complete = True
         self._finish()
 
     def set_read_timeout(self, seconds: float) -> None:
         """From now on a read may wait this long (the stall timeout once headers are in)."""
         self.read_timeout = seconds
 
-    async def _fill(self) -> _Protocol:
-        conn = self._conn
-        if conn is None:
-            raise BodyError("the response was released")
-        protocol = conn.protocol
-        if not protocol.chunks:
-            await protocol.wait(self.read_timeout)
-        if not protocol.chunks and protocol.eof:
-            if protocol.error is not None:
-                raise BodyError(f"connection lost: {protocol.error}")
-            raise BodyError("connection closed")
-        return protocol
-
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes of the body (what is buffered, at least one); ``b""`` at the end."""
         if self._done:
             return b""
-        limit = n if n > 0 else 1 << 30
-        if self._chunked:
-            return await self._read_chunked(limit)
-        if self._remaining is None:  # until the connection closes
-            conn = self._conn
-            assert conn is not None
-            protocol = conn.protocol
-            if not protocol.chunks:
-                await protocol.wait(self.read_timeout)
-            if not protocol.chunks:
-                if protocol.error is not None:
-                    raise BodyError(f"connection lost: {protocol.error}")
-                self._done = True
+        conn = self._conn
+        if conn is None:
+            raise BodyError("the response was released")
+        p = conn.protocol
+        while not p.body:
+            if p.failure is not None:
+                raise p.failure
+            if p.complete:
                 self._finish()
                 return b""
-            return protocol.take(limit)
-        protocol = await self._fill()
-        data = protocol.take(min(limit, self._remaining))
-        self._remaining -= len(data)
-        if self._remaining == 0:
-            self._done = True
-            self._finish()
+            if p.eof:
+                if p.lost is not None:
+                    raise BodyError(f"connection lost: {p.lost}")
+                raise BodyError("connection closed before the body's end")
+            p.take_back()  # whoever paused (high water, a held body) is past it
+            await p.wait(self.read_timeout)
+        data = p.take(n if n > 0 else 1 << 30)
+        if p.complete and not p.body:
+            self._finish()  # the last byte: the connection goes back at once
         return data
 
     async def readchunk(self) -> tuple[bytes, bool]:
         """The next piece of the body as received; ``(b"", False)`` at its end."""
         return await self.read(1 << 30), False
 
-    async def _line(self) -> bytes:
-        """One CRLF-terminated line of chunk framing (without the CRLF)."""
-        conn = self._conn
-        assert conn is not None
-        protocol = conn.protocol
-        pending = b""
-        while True:
-            if protocol.chunks:
-                pending += protocol.take(4096)
-                end = pending.find(b"\r\n")
-                if end >= 0:
-                    protocol.push_back(pending[end + 2 :])
-                    return pending[:end]
-                if len(pending) > 4096:
-                    raise BodyError("chunk header too long")
-                continue
-            await self._fill()
-
-    async def _read_chunked(self, limit: int) -> bytes:
-        assert self._remaining is not None
-        if self._remaining == 0:
-            line = await self._line()
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise BodyError("bad chunk size") from None
-            if size == 0:
-                while await self._line():  # trailers, up to the empty line
-                    pass
-                self._done = True
-                self._finish()
-                return b""
-            self._remaining = size
-        protocol = await self._fill()
-        data = protocol.take(min(limit, self._remaining))
-        self._remaining -= len(data)
-        if self._remaining == 0 and await self._line() != b"":
-            raise BodyError("chunk not followed by CRLF")
-        return data
-
     def _finish(self) -> None:
         """The body is complete: the connection goes back to the pool (or is closed)."""
+        self._done = True
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._keep_alive and not conn.protocol.chunks:
+        p = conn.protocol
+        reusable = p.keep_alive and p.complete and not p.body
+        p.end()
+        if reusable:
             self._client._put_back(conn)
         else:
             self._client._discard(conn)
@@ -497,7 +664,9 @@ class StorageHttp:
     """A pool of keep-alive HTTP/1.1 connections to storage hosts.
 
     ``limit`` bounds connections in use overall, ``limit_per_host`` those to one host; a request
-    waits for a place (that wait is not part of any timeout, as in aiohttp).
+    waits for a place (that wait is not part of any timeout, as in aiohttp). ``proxies``: where
+    requests go instead of their host; by default what the environment says
+    (:meth:`Proxies.from_environment`, which raises ``ProxyConfigError`` for an unusable one).
     """
 
     def __init__(
@@ -508,6 +677,7 @@ class StorageHttp:
         connect_timeout: float = 10.0,
         high_water: int = 4 * 1024 * 1024,
         ssl_context: ssl.SSLContext | None = None,
+        proxies: Proxies | None = None,
     ) -> None:
         # 0 means "no limit", as in aiohttp's connector.
         self._limit = asyncio.Semaphore(limit) if limit > 0 else None
@@ -517,6 +687,7 @@ class StorageHttp:
         self._connect_timeout = connect_timeout
         self._high_water = high_water
         self._ssl = ssl_context
+        self._proxies = Proxies.from_environment() if proxies is None else proxies
         self._closed = False
         self.connections_opened = 0
 
@@ -533,32 +704,40 @@ class StorageHttp:
         read_timeout: float,
         hold_from: int | None = None,
     ) -> Response:
-        """``GET url`` and the response once its headers arrived (redirects followed).
+        """``GET url`` and the response once its head arrived (redirects followed).
 
-        ``hold_from``: a plain-HTTP body of at least this many bytes is not read further
-        until asked for (see :meth:`Response.socket_body`)."""
-        for _ in range(_MAX_REDIRECTS + 1):
+        ``read_timeout`` bounds the wait for the whole head (1xx answers included), not one
+        read. ``hold_from``: a plain-HTTP body of at least this many bytes is not read further
+        until asked for (see :meth:`Response.socket_body`). The headers given go to every
+        host a redirect leads to: give none that must stay with the first."""
+        for redirects in range(MAX_REDIRECTS + 1):
             target = _target(url)
             response = await self._request(target, headers, read_timeout, hold_from is not None)
-            if hold_from is not None:
-                response.hold_body(hold_from)
             location = response.headers.get("location")
             if response.status not in _REDIRECTS or location is None:
+                if hold_from is not None:
+                    response.hold_body(hold_from)
                 return response
             response.release()
+            if redirects == MAX_REDIRECTS:
+                break
             url = urllib.parse.urljoin(url, location)
-        raise ProtocolError("too many redirects")
+            scheme = urllib.parse.urlsplit(url).scheme.lower()
+            if scheme not in ("http", "https"):
+                raise RedirectError(f"redirect to a {scheme}: URL refused")
+            if target.scheme == "https" and scheme == "http":
+                raise RedirectError("redirect from https to http refused")
+        raise RedirectError(f"more than {MAX_REDIRECTS} redirects")
 
     async def _request(
         self, target: _Target, headers: Mapping[str, str], read_timeout: float, hold: bool
     ) -> Response:
+        proxy = self._proxies.for_url(target.scheme, target.host)
+        # An https target goes through a CONNECT tunnel: the request inside is the usual one.
+        request = _request_bytes(target, headers, proxy if target.scheme == "http" else None)
         host_limit = self._hosts.get(target.key)
         if host_limit is None:
             host_limit = self._hosts[target.key] = asyncio.Semaphore(self._limit_per_host)
-        lines = [f"GET {target.request_target} HTTP/1.1", f"Host: {target.host_header}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        lines.append(f"User-Agent: {_USER_AGENT}")
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         await host_limit.acquire()
         if self._limit is not None:
             try:
@@ -568,7 +747,7 @@ class StorageHttp:
                 raise
         try:
             for _ in range(3):  # a pooled connection the server closed meanwhile: try another
-                conn = await self._connection(target)
+                conn = await self._connection(target, proxy)
                 try:
                     return await self._exchange(
                         conn, request, read_timeout, hold and target.scheme == "http"
@@ -580,33 +759,77 @@ class StorageHttp:
             self._release_slot(target.key)
             raise
 
-    async def _connection(self, target: _Target) -> _Connection:
+    async def _connection(self, target: _Target, proxy: Proxy | None) -> _Connection:
         idle = self._idle.get(target.key)
         while idle:
             conn = idle.pop()
-            if conn.usable:
+            if conn.usable and conn.protocol.quiet():
                 conn.reused = True
                 return conn
             conn.close()
-        loop = asyncio.get_running_loop()
-        ssl_context = self._ssl_context() if target.scheme == "https" else None
+        where = f"{target.host}:{target.port}" + (f" through proxy {proxy}" if proxy else "")
         try:
-            _, protocol = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _Protocol(self._high_water),
-                    target.host,
-                    target.port,
-                    ssl=ssl_context,
-                    server_hostname=target.host if ssl_context else None,
-                ),
-                self._connect_timeout,
-            )
+            protocol = await asyncio.wait_for(self._open(target, proxy), self._connect_timeout)
         except TimeoutError:
-            raise ConnectTimeout(f"connect to {target.host}:{target.port} timed out") from None
+            raise ConnectTimeout(f"connect to {where} timed out") from None
         except (OSError, ssl.SSLError) as exc:
-            raise ConnectError(f"cannot connect to {target.host}:{target.port}: {exc}") from None
+            raise ConnectError(f"cannot connect to {where}: {exc}") from None
         self.connections_opened += 1
         return _Connection(target.key, protocol)
+
+    async def _open(self, target: _Target, proxy: Proxy | None) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        ssl_context = self._ssl_context() if target.scheme == "https" else None
+        if proxy is None:
+            _, protocol = await loop.create_connection(
+                lambda: _Protocol(self._high_water),
+                target.host,
+                target.port,
+                ssl=ssl_context,
+                server_hostname=target.host if ssl_context else None,
+            )
+            return protocol
+        transport, protocol = await loop.create_connection(
+            lambda: _Protocol(self._high_water), proxy.host, proxy.port
+        )
+        if ssl_context is None:
+            return protocol  # plain HTTP: requests go to the proxy in absolute form
+        try:
+            await self._tunnel(protocol, target, proxy)
+            tls = await loop.start_tls(
+                transport, protocol, ssl_context, server_hostname=target.host
+            )
+        except BaseException:
+            transport.close()
+            raise
+        if tls is None:  # pragma: no cover - only when the transport closed meanwhile
+            raise ConnectError("the proxy closed the tunnel")
+        protocol.transport = tls
+        return protocol
+
+    async def _tunnel(self, protocol: _Protocol, target: _Target, proxy: Proxy) -> None:
+        """``CONNECT`` through ``proxy`` to ``target`` (the caller bounds the time)."""
+        lines = [
+            f"CONNECT {target.authority} HTTP/1.1",
+            f"Host: {target.authority}",
+            f"User-Agent: {_USER_AGENT}",
+        ]
+        if proxy.authorization is not None:
+            lines.append(f"Proxy-Authorization: {proxy.authorization}")
+        assert protocol.transport is not None
+        protocol.begin(hold=False)
+        protocol.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        loop = asyncio.get_running_loop()
+        await _read_head(protocol, loop.time() + self._connect_timeout, reused=False)
+        if not 200 <= protocol.status < 300:
+            status, reason = protocol.status, protocol.reason.decode("latin-1")[:60]
+            raise ProxyError(
+                f"proxy {proxy} refused to connect to {target.authority}: {status} {reason}",
+                status,
+            )
+        if protocol.body:
+            raise ProtocolError(f"proxy {proxy} sent bytes before the TLS handshake")
+        protocol.end()
 
     async def _exchange(
         self, conn: _Connection, request: bytes, read_timeout: float, hold: bool
@@ -614,43 +837,14 @@ class StorageHttp:
         protocol = conn.protocol
         assert protocol.transport is not None
         try:
-            protocol.hold_after_head = hold
+            protocol.begin(hold)
             protocol.transport.write(request)
-            while True:
-                status, reason, version, headers = await self._read_head(conn, read_timeout)
-                if 100 <= status < 200 and status != 101:
-                    continue  # 100 Continue and friends precede the real answer
-                return Response(self, conn, status, reason, headers, version, read_timeout, True)
+            loop = asyncio.get_running_loop()
+            await _read_head(protocol, loop.time() + read_timeout, conn.reused)
+            return Response(self, conn, read_timeout)
         except BaseException:
             conn.close()
             raise
-
-    async def _read_head(
-        self, conn: _Connection, read_timeout: float
-    ) -> tuple[int, str, str, Headers]:
-        protocol = conn.protocol
-        head = b""
-        while True:
-            if protocol.chunks and not head:
-                block = protocol.split_head()
-                if block is not None:
-                    return _parse_head(block)
-            if protocol.chunks:
-                head += protocol.take(_MAX_HEAD)
-                end = head.find(b"\r\n\r\n")
-                if end >= 0:
-                    protocol.push_back(head[end + 4 :])
-                    return _parse_head(head[:end])
-                if len(head) > _MAX_HEAD:
-                    raise ProtocolError("response headers too large")
-                continue
-            if protocol.eof:
-                if not head and conn.reused:
-                    raise _StaleConnection
-                if protocol.error is not None:
-                    raise BodyError(f"connection lost before the answer: {protocol.error}")
-                raise BodyError("connection closed before the answer")
-            await protocol.wait(read_timeout)
 
     def _release_slot(self, key: tuple[str, str, int]) -> None:
         self._hosts[key].release()
@@ -662,6 +856,7 @@ class StorageHttp:
         if self._closed or not conn.usable:
             conn.close()
             return
+        conn.protocol.take_back()  # an idle connection reads, so it notices stray bytes
         self._idle.setdefault(conn.key, []).append(conn)
 
     def _discard(self, conn: _Connection) -> None:
@@ -681,22 +876,20 @@ class _StaleConnection(Exception):
     """A reused connection was closed by the server before it answered: try a fresh one."""
 
 
-def _parse_head(head: bytes) -> tuple[int, str, str, Headers]:
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-        raise ProtocolError("undecodable headers") from None
-    lines = text.split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or not code.isdigit() or len(code) != 3:
-        raise ProtocolError(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
-    items: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise ProtocolError(f"malformed header line: {line[:60]!r}")
-        key = name.lower()
-        value = value.strip()
-        items[key] = f"{items[key]}, {value}" if key in items else value
-    return int(code), reason, version, Headers(items)
+async def _read_head(protocol: _Protocol, deadline: float, reused: bool) -> None:
+    """Until the answer's head is parsed; by ``deadline`` (loop time) for all of it, however
+    slowly it drips and however many 1xx answers come first."""
+    loop = asyncio.get_running_loop()
+    while not protocol.head_done:
+        if protocol.failure is not None:
+            raise protocol.failure
+        if protocol.eof:
+            if reused and not protocol.received:
+                raise _StaleConnection
+            if protocol.lost is not None:
+                raise BodyError(f"connection lost before the answer: {protocol.lost}")
+            raise BodyError("connection closed before the answer")
+        left = deadline - loop.time()
+        if left <= 0:
+            raise ReadTimeout("the answer's head did not arrive within the read timeout")
+        await protocol.wait(left)

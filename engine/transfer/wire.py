@@ -1,11 +1,23 @@
 """One HTTP request to storage: build it, send it, and turn every failure into an EngineError.
 
 Storage is spoken to through :mod:`engine.transfer.http1` (see there why not aiohttp). Its
-exceptions never leave this module's callers: :func:`translate` maps them where they arise
-(connection errors, resets, cut bodies, timeouts → transient; a timeout while reading the body
-→ :class:`StallError`; an invalid URL or a redirect loop → permanent). Error answers are
-classified by :func:`error_for` from the status and the object store's XML ``<Code>``; messages
-carry the redacted URL only.
+exceptions never leave this module's callers: :func:`translate` maps them where they arise:
+
+* transient (retried on a fresh connection, within the retry budget): connection refused,
+  reset or cut, a connect or head timeout, a body cut short, and a **malformed or ambiguous
+  answer** (``ProtocolError``: bad status line, ``Content-Length`` beside
+  ``Transfer-Encoding``, a head over 64 KiB or with more than 100 fields, a coding other than
+  ``chunked``; ``BodyError``: bad chunk framing, too many trailers). A broken answer is as often
+  a middlebox or one bad replica as the object store itself, and asking again is cheap; the
+  budget (attempts without progress) ends a server that always answers so. Nothing of such an
+  answer is ever placed: the fetch fails before its size and hash are checked;
+* :class:`StallError`: a timeout while reading the body;
+* permanent (asking again gets the same answer): an invalid URL, a redirect we do not follow
+  (more than 5, to a non-http(s) URL, from https to http), a proxy refusing us with a 4xx
+  (407: wrong or missing credentials in the proxy URL).
+
+Error answers are classified by :func:`error_for` from the status and the object store's XML
+``<Code>``; messages carry the redacted URL only, and name a proxy by host and port only.
 """
 
 from __future__ import annotations
@@ -27,6 +39,8 @@ from engine.transfer.http1 import (
     ConnectTimeout,
     HttpError,
     ProtocolError,
+    ProxyError,
+    RedirectError,
     Response,
     StorageHttp,
 )
@@ -91,8 +105,10 @@ def translate(exc: BaseException, url: SignedUrl, phase: Literal["headers", "bod
     """The EngineError for a library exception raised while talking to storage."""
     where = redact(url.url)
     name = type(exc).__name__
-    if isinstance(exc, ProtocolError) and "redirect" in str(exc):
-        return PermanentTransferError(f"{where}: too many redirects")
+    if isinstance(exc, RedirectError):
+        return PermanentTransferError(f"{where}: {exc}")
+    if isinstance(exc, ProxyError) and 400 <= exc.status < 500 and exc.status not in (408, 429):
+        return PermanentTransferError(f"{where}: {exc}")
     if isinstance(exc, ValueError):
         return PermanentTransferError(f"{where}: invalid URL ({name})")
     if isinstance(exc, TimeoutError):
@@ -103,7 +119,9 @@ def translate(exc: BaseException, url: SignedUrl, phase: Literal["headers", "bod
         return TransientTransferError(f"{where}: no response within the read timeout")
     detail = scrub(str(exc), url.url)[:200]
     if isinstance(exc, BodyError):
-        return TransientTransferError(f"{where}: body cut short ({detail})")
+        return TransientTransferError(f"{where}: body cut short or malformed ({detail})")
+    if isinstance(exc, ProtocolError):
+        return TransientTransferError(f"{where}: malformed answer ({detail})")
     if isinstance(exc, HttpError | OSError):
         return TransientTransferError(f"{where}: {name}: {detail}")
     return TransientTransferError(f"{where}: {name}")

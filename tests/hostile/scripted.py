@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -112,9 +113,11 @@ Script = Callable[[Conn], Awaitable[None]]
 class ScriptedServer:
     """A TCP server on 127.0.0.1 (port 0) running ``script`` for each connection, on its own
     thread. Connection errors inside a script (the client went away) end that connection
-    quietly; any other exception is kept in :attr:`errors` for the test to look at."""
+    quietly; any other exception is kept in :attr:`errors` for the test to look at. With
+    ``ssl_context`` it speaks TLS (and :attr:`url` is https)."""
 
     script: Script
+    ssl_context: ssl.SSLContext | None = None
     requests: list[Request] = field(default_factory=list)
     connections: int = 0
     bytes_sent: int = 0
@@ -127,7 +130,8 @@ class ScriptedServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -137,7 +141,7 @@ class ScriptedServer:
         self.connections += 1
         try:
             await self.script(conn)
-        except (ConnectionError, asyncio.CancelledError):
+        except (ConnectionError, ssl.SSLError, asyncio.CancelledError):
             pass
         except Exception as exc:
             self.errors.append(exc)
@@ -155,7 +159,7 @@ class ScriptedServer:
 
             async def serve() -> None:
                 self._server = await asyncio.start_server(
-                    self._handle, "127.0.0.1", 0, limit=MAX_REQUEST_HEAD
+                    self._handle, "127.0.0.1", 0, limit=MAX_REQUEST_HEAD, ssl=self.ssl_context
                 )
                 self.port = self._server.sockets[0].getsockname()[1]
 
