@@ -16,6 +16,7 @@ which process exit code it maps to (``exit_code``)::
     ├── TransferError               one object could not be written to one file
     │   ├── TransientTransferError  connection reset, 5xx, 429, stall    retryable
     │   │   ├── StallError          no byte for the stall timeout
+    │   │   │   └── SlowBodyError   a body below the minimum rate over its window
     │   │   ├── UrlExpired          storage said the signed URL expired  (refresh, then retry)
     │   │   └── ObjectChanged       the object changed under a resume    (restart from zero)
     │   └── PermanentTransferError  404/410, 403 on a fresh URL, bad size    not retryable
@@ -50,6 +51,7 @@ __all__ = [
     "ObjectChanged",
     "PermanentTransferError",
     "PlatformError",
+    "SlowBodyError",
     "StallError",
     "TransferError",
     "TransientTransferError",
@@ -137,6 +139,11 @@ class TransientTransferError(TransferError):
 
 class StallError(TransientTransferError):
     """No byte arrived for the stall timeout."""
+
+
+class SlowBodyError(StallError):
+    """A body arrived slower than the minimum rate over a whole window (a drip that no stall
+    timeout catches). Retried from the bytes kept, but what it kept is not progress."""
 
 
 class UrlExpired(TransientTransferError):

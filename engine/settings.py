@@ -42,6 +42,8 @@ __all__ = [
 DEFAULT_API_URL = "https://app.picsellia.com"
 KiB = 1024
 MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
 
 
 class _Frozen(BaseModel):
@@ -49,19 +51,33 @@ class _Frozen(BaseModel):
 
 
 class Timeouts(_Frozen):
-    """Seconds. ``stall`` is the longest a body may go without a byte before it is retried."""
+    """Seconds. ``stall`` is the longest a body may go without a byte before it is retried.
+
+    ``min_rate`` (bytes/s, 0: off) bounds a body that never stalls but never gets anywhere
+    either (a byte every few seconds restarts any stall timer): over each ``min_rate_window``
+    seconds a storage body must average at least ``min_rate``, or the request ends as a stall
+    and is retried from the bytes kept. 1 KiB/s over 30 s is two to three orders of magnitude
+    above a drip (a byte every few seconds) and far below any link a mirror is usable on (64
+    streams sharing 1 Mbit/s still get 2 KiB/s each); the window is long enough to ride out
+    TCP's unfairness between streams and a congested minute's dips.
+    """
 
     connect: float = Field(10.0, gt=0)
     read: float = Field(30.0, gt=0)
     stall: float = Field(20.0, gt=0)
     api: float = Field(60.0, gt=0)
+    min_rate: float = Field(1024.0, ge=0)
+    min_rate_window: float = Field(30.0, gt=0)
 
 
 class RetryPolicy(_Frozen):
     """Exponential backoff with full jitter.
 
-    ``attempts`` counts consecutive failures *without progress*: the budget is reset whenever
-    bytes arrive, so a flaky but progressing transfer finishes.
+    ``attempts`` counts consecutive failures *without progress*. Progress means bytes kept on
+    disk beyond the most an earlier attempt kept: a flaky but progressing transfer finishes,
+    while a body cut at the same place on every restart from zero (a server ignoring ``Range``)
+    spends the budget, and so does a body ended for being slower than ``timeouts.min_rate``,
+    whatever it kept.
     """
 
     attempts: int = Field(8, ge=1)
@@ -83,6 +99,15 @@ class TransferOptions(_Frozen):
     url_margin: float = Field(30.0, ge=0)
     unknown_url_lifetime: float = Field(300.0, gt=0)
     fsync: bool = True
+    # Bytes. A server announcing a larger object is refused for that object, up front; a body
+    # of unannounced length stops (that object fails) when it passes this. 1 TiB: a whole day
+    # of 4K video at 100 Mbit/s, far beyond any asset of a vision dataset; object stores
+    # allow 5 TiB, raise it for such objects.
+    max_object_size: int = Field(1 * TiB, ge=1)
+    # Bytes kept free on the file system of the partial files (checked every 64 MiB written
+    # by the run, and before a large download starts): below it the run stops with
+    # DiskFullError, partial files kept, before the disk is actually full. 0 turns it off.
+    disk_reserve: int = Field(1 * GiB, ge=0)
     timeouts: Timeouts = Timeouts()
     retry: RetryPolicy = RetryPolicy()
 

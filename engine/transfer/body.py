@@ -13,10 +13,15 @@ than a large one:
   from its socket by that thread (:mod:`engine.transfer.socket_pump`): no event-loop wake-up
   and no ``bytes`` object per receive. TLS bodies stay on the loop, which decrypts them.
 
-Bytes count as done (sidecar record, hash frontier, progress) only once written. Whatever ends a
-body — its last byte, a reset, a stall, a cancellation — every byte received is written before
-this module returns: a retry then resumes after them, and the partial's descriptor is never
-closed under a writing thread.
+Bytes count as done (sidecar record, hash frontier, progress, the retry budget) only once
+written. Whatever ends a body — its last byte, a reset, a stall, a cancellation — every byte
+received is written before this module returns: a retry then resumes after them, and the
+partial's descriptor is never closed under a writing thread.
+
+Every path bounds what a server can make it do: never a byte past the range (a larger body is
+an :class:`IntegrityError`), at least ``timeouts.min_rate`` over each window (a drip ends as
+:class:`SlowBodyError`, checked against the clock as bytes arrive, no timer), and the run's
+disk reserve charged before each write (:mod:`engine.transfer.disk_room`).
 """
 
 from __future__ import annotations
@@ -28,12 +33,12 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from engine.errors import IntegrityError, TransientTransferError
+from engine.errors import IntegrityError, SlowBodyError, TransientTransferError
 from engine.signed_urls import SignedUrl, redact
 from engine.transfer.hashing import HashGate
 from engine.transfer.http1 import HttpError, Response
+from engine.transfer.min_rate import TooSlow
 from engine.transfer.partial import storage_error
-from engine.transfer.retry import Backoff
 from engine.transfer.socket_pump import pump
 from engine.transfer.threads import ThreadSlots
 from engine.transfer.wire import translate
@@ -41,7 +46,7 @@ from engine.transfer.wire import translate
 if TYPE_CHECKING:
     from engine.transfer.segments import Job
 
-__all__ = ["stream_body"]
+__all__ = ["slow_body", "stream_body"]
 
 # pwritev takes at most IOV_MAX (1024 on Linux) buffers; tiny chunks are flushed sooner.
 _MAX_BUFFERS = 512
@@ -77,6 +82,10 @@ class _Batch:
             self.count()
 
 
+def slow_body(url: SignedUrl, exc: TooSlow) -> SlowBodyError:
+    return SlowBodyError(f"{redact(url.url)}: {exc}")
+
+
 async def stream_body(
     job: Job,
     index: int,
@@ -84,20 +93,19 @@ async def stream_body(
     url: SignedUrl,
     pos: int,
     stop: int,
-    backoff: Backoff,
     executor: Executor,
 ) -> None:
     """Write bytes ``[pos, stop)`` of segment ``index`` from ``response``'s body."""
     options = job.ctx.options
     pumps = job.ctx.pumps
     if stop - pos <= options.chunk_size:
-        await _small(job, index, response, url, pos, stop, backoff)
+        await _small(job, index, response, url, pos, stop)
     elif (
         pumps is None
         or stop - pos < options.thread_body_min
-        or not await _pumped(job, index, response, url, pos, stop, backoff, pumps)
+        or not await _pumped(job, index, response, url, pos, stop, pumps)
     ):
-        await _large(job, index, response, url, pos, stop, backoff, executor)
+        await _large(job, index, response, url, pos, stop, executor)
 
 
 async def _small(
@@ -107,8 +115,10 @@ async def _small(
     url: SignedUrl,
     pos: int,
     stop: int,
-    backoff: Backoff,
 ) -> None:
+    loop = asyncio.get_running_loop()
+    floor = job.ctx.rate_floor(loop.time())
+    charge = job.ctx.disk.charge
     content = response.content
     write = job.partial.write
     remaining = stop - pos
@@ -122,11 +132,16 @@ async def _small(
         if n == 0:
             raise TransientTransferError(f"{redact(url.url)}: body ended {remaining} bytes early")
         job.received(data)
-        backoff.failures = 0
+        charge(n)
         write(data, pos)
         job.landed(index, n)
         pos += n
         remaining -= n
+        if floor is not None and remaining:
+            try:
+                floor.feed(n, loop.time())
+            except TooSlow as exc:
+                raise slow_body(url, exc) from None
 
 
 async def _large(
@@ -136,13 +151,14 @@ async def _large(
     url: SignedUrl,
     pos: int,
     stop: int,
-    backoff: Backoff,
     executor: Executor,
 ) -> None:
     loop = asyncio.get_running_loop()
     write_many = job.partial.write_many
     content = response.content
     chunk_size = job.ctx.options.chunk_size
+    floor = job.ctx.rate_floor(loop.time())
+    charge = job.ctx.disk.charge
     remaining = stop - pos
     batch: list[bytes] = []
     batched = 0
@@ -165,20 +181,27 @@ async def _large(
                     f"{redact(url.url)}: body ended {remaining} bytes early"
                 )
             if n > remaining:
-                raise IntegrityError(f"{redact(url.url)}: more bytes than announced")
+                raise IntegrityError(f"{redact(url.url)}: the body runs past its announced end")
+            charge(n)
             remaining -= n
             job.received(data)
-            backoff.failures = 0
+            now = loop.time()
             if not batch:
-                batch_started = loop.time()
+                batch_started = now
             batch.append(data)
             batched += n
+            if floor is not None and remaining:
+                try:
+                    floor.feed(n, now)
+                except TooSlow as exc:
+                    # The batch is written below: the retry resumes after these bytes.
+                    raise slow_body(url, exc) from None
             if (
                 batched >= chunk_size
                 or remaining == 0
                 or len(batch) >= _MAX_BUFFERS
                 # A slow body still reaches the disk (and the sidecar) every so often.
-                or (inflight is None and loop.time() - batch_started >= _FLUSH_AFTER)
+                or (inflight is None and now - batch_started >= _FLUSH_AFTER)
             ):
                 if inflight is not None:
                     # shield: a cancellation here must not detach us from the running write.
@@ -210,7 +233,6 @@ async def _pumped(
     url: SignedUrl,
     pos: int,
     stop: int,
-    backoff: Backoff,
     pumps: ThreadSlots,
 ) -> bool:
     """Read the body on a pump thread; False (nothing read) if no thread is free or the
@@ -225,20 +247,20 @@ async def _pumped(
         if sum(len(chunk) for chunk in early) + rest != stop - pos:
             # Cannot happen: the response's length was checked against the range it answers.
             raise TransientTransferError(f"{redact(url.url)}: body length differs from range")
+        ctx = job.ctx
         if early:  # what came with the headers: a few KiB, written here
             n = 0
             for chunk in early:
                 job.received(chunk)
                 n += len(chunk)
+            ctx.disk.charge(n)
             job.partial.write_many(early, pos)
             job.landed(index, n)
             pos += n
         loop = asyncio.get_running_loop()
-        ctx = job.ctx
 
         def on_landed(n: int) -> None:
             ctx.received += n
-            backoff.failures = 0
             job.landed(index, n)
 
         def landed(n: int) -> None:  # on the pump thread
@@ -258,6 +280,7 @@ async def _pumped(
             ahead = max(options.segments, 1) * options.segment_size
             gate = HashGate(hasher, ahead, halt, max_wait=_GATE_MAX)
 
+        timeouts = ctx.options.timeouts
         future = loop.run_in_executor(
             pumps.executor,
             lambda: pump(
@@ -274,6 +297,8 @@ async def _pumped(
                 sha=job.sha,
                 gate=gate,
                 splice_to=(job.partial.fd, partial_write_error),
+                charge=ctx.disk.charge,
+                min_rate=(timeouts.min_rate, timeouts.min_rate_window),
             ),
         )
         try:
@@ -287,6 +312,8 @@ async def _pumped(
             exc = future.exception() if not future.cancelled() else None
             if isinstance(exc, HttpError | OSError | TimeoutError):
                 raise translate(exc, url, "body") from None
+            if isinstance(exc, TooSlow):
+                raise slow_body(url, exc) from None
             raise  # a cancellation (the thread then raised PumpStopped), or an EngineError
         response.socket_body_done()
         ctx.stats.pumped += 1

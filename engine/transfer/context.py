@@ -8,10 +8,12 @@ from concurrent.futures import Executor
 
 import anyio
 
-from engine.errors import ObjectChanged, TransientTransferError, UrlExpired
+from engine.errors import ObjectChanged, SlowBodyError, TransientTransferError, UrlExpired
 from engine.settings import TransferOptions
 from engine.signed_urls import SignedUrl
+from engine.transfer.disk_room import DiskGuard
 from engine.transfer.http1 import StorageHttp
+from engine.transfer.min_rate import RateFloor, rate_floor
 from engine.transfer.progress import EventKind, ProgressEvent, TransferStats
 from engine.transfer.retry import Backoff
 from engine.transfer.threads import ThreadSlots
@@ -37,6 +39,7 @@ class Context:
         on_progress: Callable[[ProgressEvent], None] | None,
         executor: Executor,
         rng: random.Random,
+        disk: DiskGuard,
         pumps: ThreadSlots | None = None,
     ) -> None:
         self.asset_id = asset_id
@@ -50,6 +53,7 @@ class Context:
         self.on_progress = on_progress
         self.executor = executor  # file-system work off the loop
         self.rng = rng  # for backoff jitter
+        self.disk = disk  # the run's free-space reserve: writers charge it before writing
         self.pumps = pumps  # threads that read large bodies from their sockets
         # Bodies a pump may take are not read by the loop between their headers and the
         # hand-over (measured: 4-7% of a 1 GiB download's bytes came through the loop so).
@@ -62,6 +66,11 @@ class Context:
         self.emit_bytes: Callable[[int, int, int], None] | None = (
             self._emit_bytes if on_progress is not None else None
         )
+
+    def rate_floor(self, now: float) -> RateFloor | None:
+        """The minimum rate for a body whose reading starts at ``now`` (None: off)."""
+        t = self.options.timeouts
+        return rate_floor(t.min_rate, t.min_rate_window, now)
 
     def emit(self, kind: EventKind, delta: int, done: int, total: int | None) -> None:
         if self.on_progress is not None:
@@ -89,6 +98,8 @@ class Context:
         A refused URL is replaced (the source raises if it was fresh) and tried again at once;
         other transient failures wait for the backoff or ``Retry-After``. A budget spent
         re-raises the last error; :class:`ObjectChanged` goes straight up to the restart.
+        A body ended for being too slow (:class:`SlowBodyError`) made no progress, whatever it
+        kept (see :class:`~engine.transfer.retry.Backoff`).
         """
         while not finished():
             if url is None:
@@ -103,7 +114,9 @@ class Context:
                     raise
                 continue
             except TransientTransferError as exc:
-                delay = backoff.next_delay(exc.retry_after)
+                delay = backoff.next_delay(
+                    exc.retry_after, progress=not isinstance(exc, SlowBodyError)
+                )
                 if delay is None:
                     raise
                 self.retries += 1

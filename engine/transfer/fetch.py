@@ -18,7 +18,15 @@ Flow of one fetch::
 Every request goes through :meth:`Context.with_retries`: the URL is made valid for
 ``url_margin`` first; a refused URL is refreshed (a freshly obtained one being refused is
 permanent); connection errors, resets, stalls, 5xx and 429 back off exponentially with jitter or
-for ``Retry-After``; the budget resets whenever bytes arrive.
+for ``Retry-After``; the budget resets when more bytes are kept on disk than ever before (see
+:class:`~engine.transfer.retry.Backoff`).
+
+What a server can make a fetch do is bounded: an object announced above ``max_object_size`` or
+too large for the disk's room above ``disk_reserve`` is refused before a byte is written; a
+body never goes past its announced end; a body of unannounced length stops at
+``max_object_size``; every body keeps to ``timeouts.min_rate``; the run's writes stop with
+:class:`DiskFullError` before the disk is full (:mod:`engine.transfer.disk_room`); the plan of
+a claimed size takes constant memory (:class:`~engine.transfer.ranges.SegmentPlan`).
 """
 
 from __future__ import annotations
@@ -35,16 +43,17 @@ import aiohttp
 import anyio
 import anyio.to_thread
 
-from engine.errors import IntegrityError, ObjectChanged
+from engine.errors import IntegrityError, ObjectChanged, PermanentTransferError
 from engine.settings import TransferOptions
 from engine.signed_urls import SignedUrl
 from engine.transfer.context import Context
+from engine.transfer.disk_room import DiskGuard
 from engine.transfer.first import start_fresh
 from engine.transfer.http1 import StorageHttp
 from engine.transfer.partial import Partial, PartialDir, ResumeState, Validator
 from engine.transfer.placement import check_rel_path, place, write_and_place
 from engine.transfer.progress import ProgressEvent, TransferStats
-from engine.transfer.ranges import plan_segments
+from engine.transfer.ranges import SegmentProgress, plan_segments
 from engine.transfer.segments import Job, RangeIgnored
 from engine.transfer.threads import ThreadSlots, in_thread
 from engine.transfer.urls import UrlProvider, UrlSource
@@ -126,6 +135,7 @@ class Transferer:
         # Hashers hold a thread for a whole download; more of them than cores gains nothing.
         self._hash_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self._partial_dir = PartialDir(self.state_dir)
+        self._disk = DiskGuard(self._partial_dir, options.disk_reserve)
         # File-system work off the loop: batches of large bodies (one in flight per body),
         # small objects written and placed whole, fsync and placement. An own pool, so that it
         # never queues behind (or holds up) DNS lookups in the loop's default executor.
@@ -182,6 +192,7 @@ class Transferer:
             on_progress=self.on_progress,
             executor=self._io,
             rng=self._rng,
+            disk=self._disk,
             pumps=self._pumps,
         )
         partial = Partial(self._partial_dir, ref.asset_id, ref.data_id)
@@ -227,6 +238,7 @@ class Transferer:
                     job, first, validator = fresh.job, fresh.first, fresh.validator
                     digest = fresh.digest
                     if fresh.body is not None:
+                        self._disk.charge(validator.size)
                         digest = await self._place_small(partial, fresh.body, dest_root, rel_path)
                         # Read whole and written in one go: its bytes count once they are in place.
                         ctx.emit("start", 0, 0, validator.size)
@@ -298,12 +310,19 @@ class Transferer:
             return 1
         return max(1, min(self.options.segments, job.pending()))
 
-    @staticmethod
-    def _resumed_job(ctx: Context, partial: Partial, state: ResumeState) -> Job:
-        segments = plan_segments(state.validator.size, state.segment_size)
-        return Job(
-            ctx, partial, state.validator, segments, state.done, ranged=True, inline_hash=False
-        )
+    def _resumed_job(self, ctx: Context, partial: Partial, state: ResumeState) -> Job:
+        size = state.validator.size
+        if size > self.options.max_object_size:
+            # Left by a run with a larger limit: the object is refused now, its bytes with it.
+            partial.discard()
+            raise PermanentTransferError(
+                f"{partial.path}: the object has {size} bytes, more than "
+                f"transfer.max_object_size ({self.options.max_object_size})"
+            )
+        segments = plan_segments(size, state.segment_size)
+        done = SegmentProgress(segments, enumerate(state.done))
+        self._disk.room_for(size - done.total, str(partial.path))
+        return Job(ctx, partial, state.validator, segments, done, ranged=True, inline_hash=False)
 
     async def _place(
         self, partial: Partial, dest_root: Path, rel_path: PurePosixPath, *, synced: bool

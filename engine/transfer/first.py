@@ -6,28 +6,41 @@ It asks for ``bytes=0-(segment_size-1)``: an object store answers 206 with the t
 * 206: size, ETag, Last-Modified from the answer; segments of ``segment_size``; in parallel
   when the size reaches ``segment_threshold``. The response carries on as segment 0.
 * 200: the server ignores ranges. One plain stream of ``Content-Length`` bytes (no resume: a
-  failure starts again from zero). Without a ``Content-Length`` the body is read to its end.
+  failure starts again from zero). Without a ``Content-Length`` the body is read to its end,
+  but never beyond ``max_object_size`` nor into the disk reserve.
 * 416: an empty object (``bytes */0``) or a confused server: ask again without ``Range``.
+
+A size announced above ``max_object_size`` is refused before a byte is written (that object
+fails, permanently for this run); one that does not fit above the disk reserve too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 
-from engine.errors import IntegrityError, TransientTransferError
+from engine.errors import (
+    DiskFullError,
+    IntegrityError,
+    PermanentTransferError,
+    TransientTransferError,
+)
 from engine.signed_urls import SignedUrl, redact
+from engine.transfer.body import slow_body
 from engine.transfer.context import Context
 from engine.transfer.http1 import HttpError, Response
+from engine.transfer.min_rate import TooSlow
 from engine.transfer.partial import Partial, Validator
 from engine.transfer.ranges import (
     RangeMismatch,
+    SegmentProgress,
     check_partial_response,
     parse_content_range,
     plan_segments,
 )
 from engine.transfer.retry import Backoff
-from engine.transfer.segments import Job, content_length
+from engine.transfer.segments import Job, content_length, expect_end
 from engine.transfer.wire import (
     error_for,
     open_get,
@@ -92,7 +105,7 @@ async def start_fresh(ctx: Context, partial: Partial, ranged: bool) -> Fresh:
                 if response.status == 200:
                     ranged = False
                 if validator.size == _UNBOUNDED:
-                    found.append(await _drain(ctx, partial, response, url, validator))
+                    found.append(await _drain(ctx, partial, response, url, validator, backoff))
                     return
                 if validator.size <= options.chunk_size and not partial.exists:
                     body = await _read_small(ctx, response, url, validator.size)
@@ -126,14 +139,21 @@ def _plan(
     options = ctx.options
     seg = options.segment_size
     size = validator.size
+    ctx.disk.room_for(size, redact(url.url))
     # Without ranges the whole body is one piece, and it can only restart from zero.
-    segments = plan_segments(size, seg) if ranged else [(0, size)] if size else []
+    segments = plan_segments(size, seg if ranged else max(size, 1))
     partial.begin(validator, seg, len(segments), sidecar=ranged and size > options.chunk_size)
     single = not ranged or size < options.segment_threshold
     # A plain stream can only restart from zero, so it always hashes in order, inline.
     inline = not ranged or (single and size <= INLINE_HASH_MAX)
     job = Job(
-        ctx, partial, validator, segments, [0] * len(segments), ranged=ranged, inline_hash=inline
+        ctx,
+        partial,
+        validator,
+        segments,
+        SegmentProgress(segments),
+        ranged=ranged,
+        inline_hash=inline,
     )
     return Fresh(validator=validator, job=job, first=(response, url))
 
@@ -164,6 +184,11 @@ async def _validator(
     else:
         body = await read_error_body(response)
         raise error_for(status, body, headers.get("Retry-After"), url=url, now=ctx.clock())
+    if size > ctx.options.max_object_size:
+        raise PermanentTransferError(
+            f"{redact(url.url)}: storage announces {size} bytes, more than "
+            f"transfer.max_object_size ({ctx.options.max_object_size})"
+        )
     set_stall_timeout(response, ctx.options.timeouts)
     return Validator(
         size=size,
@@ -178,6 +203,8 @@ async def _read_small(ctx: Context, response: Response, url: SignedUrl, size: in
     content = response.content
     chunks: list[bytes] = []
     remaining = size
+    loop = asyncio.get_running_loop()
+    floor = ctx.rate_floor(loop.time())
     try:
         while remaining > 0:
             data = await content.read(remaining)
@@ -188,8 +215,14 @@ async def _read_small(ctx: Context, response: Response, url: SignedUrl, size: in
             chunks.append(data)
             remaining -= len(data)
             ctx.received += len(data)
+            if floor is not None and remaining:
+                floor.feed(len(data), loop.time())
     except (HttpError, OSError, TimeoutError) as exc:
         raise translate(exc, url, "body") from None
+    except TooSlow as exc:
+        raise slow_body(url, exc) from None
+    if response.content_length is None:
+        await expect_end(response, url)
     return chunks
 
 
@@ -210,11 +243,14 @@ async def _drain(
     response: Response,
     url: SignedUrl,
     validator: Validator,
+    backoff: Backoff,
 ) -> Fresh:
     """A body of unknown length (no Content-Length): read it to its end, hashing in order.
 
     Chunked encoding still tells a complete body from a cut one (the client raises); a failure
-    starts over from zero on the next attempt since nothing can be resumed.
+    starts over from zero on the next attempt since nothing can be resumed. Nothing bounds such
+    a body but ``max_object_size`` and the disk reserve: passing either fails it, and its bytes
+    are dropped at once (they could never be resumed).
     """
     partial.create()
     partial.discard()
@@ -225,6 +261,10 @@ async def _drain(
     sha = hashlib.sha256()
     pos = 0
     content = response.content
+    limit = ctx.options.max_object_size
+    charge = ctx.disk.charge
+    loop = asyncio.get_running_loop()
+    floor = ctx.rate_floor(loop.time())
     try:
         while True:
             data, end_of_chunk = await content.readchunk()
@@ -232,15 +272,30 @@ async def _drain(
                 if end_of_chunk:  # an HTTP chunk ended exactly here; (b"", False) is the end
                     continue
                 break
+            n = len(data)
+            if pos + n > limit:
+                raise PermanentTransferError(
+                    f"{redact(url.url)}: a body of unannounced length passed "
+                    f"transfer.max_object_size ({limit} bytes)"
+                )
+            charge(n)
             partial.write(data, pos)
             sha.update(data)
-            pos += len(data)
+            pos += n
             ctx.unbounded_kept = pos
-            ctx.received += len(data)
+            ctx.received += n
+            backoff.kept(pos)
             if ctx.emit_bytes is not None:
-                ctx.emit_bytes(len(data), pos, pos)
+                ctx.emit_bytes(n, pos, pos)
+            if floor is not None:
+                floor.feed(n, loop.time())
     except (HttpError, OSError, TimeoutError) as exc:
         raise translate(exc, url, "body") from None
+    except TooSlow as exc:
+        raise slow_body(url, exc) from None
+    except (PermanentTransferError, DiskFullError):
+        partial.discard()
+        raise
     sized = Validator(
         size=pos,
         etag=validator.etag,

@@ -24,7 +24,9 @@ Why this shape:
 * An exclusive ``flock`` on the data file keeps two processes from writing the same partial
   (the destination lock should already prevent that; this one is cheap insurance).
 
-Small objects (one chunk) get no sidecar: resuming them would save nothing.
+Small objects (one chunk) get no sidecar: resuming them would save nothing. Nor do plans of
+more pieces than a sidecar of :data:`_SIDECAR_MAX` bytes holds (64 K pieces: 2 TiB in the
+default 32 MiB segments): a sidecar no process would read back is not written.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = ["Partial", "PartialDir", "ResumeState", "Validator", "boot_id", "stor
 _MAGIC = b"assetsync-partial 1\n"
 _HEADER = 4096
 _RECORD = struct.Struct("<QQ")
+_SIDECAR_MAX = 1 << 20  # header and records; a resume reads no more than this
 _U64 = struct.Struct("<Q")
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -274,8 +277,8 @@ class Partial:
             "boot_id": boot_id(),
         }
         blob = _MAGIC + json.dumps(header).encode() + b"\n"
-        if len(blob) > _HEADER:
-            return  # an absurd ETag: not worth resuming
+        if len(blob) > _HEADER or _HEADER + _RECORD.size * nsegments > _SIDECAR_MAX:
+            return  # an absurd ETag, or more pieces than a resume reads: not worth resuming
         try:
             self._sfd = os.open(
                 self.state_name,
@@ -283,7 +286,8 @@ class Partial:
                 0o644,
                 dir_fd=self.dir_fd,
             )
-            os.pwrite(self._sfd, blob.ljust(_HEADER, b" ") + bytes(_RECORD.size * nsegments), 0)
+            os.pwrite(self._sfd, blob.ljust(_HEADER, b" "), 0)
+            os.ftruncate(self._sfd, _HEADER + _RECORD.size * nsegments)  # zeroed records
         except OSError as exc:
             raise storage_error(exc, f"cannot write {self.state_name}") from None
         self._nsegments = nsegments
@@ -339,14 +343,14 @@ class Partial:
 
     # -- durability (blocking: call from a worker thread) ---------------------------------------
 
-    def checkpoint(self, done: list[int]) -> None:
-        """Make ``done`` (captured before the call) survive a reboot: fdatasync the data, then
-        record it as ``synced`` and fdatasync the sidecar."""
+    def checkpoint(self, done: list[tuple[int, int]]) -> None:
+        """Make ``done``, ``(piece, bytes)`` pairs captured before the call, survive a reboot:
+        fdatasync the data, then record them as ``synced`` and fdatasync the sidecar."""
         if self._sfd < 0:
             return
         try:
             os.fdatasync(self.fd)
-            for index, value in enumerate(done):
+            for index, value in done:
                 os.pwrite(self._sfd, _U64.pack(value), _HEADER + index * _RECORD.size + 8)
             os.fdatasync(self._sfd)
         except OSError as exc:
@@ -401,7 +405,7 @@ class Partial:
         except OSError:
             return None
         try:
-            raw = os.pread(sfd, 1 << 20, 0)
+            raw = os.pread(sfd, _SIDECAR_MAX, 0)
             state = self._parse(raw)
             if state is None:
                 os.close(sfd)

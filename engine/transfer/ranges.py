@@ -3,16 +3,23 @@
 Internally every range is half-open, ``[start, stop)``; HTTP's ``bytes=a-b`` is inclusive, and
 only the two functions that speak HTTP convert. Nothing here does I/O, so every rule is tested
 exhaustively with Hypothesis.
+
+A plan and its progress take memory for the segments being worked on, never for the size a
+server claims: a ``206`` saying ``/1000000000000000000`` once made a list of 3e10 pieces.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 __all__ = [
     "ContentRange",
     "RangeMismatch",
+    "SegmentPlan",
+    "SegmentProgress",
     "TotalMismatch",
     "check_partial_response",
     "contiguous_prefix",
@@ -24,15 +31,140 @@ __all__ = [
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(?:(\d{1,19})-(\d{1,19})|\*)\s*/\s*(\d{1,19}|\*)\s*")
 
 
-def plan_segments(size: int, segment_size: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` pieces of ``segment_size`` covering ``[0, size)`` in order.
+class SegmentPlan(Sequence[tuple[int, int]]):
+    """``[start, stop)`` pieces of ``segment_size`` covering ``[0, size)`` in order, computed
+    when asked for: the same few integers whatever the size.
 
     The last piece is the remainder; an empty object has no pieces. The plan depends only on its
-    two arguments, so a later process rebuilds the same segments from a sidecar's numbers.
+    two numbers, so a later process rebuilds the same segments from a sidecar's numbers.
     """
-    if size < 0 or segment_size < 1:
-        raise ValueError("size must be >= 0 and segment_size >= 1")
-    return [(start, min(start + segment_size, size)) for start in range(0, size, segment_size)]
+
+    __slots__ = ("_count", "segment_size", "size")
+
+    def __init__(self, size: int, segment_size: int) -> None:
+        if size < 0 or segment_size < 1:
+            raise ValueError("size must be >= 0 and segment_size >= 1")
+        self.size = size
+        self.segment_size = segment_size
+        self._count = -(-size // segment_size)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, int]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[int, int]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[int, int] | list[tuple[int, int]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(self._count)[index]]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("segment index out of range")
+        start = index * self.segment_size
+        return start, min(start + self.segment_size, self.size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        size, step = self.size, self.segment_size
+        for start in range(0, size, step):
+            yield start, min(start + step, size)
+
+    def length(self, index: int) -> int:
+        """Bytes in piece ``index``."""
+        start, stop = self[index]
+        return stop - start
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SegmentPlan):
+            return NotImplemented
+        # Equal pieces: a segment size beyond the object makes one piece of any such size.
+        return self.size == other.size and (
+            self.size == 0
+            or min(self.segment_size, self.size) == min(other.segment_size, other.size)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.size, min(self.segment_size, self.size) if self.size else 0))
+
+    def __repr__(self) -> str:
+        return f"SegmentPlan(size={self.size}, segment_size={self.segment_size})"
+
+
+def plan_segments(size: int, segment_size: int) -> SegmentPlan:
+    """The :class:`SegmentPlan` of ``[0, size)`` in pieces of ``segment_size``."""
+    return SegmentPlan(size, segment_size)
+
+
+class SegmentProgress:
+    """How many bytes are on disk at the start of each piece of a plan.
+
+    Pieces below :attr:`floor` are complete and cost nothing; the others with bytes are counted
+    in a dict. Workers take pieces in order, so the dict holds only pieces between the contiguous
+    prefix and the furthest piece claimed (those in flight, and those finished ahead of the
+    slowest), never one entry per piece of the plan.
+    """
+
+    __slots__ = ("_got", "complete", "floor", "plan", "total")
+
+    def __init__(self, plan: SegmentPlan, done: Iterable[tuple[int, int]] = ()) -> None:
+        """``done``: ``(index, bytes)`` pairs, for the pieces with bytes on disk."""
+        self.plan = plan
+        self._got: dict[int, int] = {}
+        self.floor = 0  # the first incomplete piece (len(plan) when none is)
+        self.total = 0  # bytes on disk, all pieces
+        self.complete = 0  # complete pieces, all of them
+        for index, got in done:
+            if got:
+                self.add(index, got - self[index])
+
+    def __getitem__(self, index: int) -> int:
+        if index < self.floor:
+            return self.plan.length(index)
+        return self._got.get(index, 0)
+
+    def add(self, index: int, n: int) -> int:
+        """``n`` more bytes right after those of piece ``index``; returns its new count."""
+        length = self.plan.length(index)
+        got = self[index] + n
+        if n < 0 or got > length:
+            raise ValueError(f"piece {index} cannot hold {got} of its {length} bytes")
+        self.total += n
+        if got == length and n:
+            self.complete += 1
+        if index == self.floor and got == length:
+            self._got.pop(index, None)
+            floor = index + 1
+            count = len(self.plan)
+            # Pieces completed out of order wait in the dict until the floor reaches them.
+            while floor < count and self._got.get(floor, 0) == self.plan.length(floor):
+                del self._got[floor]
+                floor += 1
+            self.floor = floor
+        elif n:
+            self._got[index] = got
+        return got
+
+    def clear(self) -> None:
+        """No byte on disk any more (the partial file was emptied)."""
+        self._got.clear()
+        self.floor = self.total = self.complete = 0
+
+    def prefix(self) -> int:
+        """How many bytes from offset 0 are on disk without a hole."""
+        if self.floor >= len(self.plan):
+            return self.plan.size
+        return self.plan[self.floor][0] + self._got.get(self.floor, 0)
+
+    def pending(self) -> int:
+        """Pieces with bytes missing."""
+        return len(self.plan) - self.complete
+
+    def entries(self) -> list[tuple[int, int]]:
+        """``(index, bytes)`` of the pieces at or above the floor that have bytes."""
+        return sorted(self._got.items())
 
 
 def range_header(start: int, stop: int | None) -> str:
@@ -112,7 +244,7 @@ def check_partial_response(
     return parsed.start, parsed.stop
 
 
-def contiguous_prefix(segments: list[tuple[int, int]], done: list[int]) -> int:
+def contiguous_prefix(segments: Sequence[tuple[int, int]], done: Sequence[int]) -> int:
     """How many bytes from offset 0 are on disk, given per-segment progress.
 
     ``done[i]`` counts the bytes written at the start of ``segments[i]``. The prefix runs through

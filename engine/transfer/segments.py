@@ -1,11 +1,15 @@
 """One download in flight: segments, the workers that fill them, and their retry loop.
 
 A :class:`Job` knows the object's validator and its segment plan (``[start, stop)`` pieces of
-``segment_size``; one piece per request). Workers claim pieces in order and fill each one with
-``Range`` requests from where its bytes on disk end, so a piece interrupted by a reset, a stall
-or an expired URL resumes on its own. Bytes are written at their offsets into the partial file
-as they arrive (:mod:`engine.transfer.body`); the job accounts for them once they are on disk
-(:meth:`Job.landed`): sidecar record, hash frontier, progress, durability checkpoints.
+``segment_size``, computed on demand; one piece per request), and how many bytes of each piece
+are on disk (kept for the pieces in flight only). Workers claim pieces in order and fill each
+one with ``Range`` requests from where its bytes on disk end, so a piece interrupted by a
+reset, a stall or an expired URL resumes on its own. Bytes are written at their offsets into
+the partial file as they arrive (:mod:`engine.transfer.body`); the job accounts for them once
+they are on disk (:meth:`Job.landed`): sidecar record, hash frontier, progress, the retry
+budget, durability checkpoints. A body that carries more than its piece, or that runs past it
+when its framing (chunked, until close) does not say where it ends, is an
+:class:`IntegrityError`: nothing is ever written past the announced end.
 
 Verification: a 206 must carry the asked-for ``Content-Range`` (a shorter prefix is accepted, the
 rest asked for next), the object's total size and its ETag; a 200 to a range request, a 416 or
@@ -24,6 +28,7 @@ import anyio.to_thread
 from engine.errors import (
     DiskFullError,
     EngineError,
+    IntegrityError,
     LocalStorageError,
     ObjectChanged,
     PermanentTransferError,
@@ -32,16 +37,28 @@ from engine.errors import (
 from engine.signed_urls import SignedUrl, redact
 from engine.transfer.body import stream_body
 from engine.transfer.hashing import PrefixHasher
-from engine.transfer.http1 import Response
+from engine.transfer.http1 import HttpError, Response
 from engine.transfer.partial import Partial, Validator
-from engine.transfer.ranges import RangeMismatch, TotalMismatch, check_partial_response
+from engine.transfer.ranges import (
+    RangeMismatch,
+    SegmentPlan,
+    SegmentProgress,
+    TotalMismatch,
+    check_partial_response,
+)
 from engine.transfer.retry import Backoff
-from engine.transfer.wire import error_for, open_get, read_error_body, set_stall_timeout
+from engine.transfer.wire import (
+    error_for,
+    open_get,
+    read_error_body,
+    set_stall_timeout,
+    translate,
+)
 
 if TYPE_CHECKING:
     from engine.transfer.context import Context
 
-__all__ = ["Job", "RangeIgnored", "content_length", "pick_error"]
+__all__ = ["Job", "RangeIgnored", "content_length", "expect_end", "pick_error"]
 
 # With fsync on, make the bytes counted as done durable every this many new bytes, so a reboot
 # loses at most this much of a large download.
@@ -104,8 +121,8 @@ class Job:
         ctx: Context,
         partial: Partial,
         validator: Validator,
-        segments: list[tuple[int, int]],
-        done: list[int],
+        segments: SegmentPlan,
+        done: SegmentProgress,
         *,
         ranged: bool,
         inline_hash: bool,
@@ -117,13 +134,13 @@ class Job:
         self.done = done
         self.ranged = ranged
         self.size = validator.size
-        self.resumed_bytes = sum(done)
+        self.resumed_bytes = done.total
         self.downloaded = 0
         self.size_disagreements = 0  # 206 answers whose total differed under the same ETag
-        self._claim = 0
-        self._head = 0
-        self.frontier = 0
-        self._advance_head()
+        self._claim = done.floor  # pieces below are complete
+        self.frontier = done.prefix()
+        # The retry budget of each piece being filled: bytes landing there are its progress.
+        self._budgets: dict[int, Backoff] = {}
         # In-order single stream from byte 0: hash as bytes arrive; else a prefix thread.
         self.sha = hashlib.sha256() if inline_hash and self.frontier == 0 else None
         self.hasher: PrefixHasher | None = None
@@ -131,6 +148,7 @@ class Job:
             self.hasher = PrefixHasher(partial.dir_fd, partial.name, self.size)
             self.hasher.advance(self.frontier)
         self._since_checkpoint = 0
+        self._synced_floor = 0  # pieces below were recorded as synced by a checkpoint
         self._checkpointing = False
         self._tg: anyio.abc.TaskGroup | None = None
         self.synced = False  # the data file was fsynced after its last byte was written
@@ -139,33 +157,16 @@ class Job:
 
     def claim(self) -> int | None:
         """The next segment with bytes missing that no worker has, or None."""
-        while self._claim < len(self.segments):
+        segments, done = self.segments, self.done
+        while self._claim < len(segments):
             index = self._claim
             self._claim += 1
-            start, stop = self.segments[index]
-            if start + self.done[index] < stop:
+            if done[index] < segments.length(index):
                 return index
         return None
 
     def pending(self) -> int:
-        return sum(
-            1
-            for (start, stop), got in zip(self.segments, self.done, strict=True)
-            if start + got < stop
-        )
-
-    def _advance_head(self) -> None:
-        segments, done = self.segments, self.done
-        head = self._head
-        while head < len(segments):
-            start, stop = segments[head]
-            if start + done[head] < stop:
-                self.frontier = start + done[head]
-                break
-            head += 1
-        else:
-            self.frontier = self.size
-        self._head = head
+        return self.done.pending()
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -232,7 +233,7 @@ class Job:
 
     async def _fill(self, index: int, first: tuple[Response, SignedUrl] | None) -> None:
         start, stop = self.segments[index]
-        backoff = Backoff(self.ctx.options.retry, self.ctx.rng)
+        backoff = Backoff(self.ctx.options.retry, self.ctx.rng, kept=self.done[index])
         opened = first
 
         async def attempt(url: SignedUrl) -> None:
@@ -255,14 +256,18 @@ class Job:
                     hold_from=self.ctx.hold_from,
                 )
             try:
-                await self._consume(index, response, url, pos, stop, backoff)
+                await self._consume(index, response, url, pos, stop)
             finally:
                 response.release()
 
         def finished() -> bool:
             return start + self.done[index] >= stop
 
-        await self.ctx.with_retries(backoff, attempt, finished, first[1] if first else None)
+        self._budgets[index] = backoff
+        try:
+            await self.ctx.with_retries(backoff, attempt, finished, first[1] if first else None)
+        finally:
+            del self._budgets[index]
 
     async def _consume(
         self,
@@ -271,7 +276,6 @@ class Job:
         url: SignedUrl,
         pos: int,
         stop: int,
-        backoff: Backoff,
     ) -> None:
         status = response.status
         length = content_length(response)
@@ -324,7 +328,9 @@ class Job:
             )
         self.ctx.urls.accepted(url)
         set_stall_timeout(response, self.ctx.options.timeouts)
-        await stream_body(self, index, response, url, pos, stop, backoff, self.ctx.executor)
+        await stream_body(self, index, response, url, pos, stop, self.ctx.executor)
+        if response.content_length is None:
+            await expect_end(response, url)
 
     # -- accounting, called by engine.transfer.body -------------------------------------------
 
@@ -337,17 +343,17 @@ class Job:
     def landed(self, index: int, n: int, chunks: list[bytes] | None = None) -> None:
         """``n`` more bytes of segment ``index`` are on disk, right after its previous ones
         (``chunks``: those bytes, which the hasher may take instead of reading them back)."""
-        got = self.done[index] + n
-        self.done[index] = got
+        done = self.done
+        head = done.floor
+        got = done.add(index, n)
         self.partial.record(index, got)
         self.downloaded += n
-        if self._head == index:
-            start, stop = self.segments[index]
+        budget = self._budgets.get(index)
+        if budget is not None:
+            budget.kept(got)
+        if head == index:
             offset = self.frontier
-            if start + got < stop:
-                self.frontier = start + got
-            else:
-                self._advance_head()
+            self.frontier = done.prefix()
             if self.hasher is not None:
                 self.hasher.advance(self.frontier, offset, chunks)
         emit = self.ctx.emit_bytes
@@ -368,12 +374,18 @@ class Job:
             return
         self._since_checkpoint = 0
         self._checkpointing = True
-        snapshot = list(self.done)
+        # What changed since the last checkpoint: the pieces completed meanwhile and those in
+        # flight (not the whole plan).
+        done, segments = self.done, self.segments
+        floor = done.floor
+        snapshot = [(i, segments.length(i)) for i in range(self._synced_floor, floor)]
+        snapshot += done.entries()
         partial = self.partial
 
         async def run() -> None:
             try:
                 await anyio.to_thread.run_sync(partial.checkpoint, snapshot)
+                self._synced_floor = max(self._synced_floor, floor)
             finally:
                 self._checkpointing = False
 
@@ -383,9 +395,19 @@ class Job:
         """Plain (non-range) stream failed mid-body: back to byte 0 of an empty partial."""
         lost = self.done[0]
         self.partial.discard()
-        self.done[0] = 0
+        self.done.clear()
         self.downloaded = 0
         self.frontier = 0
-        self._head = 0
         self.sha = hashlib.sha256()
         self.ctx.emit_restart(lost)
+
+
+async def expect_end(response: Response, url: SignedUrl) -> None:
+    """A body whose framing (chunked, until close) does not say where it ends must end where
+    its range does: more bytes mean the server sends something else than it announced."""
+    try:
+        extra = await response.content.read(1)
+    except (HttpError, OSError, TimeoutError) as exc:
+        raise translate(exc, url, "body") from None
+    if extra:
+        raise IntegrityError(f"{redact(url.url)}: the body runs past its announced end")

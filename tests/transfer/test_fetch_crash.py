@@ -112,7 +112,9 @@ async def test_disk_full_keeps_the_partial_for_a_later_resume(tmp_path: Path, fs
         neighbour.write_bytes(b"untouched")
         async with harness(small) as h:
             asset = h.one(lambda a: a.size >= 3 * MiB)
-            t = h.transferer(fast_options(fsync=fsync))
+            # No reserve: this is about the disk itself refusing a write (ENOSPC); a reserve
+            # would refuse the object before its first byte (tests/transfer/test_fetch_bounds).
+            t = h.transferer(fast_options(fsync=fsync, disk_reserve=0))
             with pytest.raises(DiskFullError, match="No space left"):
                 await h.fetch(t, asset)
             assert h.partials()  # kept, with its sidecar
@@ -122,7 +124,7 @@ async def test_disk_full_keeps_the_partial_for_a_later_resume(tmp_path: Path, fs
             remount(small, "16m")
             await settle(h.emu)
             h.emu.counters.reset()
-            result = await h.fetch(h.transferer(fast_options(fsync=fsync)), asset)
+            result = await h.fetch(h.transferer(fast_options(fsync=fsync, disk_reserve=0)), asset)
             h.check(result, asset)
             assert result.resumed and result.bytes_resumed > 0
             assert result.bytes_downloaded == asset.size - result.bytes_resumed
@@ -135,7 +137,7 @@ async def test_state_on_another_file_system_is_copied_into_place(tmp_path: Path)
     # renames there, so the final path still never holds a partial file.
     with small_filesystem(tmp_path / "state-fs", "64m") as state_fs:
         async with harness(tmp_path / "h") as h:
-            t = Transferer(h.session, fast_options(), state_fs)
+            t = Transferer(h.session, fast_options(disk_reserve=0), state_fs)
             for asset in (h.one(lambda a: 0 < a.size < 64 * 1024), h.one(lambda a: a.size > MiB)):
                 result = await h.fetch(t, asset)
                 h.check(result, asset)

@@ -68,7 +68,7 @@ def test_after_a_reboot_only_synced_bytes_count(
     part = _started(tmp_path)
     part.write(b"x" * 1000, 0)
     part.record(0, 1000)
-    part.checkpoint([1000, 0, 0, 0])  # durable up to here
+    part.checkpoint([(0, 1000)])  # durable up to here
     part.write(b"y" * 1000, 1000)
     part.record(1, 1000)  # only in the page cache: a reboot may lose it
     part.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 from engine.transfer.ranges import (
     ContentRange,
     RangeMismatch,
+    SegmentProgress,
     check_partial_response,
     contiguous_prefix,
     parse_content_range,
@@ -25,15 +28,60 @@ def test_plan_covers_the_object_exactly_once_in_order(size: int, segment_size: i
     # Keep the number of pieces small enough to list.
     segment_size = max(segment_size, size // 10_000 + 1)
     plan = plan_segments(size, segment_size)
-    assert len(plan) == -(-size // segment_size)
+    pieces = list(plan)
+    assert len(plan) == len(pieces) == -(-size // segment_size)
     position = 0
-    for start, stop in plan:
+    for start, stop in pieces:
         assert start == position
         assert 0 < stop - start <= segment_size
         position = stop
     assert position == size
-    assert all(stop - start == segment_size for start, stop in plan[:-1])
-    assert plan_segments(size, segment_size) == plan  # a later process rebuilds the same plan
+    assert all(stop - start == segment_size for start, stop in pieces[:-1])
+    # Indexing (from either end) and slicing agree with the walk.
+    assert [plan[i] for i in range(len(plan))] == pieces
+    assert [plan[i - len(plan)] for i in range(len(plan))] == pieces
+    assert plan[1:-1] == pieces[1:-1] and plan[::3] == pieces[::3]
+    assert [plan.length(i) for i in range(len(plan))] == [b - a for a, b in pieces]
+    # A later process rebuilds the same plan from the sidecar's two numbers.
+    assert plan_segments(size, segment_size) == plan
+    assert hash(plan_segments(size, segment_size)) == hash(plan)
+
+
+@given(size=st.integers(0, 10_000), seg_a=st.integers(1, 20_000), seg_b=st.integers(1, 20_000))
+def test_plans_are_equal_when_their_pieces_are(size: int, seg_a: int, seg_b: int) -> None:
+    a, b = plan_segments(size, seg_a), plan_segments(size, seg_b)
+    assert (a == b) == (list(a) == list(b))
+    if a == b:
+        assert hash(a) == hash(b)
+
+
+@given(
+    size=st.integers(0, 9_999_999_999_999_999_999),  # any size Content-Range can announce
+    segment_size=st.integers(1, 2**40),
+    data=st.data(),
+)
+def test_a_plan_costs_the_same_whatever_the_claimed_size(
+    size: int, segment_size: int, data: st.DataObject
+) -> None:
+    # A 206 once announced 10**18 bytes and the plan, a list, ran out of memory: the plan is
+    # arithmetic, a few integers, and any piece is found without walking to it.
+    tracemalloc.start()
+    try:
+        plan = plan_segments(size, segment_size)
+        count = len(plan)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4096
+    assert count == -(-size // segment_size)
+    if count:
+        index = data.draw(st.integers(0, count - 1))
+        start, stop = plan[index]
+        assert start == index * segment_size
+        assert stop == min(start + segment_size, size)
+        assert plan[-1][1] == size
+        with pytest.raises(IndexError):
+            plan[count]
 
 
 def test_plan_rejects_nonsense() -> None:
@@ -41,7 +89,84 @@ def test_plan_rejects_nonsense() -> None:
         plan_segments(10, 0)
     with pytest.raises(ValueError, match="size"):
         plan_segments(-1, 4)
-    assert plan_segments(0, 4) == []
+    assert list(plan_segments(0, 4)) == []
+    assert len(plan_segments(0, 4)) == 0
+
+
+# -- progress per piece ------------------------------------------------------------------------
+
+# One step: add bytes to a piece (as a fraction of what it misses), or empty everything.
+_steps = st.lists(
+    st.one_of(
+        st.tuples(st.integers(0, 10_000), st.floats(0.0, 1.0)),
+        st.just(("clear", 0.0)),
+    ),
+    max_size=80,
+)
+
+
+@given(size=st.integers(0, 5_000), segment_size=st.integers(1, 700), steps=_steps)
+def test_progress_matches_a_list_of_counts(
+    size: int, segment_size: int, steps: list[tuple[int | str, float]]
+) -> None:
+    plan = plan_segments(size, segment_size)
+    progress = SegmentProgress(plan)
+    model = [0] * len(plan)
+    touched = -1  # the furthest piece given bytes since the last clear
+    for where, share in steps:
+        if where == "clear" or not model:
+            progress.clear()
+            model = [0] * len(plan)
+            touched = -1
+        else:
+            assert isinstance(where, int)
+            index = where % len(model)
+            n = int((plan.length(index) - model[index]) * share)
+            assert progress.add(index, n) == model[index] + n
+            model[index] += n
+            if n:
+                touched = max(touched, index)
+        assert [progress[i] for i in range(len(plan))] == model
+        assert progress.total == sum(model)
+        assert progress.pending() == sum(got < plan.length(i) for i, got in enumerate(model))
+        assert progress.prefix() == contiguous_prefix(plan, model)
+        first_missing = next((i for i, got in enumerate(model) if got < plan.length(i)), len(model))
+        assert progress.floor == first_missing
+        # Memory: only pieces from the floor to the furthest touched have an entry.
+        entries = progress.entries()
+        assert entries == [(i, got) for i, got in enumerate(model) if i >= first_missing and got]
+        assert len(entries) <= max(0, touched - progress.floor + 1)
+    # A sidecar's counts rebuild the same progress.
+    again = SegmentProgress(plan, enumerate(model))
+    assert [again[i] for i in range(len(plan))] == model and again.floor == progress.floor
+
+
+@given(size=st.integers(1, 5_000), segment_size=st.integers(1, 700), data=st.data())
+def test_progress_refuses_more_than_a_piece_holds(
+    size: int, segment_size: int, data: st.DataObject
+) -> None:
+    plan = plan_segments(size, segment_size)
+    progress = SegmentProgress(plan)
+    index = data.draw(st.integers(0, len(plan) - 1))
+    with pytest.raises(ValueError, match="cannot hold"):
+        progress.add(index, plan.length(index) + 1)
+    with pytest.raises(ValueError, match="cannot hold"):
+        progress.add(index, -1)
+    assert progress.total == 0
+
+
+def test_progress_of_a_huge_plan_stays_small() -> None:
+    # Two workers through the first pieces of a plan of 10**18 one-byte pieces, the second
+    # piece of each pair finishing first: what is held is the piece ahead of the slowest.
+    plan = plan_segments(10**18, 1)
+    progress = SegmentProgress(plan)
+    for index in range(0, 1000, 2):
+        progress.add(index + 1, 1)
+        assert progress.entries() == [(index + 1, 1)]
+        progress.add(index, 1)
+        assert progress.entries() == []
+    assert progress.floor == 1000 == progress.prefix() == progress.total
+    assert progress.pending() == len(plan) - 1000
 
 
 @given(start=st.integers(0, 2**50), length=st.integers(1, 2**40))

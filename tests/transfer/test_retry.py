@@ -1,4 +1,4 @@
-"""engine.transfer.retry: backoff with full jitter, Retry-After, budget reset by progress."""
+"""engine.transfer.retry: backoff with full jitter, Retry-After, budget reset by bytes kept."""
 
 from __future__ import annotations
 
@@ -42,23 +42,71 @@ def test_retry_after_is_honoured_and_capped(policy: RetryPolicy, retry_after: fl
         assert delay == min(retry_after, policy.max_retry_after)
 
 
-@given(policy=policies, failures=st.lists(st.booleans(), max_size=200))
-def test_progress_resets_the_budget(policy: RetryPolicy, failures: list[bool]) -> None:
-    # True = a failure, False = bytes arrived. Giving up happens exactly when `attempts`
-    # failures come in a row.
-    backoff = Backoff(policy, random.Random(1))
+# One attempt: the bytes of the piece on disk after each of its writes (they may start below
+# what an earlier attempt reached: a restart from zero), and whether it ended for being slow.
+attempts_strategy = st.lists(
+    st.tuples(st.lists(st.integers(0, 50), max_size=4), st.booleans()), max_size=60
+)
+
+
+@given(policy=policies, start=st.integers(0, 50), attempts=attempts_strategy)
+def test_only_bytes_kept_beyond_the_most_ever_kept_reset_the_budget(
+    policy: RetryPolicy, start: int, attempts: list[tuple[list[int], bool]]
+) -> None:
+    # The rule, restated plainly: a failed attempt made progress if it was not slow and kept
+    # more bytes than any earlier attempt (slow ones included) or the resume it started from.
+    # Giving up happens at the failure that makes `policy.attempts` in a row without progress.
+    backoff = Backoff(policy, random.Random(2), kept=start)
+    most = start
     in_a_row = 0
-    for failed in failures:
-        if not failed:
-            backoff.progress()
-            in_a_row = 0
-            continue
-        in_a_row += 1
-        delay = backoff.next_delay()
+    for kept_during, slow in attempts:
+        for total in kept_during:
+            backoff.kept(total)
+        reached = max(kept_during, default=0)
+        progressed = not slow and reached > most
+        most = max(most, reached)
+        in_a_row = 1 if progressed else in_a_row + 1
+        delay = backoff.next_delay(progress=not slow)
         if in_a_row >= policy.attempts:
             assert delay is None
             return
         assert delay is not None
+
+
+@given(policy=policies, cut_at=st.integers(1, 10**9))
+def test_a_body_cut_at_the_same_place_on_every_restart_spends_the_budget(
+    policy: RetryPolicy, cut_at: int
+) -> None:
+    # A server ignoring Range cuts the body at the same byte every time: each attempt starts
+    # from zero and keeps `cut_at` bytes. Only the first gets further than before.
+    backoff = Backoff(policy, random.Random(3))
+    tries = 0
+    while True:
+        tries += 1
+        assert tries <= policy.attempts, "the budget never ran out"
+        for total in range(0, cut_at + 1, max(1, cut_at // 5)):
+            backoff.kept(total)
+        backoff.kept(cut_at)
+        if backoff.next_delay() is None:
+            break
+    assert tries == policy.attempts
+
+
+@given(policy=policies, drip=st.integers(1, 100))
+def test_a_drip_ended_as_too_slow_spends_the_budget_though_it_keeps_bytes(
+    policy: RetryPolicy, drip: int
+) -> None:
+    # Each attempt resumes where the last stopped and keeps a few more bytes before the
+    # minimum rate ends it: new bytes every time, and still no progress.
+    backoff = Backoff(policy, random.Random(4))
+    kept = 0
+    for _ in range(policy.attempts - 1):
+        kept += drip
+        backoff.kept(kept)
+        assert backoff.next_delay(progress=False) is not None
+    kept += drip
+    backoff.kept(kept)
+    assert backoff.next_delay(progress=False) is None
 
 
 def test_parse_retry_after() -> None:

@@ -4,6 +4,7 @@ once, in order, at its offset; a cut, a stall and a stop end it with every recei
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from engine.errors import LocalStorageError
 from engine.transfer.hashing import HashGate, PrefixHasher
 from engine.transfer.http1 import BodyError, ReadTimeout
+from engine.transfer.min_rate import TooSlow
 from engine.transfer.socket_pump import PumpStopped, pump
 
 
@@ -404,3 +406,113 @@ def test_a_write_error_while_splicing_is_the_file_s_error(
             )
     finally:
         os.close(read_only)
+
+
+@pytest.mark.parametrize("spliced", [False, True])
+def test_a_drip_below_the_minimum_rate_ends_the_pump_and_keeps_what_came(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket], spliced: bool
+) -> None:
+    """A byte every 50 ms never lets the stall timeout fire; the minimum rate ends it, and the
+    bytes that came are written and reported (the retry resumes after them)."""
+    ours, theirs = pair
+    sink = Sink(tmp_path / "out.bin")
+    done = threading.Event()
+
+    def drip() -> None:
+        while not done.is_set():
+            theirs.send(b"d")
+            done.wait(0.05)
+
+    sender = threading.Thread(target=drip)
+    sender.start()
+    try:
+        with pytest.raises(TooSlow):
+            pump(
+                ours.fileno(),
+                sink.write,
+                0,
+                10_000,
+                buffer_size=64 * 1024,
+                stall=30.0,
+                stop=threading.Event(),
+                landed=sink.landed.append,
+                splice_to=(sink.fd, _no_error) if spliced else None,
+                min_rate=(1000.0, 0.3),
+            )
+    finally:
+        done.set()
+        sender.join()
+    kept = sink.read()
+    assert 0 < len(kept) < 10_000 and kept == b"d" * len(kept)
+    assert sum(sink.landed) == len(kept)
+    sink.close()
+
+
+@pytest.mark.parametrize("spliced", [False, True])
+def test_a_fast_body_keeps_to_the_minimum_rate(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket], spliced: bool
+) -> None:
+    ours, theirs = pair
+    sink = Sink(tmp_path / "out.bin")
+    data = os.urandom(200_000)
+    sender = threading.Thread(target=_send_in_pieces, args=(theirs, data, [7000] * 20, False))
+    sender.start()
+    pump(
+        ours.fileno(),
+        sink.write,
+        0,
+        len(data),
+        buffer_size=16 * 1024,
+        stall=30.0,
+        stop=threading.Event(),
+        landed=sink.landed.append,
+        splice_to=(sink.fd, _no_error) if spliced else None,
+        min_rate=(1.0, 0.0001),  # every arrival closes a window: each one is checked
+    )
+    sender.join()
+    assert sink.read() == data
+    sink.close()
+
+
+class _Full(Exception):
+    pass
+
+
+@pytest.mark.parametrize("spliced", [False, True])
+@pytest.mark.parametrize("refuse", [False, True])
+def test_every_byte_is_charged_before_it_is_written(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket], spliced: bool, refuse: bool
+) -> None:
+    """The disk reserve is charged before each write: a refusal stops the pump before it."""
+    ours, theirs = pair
+    sink = Sink(tmp_path / "out.bin")
+    charged: list[int] = []
+
+    def charge(n: int) -> None:
+        if refuse:
+            raise _Full
+        charged.append(n)
+
+    data = os.urandom(50_000)
+    sender = threading.Thread(target=_send_in_pieces, args=(theirs, data, [3000] * 5, False))
+    sender.start()
+    try:
+        with pytest.raises(_Full) if refuse else contextlib.nullcontext():
+            pump(
+                ours.fileno(),
+                sink.write,
+                0,
+                len(data),
+                buffer_size=4096,
+                stall=30.0,
+                stop=threading.Event(),
+                landed=sink.landed.append,
+                splice_to=(sink.fd, _no_error) if spliced else None,
+                charge=charge,
+            )
+    finally:
+        sender.join()
+    kept = sink.read()
+    assert kept == (b"" if refuse else data)
+    assert sum(charged) == len(kept) == sum(sink.landed)
+    sink.close()
