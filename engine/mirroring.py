@@ -184,6 +184,7 @@ async def _run(
             settings.token,
             settings.transfer.retry,
             settings.transfer.timeouts,
+            max_body=settings.api_max_body,
         )
         await client.ping()
         try:
@@ -278,6 +279,7 @@ async def _run(
         deletion_note=deletion_note,
         failures=tuple(counters.failures),
         error=error,
+        warnings=tuple(pipeline.result.warnings),
     )
 
 

@@ -464,7 +464,7 @@ class EpochRun:
             if s.tags_error is not None:
                 raise s.tags_error
             staged = await s.db.call(s.planner.staged_tags, content.order)
-        settled = s.planner.settle(content, staged, annotations)
+        settled = s.planner.settle(content, staged, annotations.by_asset, annotations.unreadable)
         for update in settled.updates:
             s.writer.put(update)
         if settled.seen:
@@ -474,7 +474,7 @@ class EpochRun:
             if entry is None:
                 continue
             entry.tags, entry.data_tags = staged.get(asset_id, ((), ()))
-            entry.annotations = annotations.get(asset_id, [])
+            entry.annotations = annotations.by_asset.get(asset_id, [])
             entry.meta = True
             outcome = entry.outcome
             if outcome is not None and not entry.committed:
