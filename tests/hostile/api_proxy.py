@@ -39,8 +39,9 @@ _FORWARDED = ("Authorization", "Content-Type", "X-Picsellia-Organization", "User
 class Upstream:
     """The emulator behind the proxy, as a twist sees it."""
 
-    def __init__(self, emu: Emulator, session: aiohttp.ClientSession) -> None:
+    def __init__(self, emu: Emulator, session: aiohttp.ClientSession, notes: list[Any]) -> None:
         self.emu = emu
+        self.notes = notes  # what twists did, for the test to check afterwards
         self._session = session
 
     async def fetch(self, request: web.Request, *, path_qs: str | None = None) -> tuple[int, bytes]:
@@ -81,10 +82,11 @@ class HostileApi:
         self._session: aiohttp.ClientSession | None = None
         self.api_url = ""
         self.errors: list[BaseException] = []  # a twist that raised (a bug in the test)
+        self.notes: list[Any] = []
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
-        upstream = Upstream(self.emu, self._session)
+        upstream = Upstream(self.emu, self._session, self.notes)
         try:
             answer = await self._twist(request, upstream)
         except (ConnectionError, asyncio.CancelledError):

@@ -123,7 +123,7 @@ def _delete(target: dict[str, Any], path: tuple[str, ...]) -> None:
     target.pop(path[-1], None)
 
 
-_ASSET_PATHS = [
+_ASSET_PATHS: list[tuple[str, ...]] = [
     ("id",),
     ("data",),
     ("data", "id"),
@@ -142,6 +142,7 @@ _ASSET_PATHS = [
     ("extra",),
 ]
 
+_NUMBERS = st.sampled_from([10**20, -1, 2**31, 2**31 - 1, 2**63, -(2**63) - 1, 1e400, 0.5])
 _ID_SPECIALS = st.sampled_from(["..", ".", "", "a/b", "../x", "x" * 129, "a b", "%2e%2e", "\n"])
 
 
@@ -150,13 +151,17 @@ def mutated(draw: st.DrawFn, base: dict[str, Any], paths: list[tuple[str, ...]])
     """``base`` with zero to three fields deleted or replaced (or the whole item replaced)."""
     if draw(st.integers(0, 20)) == 0:
         return draw(hostile_values)
-    for _ in range(draw(st.integers(0, 3))):
-        path = draw(st.sampled_from(paths))
-        action = draw(st.sampled_from(["delete", "replace", "replace", "id"]))
+    id_paths = [path for path in paths if path[-1] in ("id", "asset_id")] or paths
+    # Mostly one small change: an item broken in three ways hides the other two.
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2]))):
+        action = draw(st.sampled_from(["delete", "replace", "id", "id", "number", "number"]))
+        path = draw(st.sampled_from(id_paths if action == "id" else paths))
         if action == "delete":
             _delete(base, path)
-        elif action == "id" and path[-1] == "id":
+        elif action == "id":
             _set(base, path, draw(_ID_SPECIALS))
+        elif action == "number":
+            _set(base, path, draw(_NUMBERS))
         else:
             _set(base, path, draw(hostile_values))
     return base
@@ -186,7 +191,9 @@ def asset_items(draw: st.DrawFn, *, mutate: bool = True) -> Any:
             ),
             "metadata": draw(
                 st.dictionaries(
-                    st.text(max_size=5), hostile_values if mutate else _tame, max_size=3
+                    st.text(max_size=5),
+                    hostile_values if mutate and draw(st.booleans()) else _tame,
+                    max_size=3,
                 )
             ),
             "custom_metadata": {},

@@ -154,10 +154,9 @@ async def test_ever_new_cursors_stop_at_the_count(raw_server: RawServer) -> None
     assert sum(p.size for p in got) == listing_bound(1, 10) == 11
     assert len(raw_server.seen) <= 13  # the pages listed, the refused one, one read ahead
 
-
-async def test_a_growing_version_is_listed_to_its_end(raw_server: RawServer) -> None:
-    # A live version: 30 assets when listing starts, 40 by its end; the counts say so.
-    def handler(seen: Seen) -> Reply:
+    # A live version that grows while it is listed, and says so in its counts, is listed to
+    # its end: 30 assets when listing starts, 40 by its end.
+    def growing(seen: Seen) -> Reply:
         n = int(dict(seen.query).get("cursor", "0"))
         items = [
             {"id": f"a{n}-{i}", "data": {"id": f"d{n}-{i}", "object_name": "o"}} for i in range(10)
@@ -165,7 +164,7 @@ async def test_a_growing_version_is_listed_to_its_end(raw_server: RawServer) -> 
         following = str(n + 1) if n < 3 else None
         return Reply(body={"items": items, "count": 30 + 3 * n, "next_cursor": following})
 
-    raw_server.set(handler)
+    raw_server.set(growing)
     async with aiohttp.ClientSession() as session:
         pages = [p async for p in api(session, raw_server.url).asset_pages(DV, limit=10)]
     assert sum(p.size for p in pages) == 40

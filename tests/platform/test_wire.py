@@ -3,11 +3,14 @@ that accepts any method (so these tests do not depend on the emulator)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
+import tracemalloc
 import uuid
 import zlib
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -306,31 +309,51 @@ def gzip_of_zeros(size: int) -> bytes:
 GZIP_BOMB = gzip_of_zeros(64 * MiB)  # ~64 KB on the wire
 
 
+@contextlib.contextmanager
+def peak_allocations() -> Iterator[list[int]]:
+    """The peak of Python allocations inside the block, in bytes (aiohttp's buffers are
+    Python bytes, so a body read whole shows here)."""
+    peak: list[int] = []
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+
+
 async def test_a_gzip_bomb_is_refused_once_its_decoded_size_passes_the_cap(
     raw_server: RawServer,
 ) -> None:
     raw_server.set(lambda _: Reply(body=GZIP_BOMB, headers={"Content-Encoding": "gzip"}))
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(AnswerTooLarge, match="larger than 1,048,576 bytes") as info:
+        with (
+            peak_allocations() as peak,
+            pytest.raises(AnswerTooLarge, match="larger than 1,048,576 bytes") as info,
+        ):
             await client(session, raw_server.url, max_body=MiB).ping()
+    assert peak[0] < 8 * MiB  # the bomb inflates to 64 MiB
     assert len(raw_server.seen) == 1  # the same request would get the same answer: no retry
     assert not info.value.retryable
     assert "\n" not in str(info.value)
 
 
-async def test_a_compressed_answer_under_the_cap_is_read(raw_server: RawServer) -> None:
+async def test_the_cap_counts_decoded_bytes(raw_server: RawServer) -> None:
     body = json.dumps({"username": "u" * 300_000}).encode()
     raw_server.set(lambda _: Reply(body=gzip.compress(body), headers={"Content-Encoding": "gzip"}))
     async with aiohttp.ClientSession() as session:
         ping = await client(session, raw_server.url, max_body=len(body)).ping()
-    assert ping.username == "u" * 300_000
+        assert ping.username == "u" * 300_000
+        with pytest.raises(AnswerTooLarge):  # ~1 KB on the wire, one byte too many decoded
+            await client(session, raw_server.url, max_body=len(body) - 1).ping()
 
 
-async def test_a_declared_length_over_the_cap_is_refused_unread(raw_server: RawServer) -> None:
+async def test_a_plain_body_over_the_cap_is_refused(raw_server: RawServer) -> None:
     raw_server.set(lambda _: Reply(body=b" " * (2 * MiB)))
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(AnswerTooLarge):
+        with pytest.raises(AnswerTooLarge, match="larger than"):
             await client(session, raw_server.url, max_body=MiB).ping()
+    assert len(raw_server.seen) == 1
 
 
 async def test_an_error_answer_is_read_only_as_far_as_its_message(raw_server: RawServer) -> None:
@@ -338,8 +361,9 @@ async def test_an_error_answer_is_read_only_as_far_as_its_message(raw_server: Ra
         lambda _: Reply(status=422, body=GZIP_BOMB, headers={"Content-Encoding": "gzip"})
     )
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(PlatformError) as info:
+        with peak_allocations() as peak, pytest.raises(PlatformError) as info:
             await client(session, raw_server.url).ping()
+    assert peak[0] < 8 * MiB  # the body inflates to 64 MiB; its message is in the first bytes
     assert info.value.status == 422
     assert len(str(info.value)) < 400
 
