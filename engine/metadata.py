@@ -16,9 +16,10 @@ What cannot be read is reported, not raised, where a part of the work can go on 
   that lookup fails (a 404 for data deleted since, a malformed answer) the next of
   :data:`DATALAKE_CANDIDATES` assets is tried, and when all fail the stager raises: the caller
   then treats this run's tags as unknown (the stored ones are kept);
-* a page's annotations that cannot be read (a malformed annotation, an answer too large, an API
-  error after retries) are unreadable for the assets concerned (:class:`PageAnnotations`), whose
-  stored annotations are then kept. Only an authentication failure is raised.
+* a malformed annotation makes its asset's annotations unreadable (:class:`PageAnnotations`),
+  or every asset's of the page when its asset cannot be told; the caller decides what that
+  means (the mirror keeps the stored ones and fails the asset). A request that fails (an API
+  error after retries, an answer too large) raises.
 """
 
 from __future__ import annotations
@@ -130,18 +131,11 @@ class PageAnnotations:
 async def fetch_page_annotations(
     client: PlatformClient, dataset_version: str, asset_ids: Sequence[str]
 ) -> PageAnnotations:
-    """Every annotation of these assets, as the API gave them, grouped by asset (API order).
-    Raises only :class:`~engine.errors.AuthError`."""
-    grouped: dict[str, list[dict[str, Any]]] = {asset_id: [] for asset_id in asset_ids}
-    try:
-        annotation_ids = await client.annotation_ids(dataset_version, asset_ids)
-        if not annotation_ids:
-            return PageAnnotations(grouped)
-        answer = await client.annotation_dicts(dataset_version, annotation_ids)
-    except AuthError:
-        raise
-    except EngineError as exc:
-        return PageAnnotations(grouped, dict.fromkeys(grouped, str(exc)))
+    """Every annotation of these assets, as the API gave them, grouped by asset (API order)."""
+    annotation_ids = await client.annotation_ids(dataset_version, asset_ids)
+    if not annotation_ids:
+        return PageAnnotations({asset_id: [] for asset_id in asset_ids})
+    answer = await client.annotation_dicts(dataset_version, annotation_ids)
     return group_annotations(asset_ids, answer)
 
 

@@ -297,7 +297,14 @@ class Pipeline:
             async for page in pages:
                 ids = page.content.order
                 # One page's annotations (a few requests) while its files download.
-                annotations = await fetch_page_annotations(self.client, self.dv, ids)
+                try:
+                    annotations = await fetch_page_annotations(self.client, self.dv, ids)
+                except AuthError:
+                    raise
+                except EngineError as exc:
+                    # The files do not depend on it: they are mirrored, these assets fail.
+                    unreadable = dict.fromkeys(ids, str(exc))
+                    annotations = PageAnnotations({a: [] for a in ids}, unreadable)
                 await self._tags_ready.wait()
                 staged = None
                 if self._tags_unknown is None:

@@ -174,22 +174,26 @@ def test_a_faithful_proxy_mirrors_the_version(hostile: HostileApi, tmp_path: Pat
     print(f"baseline peak RSS: {run.peak_rss / MiB:.0f} MiB")
 
 
-async def gzip_bomb_on_ping(request: web.Request, api: Upstream) -> web.StreamResponse | None:
-    if request.path != "/api/home/ping":
-        return None
-    # 10 GiB of zeros, gzip-compressed as it is sent (about 10 MB on the wire).
+async def gzip_bomb(request: web.Request, inflated: int) -> web.StreamResponse:
+    """``inflated`` bytes of zeros, gzip-compressed as they are sent (1/1000 on the wire)."""
     response = web.StreamResponse(
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
     )
     await response.prepare(request)
     packer = zlib.compressobj(6, zlib.DEFLATED, 31)
     block = bytes(MiB)
-    for _ in range(10 * 1024):
+    for _ in range(inflated // MiB):
         piece = packer.compress(block)
         if piece:
             await response.write(piece)
     await response.write(packer.flush())
     return response
+
+
+async def gzip_bomb_on_ping(request: web.Request, api: Upstream) -> web.StreamResponse | None:
+    if request.path != "/api/home/ping":
+        return None
+    return await gzip_bomb(request, 10 * 1024 * MiB)  # the issue's: 10 MB that inflate to 10 GiB
 
 
 @with_twist(gzip_bomb_on_ping)
@@ -200,6 +204,32 @@ def test_a_gzip_bomb_on_ping_is_refused_at_the_cap(hostile: HostileApi, tmp_path
     assert "GET /api/home/ping" in summary["error"]
     assert "api_max_body" in summary["error"]
     assert hostile.emu.counters.requests.get("assets_list", 0) == 0
+
+
+async def bombs_for_annotations(request: web.Request, api: Upstream) -> web.StreamResponse | None:
+    if request.method != "XGET" or not request.path.endswith("/annotations"):
+        return None
+    api.notes.append(len(await request.json()))  # ids asked for
+    return await gzip_bomb(request, 512 * MiB)
+
+
+@with_twist(bombs_for_annotations)
+def test_bulk_annotations_too_large_fail_their_assets_and_the_files_mirror(
+    hostile: HostileApi, tmp_path: Path
+) -> None:
+    run = mirror(hostile, tmp_path / "d")
+    summary = assert_sound(run, hostile, tmp_path / "d", 1)
+    assert summary["outcome"] == "partial"
+    assert summary["downloaded"] == ASSETS
+    assert summary["failed"] == ASSETS  # every asset's annotations: unknown, not "none"
+    assert all("api_max_body" in f["error"] for f in summary["failures"])
+    # Each page asked once for all its annotations, then (if it had more than 10) in chunks
+    # of 10, at most 4 at a time: too large still, the page gave up.
+    pages = ASSETS // PAGE
+    assert len([n for n in hostile.notes if n > 10]) <= pages
+    assert len(hostile.notes) <= pages * (1 + 4)
+    with Manifest.open(tmp_path / "d", create=False, read_only=True) as manifest:
+        assert all(row.annotations_digest is None for row in manifest.iter_rows())
 
 
 async def endless_cursors(request: web.Request, api: Upstream) -> web.StreamResponse | None:
