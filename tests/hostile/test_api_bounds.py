@@ -5,7 +5,8 @@ emulator (:mod:`tests.hostile.api_proxy`) that misbehaves on the route under tes
 that the run:
 
 - ends on its own (a hang guard kills it otherwise, and the test fails),
-- stays under :data:`RSS_BOUND` of peak memory (``ru_maxrss`` of that child, from ``wait4``),
+- stays under :data:`RSS_BOUND` of peak memory (``ru_maxrss`` of the command, measured by a
+  small launcher whose only child it is),
 - exits with the documented code and prints one JSON object, no traceback,
 - records no file with bytes other than its object's (every ``ok`` row is checked on disk).
 
@@ -42,11 +43,11 @@ pytestmark = pytest.mark.slow
 # timeout (120 s), so the guard, not pytest, ends a stuck run and the test says so.
 HANG_GUARD = 90.0
 MiB = 1024 * 1024
-# Peak RSS of a whole run. A well-behaved 40-asset run peaks at about 90 MiB here (measured by
-# test_a_faithful_proxy_mirrors_the_version); reading an answer up to the cap adds the body and
-# its pieces (2 x 32 MiB at most). 96 MiB of slack over that stays far below what the issue saw
-# (7.3 GB for the gzip bomb).
-RSS_BOUND = 90 * MiB + 2 * DEFAULT_API_MAX_BODY + 96 * MiB
+# Peak RSS of a whole run. A well-behaved 40-asset run peaks at 56-58 MiB here, and the runs
+# that meet a gzip bomb at 88-89 MiB (they read up to the 32 MiB cap, plus the pieces joined):
+# the baseline rounded up, twice the cap, and 64 MiB of slack. The old engine went to 20 GiB on
+# the ping bomb and 1.2 GiB on the annotation bombs.
+RSS_BOUND = 64 * MiB + 2 * DEFAULT_API_MAX_BODY + 64 * MiB
 PAGE = 10
 ASSETS = 40
 
@@ -77,9 +78,21 @@ def _env(hostile: HostileApi, **extra: str) -> dict[str, str]:
     return env
 
 
+# The command runs under this small launcher, whose only child it is: its RUSAGE_CHILDREN peak
+# is the command's. (Measured from pytest itself, a child's ru_maxrss also counts the pages of
+# pytest it was forked from, hundreds of MiB late in the suite.)
+_LAUNCHER = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], "w") as out:
+    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def mirror(hostile: HostileApi, dest: Path, *more: str, **env: str) -> Run:
     """Run ``assetsync mirror --json -q`` to its end (or the hang guard) and measure it."""
-    args = [
+    command = [
         sys.executable,
         "-m",
         "engine",
@@ -95,25 +108,40 @@ def mirror(hostile: HostileApi, dest: Path, *more: str, **env: str) -> Run:
         "-q",
         *more,
     ]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(args, stdout=out, stderr=err, env=_env(hostile, **env))
-        guard = threading.Timer(HANG_GUARD, proc.kill)
+    hung = threading.Event()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):
+        peak_file = Path(tmp) / "peak"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(peak_file), *command],
+            stdout=out,
+            stderr=err,
+            env=_env(hostile, **env),
+            start_new_session=True,  # the hang guard ends the launcher and the command
+        )
+
+        def kill() -> None:
+            hung.set()
+            os.killpg(proc.pid, signal.SIGKILL)
+
+        guard = threading.Timer(HANG_GUARD, kill)
         guard.start()
         try:
-            # wait4: the peak RSS of this child alone (RUSAGE_CHILDREN would mix in the others).
-            _, status, usage = os.wait4(proc.pid, 0)
+            code = proc.wait()
         except BaseException:  # interrupted (pytest's timeout, ^C): leave nothing running
-            proc.kill()
+            kill()
             proc.wait()
             raise
         finally:
             guard.cancel()
-        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        assert not hung.is_set(), f"hung: killed after {HANG_GUARD}s"
         out.seek(0)
         err.seek(0)
-        run = Run(code, out.read().decode(), err.read().decode(), usage.ru_maxrss * 1024)
-    assert code != -signal.SIGKILL, f"hung: killed after {HANG_GUARD}s\n{run.stderr[-2000:]}"
-    return run
+        peak_kib = int(peak_file.read_text())
+        return Run(code, out.read().decode(), err.read().decode(), peak_kib * 1024)
 
 
 def assert_sound(run: Run, hostile: HostileApi, dest: Path, code: int) -> dict[str, Any]:
@@ -122,6 +150,7 @@ def assert_sound(run: Run, hostile: HostileApi, dest: Path, code: int) -> dict[s
     assert run.code == code, (run.code, run.stdout[-2000:], run.stderr[-3000:])
     assert "Traceback" not in run.stderr + run.stdout, run.stderr[-3000:]
     assert hostile.emu.token not in run.stderr + run.stdout
+    print(f"peak RSS {run.peak_rss / MiB:.0f} MiB")  # shown with -s
     assert run.peak_rss < RSS_BOUND, f"peak RSS {run.peak_rss / MiB:.0f} MiB"
     assert hostile.errors == []
     summary = run.summary
@@ -171,7 +200,6 @@ def test_a_faithful_proxy_mirrors_the_version(hostile: HostileApi, tmp_path: Pat
     summary = assert_sound(run, hostile, tmp_path / "d", 0)
     assert summary["downloaded"] == ASSETS
     assert len(ok_rows(tmp_path / "d")) == ASSETS
-    print(f"baseline peak RSS: {run.peak_rss / MiB:.0f} MiB")
 
 
 async def gzip_bomb(request: web.Request, inflated: int) -> web.StreamResponse:
