@@ -12,6 +12,7 @@ which process exit code it maps to (``exit_code``)::
     ├── Interrupted                 SIGINT / SIGTERM                                exit 130/143
     ├── PlatformError               the platform API answered with an error
     │   ├── NotFoundError           404 (unknown version, asset, data)
+    │   ├── AnswerTooLarge          an answer's decoded body passed ``api_max_body``
     │   └── ApiUnavailable          429 / 5xx / connection failure       retryable
     ├── TransferError               one object could not be written to one file
     │   ├── TransientTransferError  connection reset, 5xx, 429, stall    retryable
@@ -38,6 +39,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AnswerTooLarge",
     "ApiUnavailable",
     "AuthError",
     "DiskFullError",
@@ -119,6 +121,11 @@ class PlatformError(EngineError):
 
 class NotFoundError(PlatformError):
     """The platform has no such object (404)."""
+
+
+class AnswerTooLarge(PlatformError):
+    """An answer's decoded body grew past ``api_max_body``: refused, and not retried (the same
+    request gets the same answer; a smaller request, or a larger setting, is what helps)."""
 
 
 class ApiUnavailable(PlatformError):

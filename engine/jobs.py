@@ -35,8 +35,9 @@ class Job:
     asset: models.Asset
     rel_path: PurePosixPath
     url: SignedUrl | None
-    tags: tuple[str, ...]
-    data_tags: tuple[str, ...]
+    # None: not known this run (the manifest keeps what it has).
+    tags: tuple[str, ...] | None
+    data_tags: tuple[str, ...] | None
     annotations: list[dict[str, Any]] | None
     reason: str
 

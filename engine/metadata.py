@@ -9,19 +9,42 @@ asset per kind. Instead:
 * data tags: the same through the datalake's tag list and ``data.tags.name = "…"``;
 * annotations: per listing page, the annotation ids of the page's assets, then the bulk ``XGET``
   in chunks: a constant number of requests per page.
+
+What cannot be read is reported, not raised, where a part of the work can go on without it:
+
+* the datalake (for data tags) is learnt from the data of one of the first assets listed; if
+  that lookup fails (a 404 for data deleted since, a malformed answer) the next of
+  :data:`DATALAKE_CANDIDATES` assets is tried, and when all fail the stager raises: the caller
+  then treats this run's tags as unknown (the stored ones are kept);
+* a malformed annotation makes its asset's annotations unreadable (:class:`PageAnnotations`),
+  or every asset's of the page when its asset cannot be told; the caller decides what that
+  means (the mirror keeps the stored ones and fails the asset). A request that fails (an API
+  error after retries, an answer too large) raises.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
-from engine.platform import PlatformClient
+from engine.errors import AuthError, EngineError, PlatformError
+from engine.platform import PlatformClient, models
+from engine.platform.per_item import AnnotationAnswer
 from engine.platform.query import DATA_TAGS, TAGS, tag_filter
 
-__all__ = ["TagStager", "fetch_page_annotations"]
+__all__ = [
+    "DATALAKE_CANDIDATES",
+    "PageAnnotations",
+    "TagStager",
+    "fetch_page_annotations",
+    "group_annotations",
+]
+
+# Assets whose data is asked for the datalake id before data tags are given up for the run.
+DATALAKE_CANDIDATES = 3
 
 # Each tag's listing is a chain of cursor pages, and every page of the version waits until all
 # chains end: run them all at once (a version has a handful of tags), so the longest chain sets
@@ -46,7 +69,9 @@ class TagStager:
             if ids:
                 await self._stage(kind, name, ids)
 
-    async def run(self, datalake_id: Callable[[], Awaitable[str | None]]) -> None:
+    async def run(self, first_data_ids: Callable[[], Awaitable[Sequence[str]]]) -> None:
+        """Stage every tag. ``first_data_ids`` gives the data ids of the first assets listed
+        (empty: the version has none); raises :class:`~engine.errors.EngineError` only."""
         limiter = anyio.CapacityLimiter(_TAG_LISTINGS_AT_ONCE)
 
         async def guarded(kind: str, field: str, name: str) -> None:
@@ -54,25 +79,75 @@ class TagStager:
                 await self._stage_one(kind, field, name)
 
         asset_tags = await self._client.version_tags(self._dv)
-        lake = await datalake_id()
-        data_tags = await self._client.datalake_tags(lake) if lake is not None else []
-        async with anyio.create_task_group() as tg:
-            for tag in asset_tags:
-                tg.start_soon(guarded, "asset", TAGS, tag.name)
-            for tag in data_tags:
-                tg.start_soon(guarded, "data", DATA_TAGS, tag.name)
+        data_tags = await self._data_tags(await first_data_ids())
+        try:
+            async with anyio.create_task_group() as tg:
+                for tag in asset_tags:
+                    tg.start_soon(guarded, "asset", TAGS, tag.name)
+                for tag in data_tags:
+                    tg.start_soon(guarded, "data", DATA_TAGS, tag.name)
+        except BaseExceptionGroup as group:
+            raise _engine_error(group) from None
+
+    async def _data_tags(self, data_ids: Sequence[str]) -> list[models.Tag]:
+        failures: list[str] = []
+        for data_id in data_ids[:DATALAKE_CANDIDATES]:
+            try:
+                detail = await self._client.data(data_id)
+            except AuthError:
+                raise
+            except EngineError as exc:
+                failures.append(str(exc))
+                continue
+            if detail.datalake_id is None:
+                return []
+            return await self._client.datalake_tags(detail.datalake_id)
+        if not failures:
+            return []  # nothing listed: no asset has data tags
+        raise PlatformError(
+            f"the datalake of the data tags is unknown: looking up the data of "
+            f"{len(failures)} asset(s) failed (last: {failures[-1]})"
+        )
+
+
+def _engine_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The group's first EngineError (callers handle those), else the group as it is."""
+    for exc in group.exceptions:
+        found = _engine_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if isinstance(found, EngineError):
+            return found
+    return group
+
+
+@dataclass(slots=True)
+class PageAnnotations:
+    """A page's annotations as the API gave them, by asset (API order), and the assets whose
+    annotations could not be read, with why (their stored annotations stand)."""
+
+    by_asset: dict[str, list[dict[str, Any]]]
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 async def fetch_page_annotations(
     client: PlatformClient, dataset_version: str, asset_ids: Sequence[str]
-) -> dict[str, list[dict[str, Any]]]:
+) -> PageAnnotations:
     """Every annotation of these assets, as the API gave them, grouped by asset (API order)."""
     annotation_ids = await client.annotation_ids(dataset_version, asset_ids)
-    grouped: dict[str, list[dict[str, Any]]] = {asset_id: [] for asset_id in asset_ids}
     if not annotation_ids:
-        return grouped
-    for annotation in await client.annotation_dicts(dataset_version, annotation_ids):
+        return PageAnnotations({asset_id: [] for asset_id in asset_ids})
+    answer = await client.annotation_dicts(dataset_version, annotation_ids)
+    return group_annotations(asset_ids, answer)
+
+
+def group_annotations(asset_ids: Sequence[str], answer: AnnotationAnswer) -> PageAnnotations:
+    """The answer's annotations by asset (API order), for these assets only."""
+    grouped: dict[str, list[dict[str, Any]]] = {asset_id: [] for asset_id in asset_ids}
+    if answer.unattributed is not None:
+        # A malformed annotation of an asset that cannot be told: none is known complete.
+        return PageAnnotations(grouped, dict.fromkeys(grouped, answer.unattributed))
+    for annotation in answer.annotations:
         shapes = grouped.get(annotation["asset_id"])
         if shapes is not None:
             shapes.append(annotation)  # exactly what the API sent
-    return grouped
+    unreadable = {a: why for a, why in answer.unreadable.items() if a in grouped}
+    return PageAnnotations(grouped, unreadable)

@@ -194,6 +194,7 @@ async def mirror(
             settings.token,
             settings.transfer.retry,
             settings.transfer.timeouts,
+            max_body=settings.api_max_body,
         )
         await check_platform(
             client, settings.api_url, dv, tags=settings.tags, data_tags=settings.data_tags
@@ -308,6 +309,7 @@ async def _run(
         deletion_note=deletion_note,
         failures=tuple(counters.failures),
         error=error,
+        warnings=tuple(pipeline.result.warnings),
     )
 
 

@@ -5,6 +5,17 @@ staged tags, an ``lstat`` of each recorded file), asks the pure :func:`engine.pl
 each asset, and gives each download a path from :func:`engine.layout.assign_paths`. Paths
 handed out but not yet committed are remembered (:class:`InFlightPaths`) so two assets of
 different pages never get the same path; the claim is dropped once the manifest records it.
+
+What the listing gets wrong is settled here too, asset by asset:
+
+- a malformed listed item (:class:`~engine.platform.per_item.Rejected`) fails its asset; its id,
+  when readable, is marked seen so its earlier file is not deleted; without an id it is counted
+  in ``unidentified`` (the run must then delete nothing);
+- an asset listed twice in a run (twice in a page, in a page still in flight, or, with
+  ``once_per_run``, already committed this run according to the manifest) is planned once: the
+  first occurrence wins and the repeats are returned in ``duplicates``;
+- tags or annotations that could not be read are left as the manifest has them (``None``), and
+  an asset whose annotations could not be read is reported as a failure.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ from __future__ import annotations
 import os
 import stat as stat_module
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence, Set
+from collections.abc import Callable, Collection, Container, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -24,8 +35,9 @@ from engine.manifest.digests import annotations_digest, path_key, tags_digest
 from engine.manifest_access import ManifestAccess
 from engine.plan import LocalFile, StoredAsset, content_decision, metadata_changed
 from engine.platform import models
+from engine.platform.per_item import Rejected
 from engine.signed_urls import SignedUrl
-from engine.summary import LiveCounters
+from engine.summary import Failure, LiveCounters
 
 __all__ = [
     "ContentPlan",
@@ -75,6 +87,8 @@ class ContentPlan:
 
     ``jobs`` carry no metadata yet (:meth:`PagePlanner.settle` fills it in); ``kept`` are the
     assets whose file is current, to be skipped or updated once metadata is known.
+    ``also_seen``: ids of rejected items, marked seen with the page; ``duplicates``: assets
+    listed again, not planned; ``unidentified``: rejected items without a readable id.
     """
 
     order: list[str]
@@ -82,6 +96,9 @@ class ContentPlan:
     jobs: list[Job] = field(default_factory=list)
     kept: list[tuple[models.Asset, AssetRow]] = field(default_factory=list)
     not_ready: list[str] = field(default_factory=list)
+    also_seen: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    unidentified: int = 0
 
 
 def local_file(dest: Path, rel_path: str) -> LocalFile | None:
@@ -122,7 +139,11 @@ class PagePlanner:
         counters: LiveCounters,
         clock: Callable[[], float] = time.time,
         plan_sink: Callable[[PlannedAction], None] | None = None,
+        once_per_run: bool = False,
     ) -> None:
+        # once_per_run: each asset is planned at most once in this run, so a manifest row seen
+        # by this run is a repeat (the mirror; the prefetcher plans an asset once per epoch).
+        self.once_per_run = once_per_run
         self.db = db
         self.run_id = run_id
         self.dest = dest
@@ -133,14 +154,36 @@ class PagePlanner:
         self.plan_sink = plan_sink
         self.in_flight = InFlightPaths()
 
-    async def plan_content(self, assets: Sequence[models.Asset]) -> ContentPlan:
-        """Which files of a page must be downloaded, and where; no metadata needed."""
-        ids = [asset.id for asset in assets]
-        rows, local = await self.db.call(self._read_page_state, ids)
-        plan = ContentPlan(order=ids, rows=rows)
+    async def plan_content(
+        self,
+        assets: Sequence[models.Asset],
+        *,
+        rejected: Sequence[Rejected] = (),
+        in_flight: Container[str] = frozenset(),
+    ) -> ContentPlan:
+        """Which files of a page must be downloaded, and where; no metadata needed.
+
+        ``in_flight``: ids of earlier pages not committed yet (a repeat of one is a duplicate).
+        """
+        unique: dict[str, models.Asset] = {}
+        duplicates: list[str] = []
+        for asset in assets:
+            if asset.id in unique or asset.id in in_flight:
+                duplicates.append(asset.id)
+            else:
+                unique[asset.id] = asset
+        rows, local = await self.db.call(self._read_page_state, list(unique))
+        if self.once_per_run and self.run_id:
+            seen = [a for a, stored in rows.items() if stored.last_seen_run == self.run_id]
+            for asset_id in seen:
+                duplicates.append(asset_id)
+                del unique[asset_id]
+                del rows[asset_id]
+        plan = ContentPlan(order=list(unique), rows=rows, duplicates=duplicates)
+        self._reject(plan, rejected)
         wanted: dict[str, PurePosixPath] = {}
         reasons: list[tuple[models.Asset, str]] = []
-        for asset in assets:
+        for asset in unique.values():
             if asset.data.upload_status not in (None, "DONE"):
                 # Listed but not uploaded yet (PENDING, COMPUTING, ERROR): nothing to fetch.
                 # Kept as seen so an earlier file is not deleted while a re-upload is pending.
@@ -183,6 +226,15 @@ class PagePlanner:
         self.counters.to_download += len(plan.jobs)
         return plan
 
+    def _reject(self, plan: ContentPlan, rejected: Sequence[Rejected]) -> None:
+        for item in rejected:
+            why = f"malformed listing item: {item.reason}"
+            self.counters.add_failure(Failure(item.asset_id or "", item.filename, why))
+            if item.asset_id is None:
+                plan.unidentified += 1
+            else:
+                plan.also_seen.append(item.asset_id)
+
     def staged_tags(self, ids: Sequence[str]) -> StagedTags:
         """Runs on the manifest thread: the tags staged for these assets this run."""
         manifest = self.db.manifest
@@ -191,23 +243,48 @@ class PagePlanner:
     def settle(
         self,
         content: ContentPlan,
-        staged: StagedTags,
+        staged: StagedTags | None,
         annotations: Mapping[str, list[dict[str, Any]]],
+        unreadable: Mapping[str, str] | None = None,
     ) -> PagePlan:
         """The page once its tags and annotations are known: jobs get their metadata, kept
-        assets are skipped or updated, and changes are counted."""
-        plan = PagePlan(seen=list(content.not_ready))
+        assets are skipped or updated, and changes are counted.
+
+        ``staged=None``: this run's tags are unknown; ``unreadable``: assets whose annotations
+        could not be read, with why. What is unknown is left as the manifest has it.
+        """
+        unreadable = unreadable or {}
+        plan = PagePlan(seen=[*content.not_ready, *content.also_seen])
         counters = self.counters
         rows = content.rows
+
+        def tags_of(asset_id: str) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+            if staged is None:
+                return None, None
+            return staged.get(asset_id, ((), ()))
+
+        def annotations_of(asset: models.Asset) -> list[dict[str, Any]] | None:
+            why = unreadable.get(asset.id)
+            if why is None:
+                return annotations.get(asset.id, [])
+            counters.add_failure(
+                Failure(
+                    asset.id,
+                    asset.data.filename,
+                    f"annotations could not be read (the stored ones are kept): {why}",
+                )
+            )
+            return None
+
         for job in content.jobs:
-            job.tags, job.data_tags = staged.get(job.asset.id, ((), ()))
-            job.annotations = annotations.get(job.asset.id, [])
+            job.tags, job.data_tags = tags_of(job.asset.id)
+            job.annotations = annotations_of(job.asset)
             row = rows.get(job.asset.id)
             if row is not None:
                 self._count_changes(row, job.tags, job.data_tags, job.annotations)
         for asset, row in content.kept:
-            tags, data_tags = staged.get(asset.id, ((), ()))
-            anns = annotations.get(asset.id, [])
+            tags, data_tags = tags_of(asset.id)
+            anns = annotations_of(asset)
             t_digest, a_digest = self._count_changes(row, tags, data_tags, anns)
             if metadata_changed(stored_asset(row), t_digest, a_digest):
                 counters.updated += 1
@@ -221,14 +298,18 @@ class PagePlanner:
     def _count_changes(
         self,
         row: AssetRow,
-        tags: Sequence[str],
-        data_tags: Sequence[str],
-        annotations: Sequence[Mapping[str, Any]],
-    ) -> tuple[str, str]:
-        t_digest = tags_digest(tags, data_tags)
-        a_digest = annotations_digest(annotations)
-        self.counters.tag_changes += row.tags_digest != t_digest
-        self.counters.annotation_changes += row.annotations_digest != a_digest
+        tags: Sequence[str] | None,
+        data_tags: Sequence[str] | None,
+        annotations: Sequence[Mapping[str, Any]] | None,
+    ) -> tuple[str | None, str | None]:
+        t_digest = None
+        if tags is not None and data_tags is not None:
+            t_digest = tags_digest(tags, data_tags)
+            self.counters.tag_changes += row.tags_digest != t_digest
+        a_digest = None
+        if annotations is not None:
+            a_digest = annotations_digest(annotations)
+            self.counters.annotation_changes += row.annotations_digest != a_digest
         return t_digest, a_digest
 
     def _read_page_state(

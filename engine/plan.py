@@ -84,13 +84,13 @@ def content_decision(
 
 
 def metadata_changed(
-    stored: StoredAsset | None, tags_digest: str, annotations_digest: str | None
+    stored: StoredAsset | None, tags_digest: str | None, annotations_digest: str | None
 ) -> bool:
-    """Whether the tags or annotations differ from what the manifest holds (``None``
-    ``annotations_digest``: annotations were not fetched, so they are not compared)."""
+    """Whether the tags or annotations differ from what the manifest holds (a ``None`` digest:
+    that kind was not fetched, or could not be read, so it is not compared)."""
     if stored is None:
         return True
-    return stored.tags_digest != tags_digest or (
+    return (tags_digest is not None and stored.tags_digest != tags_digest) or (
         annotations_digest is not None and stored.annotations_digest != annotations_digest
     )
 
@@ -101,7 +101,7 @@ def decide(
     object_name: str,
     stored: StoredAsset | None,
     local: LocalFile | None,
-    tags_digest: str,
+    tags_digest: str | None,
     annotations_digest: str | None,
 ) -> Decision:
     """Decide one asset: :func:`content_decision`, then :func:`metadata_changed`."""

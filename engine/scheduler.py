@@ -19,18 +19,23 @@ whatever has accumulated in one transaction, so commits are few when files are m
 
 Errors: an asset that fails after the transfer core's retries is recorded as failed and the run
 goes on; a listing that fails stops listing (so nothing is deleted) but lets queued work finish;
-an authentication failure or a full disk stops the run. Cancelled, the joiner still records the
+an authentication failure or a full disk stops the run. What the listing gets wrong without
+failing (a malformed item, an asset listed twice: see :mod:`engine.page_plan`) fails that asset
+or skips the repeat; a repeat, or an item without a readable id, marks the listing as not
+complete, so nothing is deleted. Tags that cannot be staged leave this run's tags unknown (the
+manifest keeps the stored ones; a warning says so); a page's annotations that cannot be read
+fail the assets concerned, whose files are still mirrored. Cancelled, the joiner still records the
 files already in place (with their metadata when it arrived, without it otherwise: the next run
 completes it).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -46,14 +51,17 @@ from engine.manifest_access import (
     take_batch,
     take_leftovers,
 )
-from engine.metadata import TagStager, fetch_page_annotations
+from engine.metadata import DATALAKE_CANDIDATES, PageAnnotations, TagStager, fetch_page_annotations
 from engine.page_plan import ContentPlan, PagePlan, PagePlanner, StagedTags
-from engine.platform import PlatformClient, models
+from engine.platform import PlatformClient
+from engine.platform.per_item import ListingPage
 from engine.settings import Settings
 from engine.summary import LiveCounters
 from engine.transfer import Transferer
 
 __all__ = ["PAGES_IN_FLIGHT", "Pipeline", "PipelineResult"]
+
+log = logging.getLogger("engine.scheduler")
 
 # Pages whose tags and annotations are fetched at the same time (at most PAGES_IN_FLIGHT).
 METADATA_PAGES_AT_ONCE = 3
@@ -69,6 +77,7 @@ class PipelineResult:
     listing_error: str | None = None
     url_batches: int = 0
     url_batch_refreshes: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -84,8 +93,8 @@ class _Page:
 @dataclass(slots=True)
 class _Metadata:
     page: _Page
-    staged: StagedTags
-    annotations: dict[str, list[dict[str, Any]]]
+    staged: StagedTags | None  # None: this run's tags are unknown
+    annotations: PageAnnotations
 
 
 class Pipeline:
@@ -123,6 +132,7 @@ class Pipeline:
             counters=counters,
             clock=clock,
             plan_sink=plan_sink,
+            once_per_run=True,
         )
         self.freshener = UrlFreshener(
             client,
@@ -133,16 +143,20 @@ class Pipeline:
         )
         self.writer = BatchWriter(db, run_id, on_committed=self.planner.in_flight.release)
         self._tags_ready = anyio.Event()
-        self._first_data_id: str | None = None
+        self._tags_unknown: str | None = None
+        self._first_data_ids: list[str] = []
         self._first_page_seen = anyio.Event()
         self._page_slots = anyio.Semaphore(PAGES_IN_FLIGHT)
         self._page_of: dict[str, _Page] = {}  # asset id of a running job -> its page
+        self._listed: set[str] = set()  # asset ids of the pages in flight
+        self._duplicates: list[str] = []  # the first few repeats, for the message
+        self._unidentified = 0
 
     # -- the whole pipeline ------------------------------------------------------------------
 
     async def run(self, query: str | None) -> PipelineResult:
         concurrency = self.settings.limits.concurrency
-        pages_tx, pages_rx = anyio.create_memory_object_stream[models.AssetPage](1)
+        pages_tx, pages_rx = anyio.create_memory_object_stream[ListingPage](1)
         meta_tx, meta_rx = anyio.create_memory_object_stream[_Page](PAGES_IN_FLIGHT)
         chunks_tx, chunks_rx = anyio.create_memory_object_stream[list[Job]](PAGES_IN_FLIGHT)
         jobs_tx, jobs_rx = anyio.create_memory_object_stream[Job](concurrency)
@@ -166,7 +180,26 @@ class Pipeline:
             tg.start_soon(self._joiner, events_rx)
         self.result.url_batches = self.freshener.batches
         self.result.url_batch_refreshes = self.freshener.refreshed
+        self._judge_listing()
         return self.result
+
+    def _judge_listing(self) -> None:
+        """A listing that repeated assets, or gave items without a readable id, may have skipped
+        others: it is not complete, whatever its pages said."""
+        problems = []
+        if self.counters.duplicates:
+            problems.append(
+                f"it listed {self.counters.duplicates} asset(s) more than once "
+                f"(first: {self._duplicates[0]}); the repeats were skipped"
+            )
+        if self._unidentified:
+            problems.append(f"{self._unidentified} item(s) had no readable id")
+        if not problems:
+            return
+        message = "the listing is not trustworthy: " + "; ".join(problems)
+        self.result.listing_complete = False
+        previous = self.result.listing_error
+        self.result.listing_error = message if previous is None else f"{previous}; {message}"
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -180,32 +213,39 @@ class Pipeline:
         async def stage(kind: str, name: str, ids: Sequence[str]) -> None:
             await self.db.call(manifest.stage_tags, self.run_id, kind, name, ids)  # type: ignore[arg-type]
 
-        async def datalake_id() -> str | None:
+        async def first_data_ids() -> list[str]:
             await self._first_page_seen.wait()
-            if self._first_data_id is None:
-                return None
-            return (await self.client.data(self._first_data_id)).datalake_id
+            return self._first_data_ids
 
         try:
-            await TagStager(self.client, self.dv, stage).run(datalake_id)
+            await TagStager(self.client, self.dv, stage).run(first_data_ids)
+        except AuthError:
+            raise
+        except EngineError as exc:
+            # Files do not depend on tags: mirror them, and keep the tags the manifest has.
+            self._tags_unknown = str(exc)
+            warning = f"tags and data tags were not updated (the stored ones are kept): {exc}"
+            self.result.warnings.append(warning)
+            log.warning("%s", warning)
         finally:
             self._tags_ready.set()
 
-    async def _lister(self, query: str | None, out: ObjectSendStream[models.AssetPage]) -> None:
+    async def _lister(self, query: str | None, out: ObjectSendStream[ListingPage]) -> None:
         async with out:
             try:
                 async for page in self.client.asset_pages(
                     self.dv, q=query, limit=self.settings.page_size
                 ):
-                    if not self._first_page_seen.is_set():
-                        self._first_data_id = page.items[0].data.id if page.items else None
+                    if not self._first_page_seen.is_set() and page.items:
+                        # A few candidates: the first asset's data may be gone (a 404) by the
+                        # time it is looked up for the datalake.
+                        data_ids = dict.fromkeys(asset.data.id for asset in page.items)
+                        self._first_data_ids = list(data_ids)[:DATALAKE_CANDIDATES]
                         self._first_page_seen.set()
                     if page.count is not None:
-                        self.counters.total = max(
-                            page.count, self.counters.listed + len(page.items)
-                        )
-                    self.counters.listed += len(page.items)
-                    if page.items:
+                        self.counters.total = max(page.count, self.counters.listed + page.size)
+                    self.counters.listed += page.size
+                    if page.size:
                         await out.send(page)
                 self.result.listing_complete = True
             except AuthError:
@@ -218,20 +258,37 @@ class Pipeline:
 
     async def _content(
         self,
-        pages: ObjectReceiveStream[models.AssetPage],
+        pages: ObjectReceiveStream[ListingPage],
         to_metadata: ObjectSendStream[_Page],
         to_freshness: ObjectSendStream[list[Job]],
     ) -> None:
         async with pages, to_metadata, to_freshness:
             async for listed in pages:
                 await self._page_slots.acquire()  # released by the joiner once committed
-                content = await self.planner.plan_content(listed.items)
+                content = await self.planner.plan_content(
+                    listed.items, rejected=listed.rejected, in_flight=self._listed
+                )
+                self._note_repeats(content)
+                self._listed.update(content.order)
                 page = _Page(content, outstanding=len(content.jobs))
                 for job in content.jobs:
                     self._page_of[job.asset.id] = page
                 await to_metadata.send(page)
                 if content.jobs:
                     await to_freshness.send(content.jobs)
+
+    def _note_repeats(self, content: ContentPlan) -> None:
+        self._unidentified += content.unidentified
+        if not content.duplicates:
+            return
+        self.counters.duplicates += len(content.duplicates)
+        if len(self._duplicates) < 5:
+            self._duplicates += content.duplicates[: 5 - len(self._duplicates)]
+        log.warning(
+            "the listing gave %d asset(s) again (first: %s); the repeats are skipped",
+            len(content.duplicates),
+            content.duplicates[0],
+        )
 
     async def _metadata(
         self, pages: ObjectReceiveStream[_Page], events: ObjectSendStream[Outcome | _Metadata]
@@ -240,9 +297,18 @@ class Pipeline:
             async for page in pages:
                 ids = page.content.order
                 # One page's annotations (a few requests) while its files download.
-                annotations = await fetch_page_annotations(self.client, self.dv, ids)
+                try:
+                    annotations = await fetch_page_annotations(self.client, self.dv, ids)
+                except AuthError:
+                    raise
+                except EngineError as exc:
+                    # The files do not depend on it: they are mirrored, these assets fail.
+                    unreadable = dict.fromkeys(ids, str(exc))
+                    annotations = PageAnnotations({a: [] for a in ids}, unreadable)
                 await self._tags_ready.wait()
-                staged = await self.db.call(self.planner.staged_tags, ids)
+                staged = None
+                if self._tags_unknown is None:
+                    staged = await self.db.call(self.planner.staged_tags, ids)
                 await events.send(_Metadata(page, staged, annotations))
 
     async def _freshness(
@@ -288,7 +354,12 @@ class Pipeline:
         for event in batch:
             if isinstance(event, _Metadata):
                 page = event.page
-                page.settled = self.planner.settle(page.content, event.staged, event.annotations)
+                page.settled = self.planner.settle(
+                    page.content,
+                    event.staged,
+                    event.annotations.by_asset,
+                    event.annotations.unreadable,
+                )
                 items += page.settled.updates
                 if page.settled.seen:
                     items.append(page.settled.seen)
@@ -304,7 +375,9 @@ class Pipeline:
             if page.settled is not None and page.outstanding == 0:
                 completed.append(page)
         await self.writer.commit(items)
-        for _ in completed:
+        for page in completed:
+            # Committed: from now on the manifest answers "seen this run?" for these ids.
+            self._listed.difference_update(page.content.order)
             self._page_slots.release()
 
     def _item(self, outcome: Outcome) -> WriteItem:

@@ -30,6 +30,7 @@ from pydantic_settings import (
 from engine.errors import UsageError
 
 __all__ = [
+    "DEFAULT_API_MAX_BODY",
     "DEFAULT_API_URL",
     "Limits",
     "RetryPolicy",
@@ -44,6 +45,15 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
+
+# The largest API answer the engine reads, counted in decoded bytes (after gzip), so a small
+# compressed body cannot inflate without limit. A 1000-asset listing page is about 0.8 MB with
+# signed URLs (measured on the emulator), so this leaves ~33 KiB of metadata per asset; bulk
+# annotation answers that outgrow it are asked for again in chunks of 10 ids (the SDK's chunk
+# for segmentation versions), i.e. ~3 MiB per annotation. Several answers can be in flight at
+# once (read-ahead, metadata of a few pages), so the cap is kept well below the memory of a
+# small machine.
+DEFAULT_API_MAX_BODY = 32 * MiB
 
 
 class _Frozen(BaseModel):
@@ -145,6 +155,8 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     transfer: TransferOptions = TransferOptions()
     page_size: int = Field(1000, ge=1, le=1000)
+    # Largest decoded API answer read (bytes): see DEFAULT_API_MAX_BODY.
+    api_max_body: int = Field(DEFAULT_API_MAX_BODY, ge=64 * KiB)
     lock_stale_after: float = Field(6 * 3600.0, gt=0)
 
     @field_validator("api_url")

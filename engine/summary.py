@@ -40,6 +40,7 @@ class LiveCounters:
     downloaded: int = 0
     skipped: int = 0
     not_ready: int = 0  # listed with an upload that is not DONE
+    duplicates: int = 0  # listed again in the same run: skipped
     updated: int = 0
     deleted: int = 0
     failed: int = 0
@@ -96,6 +97,8 @@ class MirrorSummary:
     deletion_note: str | None = None
     failures: tuple[Failure, ...] = ()
     error: str | None = None
+    # What the run could not do without failing an asset (tags left as stored, for instance).
+    warnings: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import UsageError
-from engine.settings import load_settings
+from engine.settings import DEFAULT_API_MAX_BODY, load_settings
 
 
 def test_precedence_cli_over_env_over_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -121,3 +121,16 @@ def test_a_config_giving_both_token_and_token_file_is_refused(
     config.write_text('token = "a"\ntoken_file = "/nowhere"\n')
     with pytest.raises(UsageError, match="not both"):
         load_settings(config_file=config)
+
+
+def test_api_max_body_from_the_environment_and_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    assert load_settings().api_max_body == DEFAULT_API_MAX_BODY == 32 * 1024 * 1024
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("api_max_body = 8388608\n")
+    assert load_settings(config_file=cfg).api_max_body == 8 * 1024 * 1024
+    monkeypatch.setenv("ASSETSYNC_API_MAX_BODY", "67108864")
+    assert load_settings(config_file=cfg).api_max_body == 64 * 1024 * 1024
+    with pytest.raises(UsageError, match="api_max_body"):
+        load_settings({"api_max_body": 1000})  # below 64 KiB: no real answer would fit

@@ -56,6 +56,12 @@ UPSERT_WITH_FILE = (
 UPSERT_METADATA = f"{_INSERT} DO UPDATE SET {_DESCRIBE}, {_STATE_KEEPING_FILE}, {_KEEP_DIGESTS}"
 
 
+def _text(value: Any) -> str | None:
+    # The id and status columns index what the body holds verbatim; a value of another JSON
+    # type (the API's to send, not ours to refuse) stays in the body only.
+    return value if isinstance(value, str) else None
+
+
 def _stored_digests(
     conn: sqlite3.Connection, lists: InLists, ids: Sequence[str]
 ) -> dict[str, tuple[str | None, str | None]]:
@@ -157,7 +163,13 @@ def apply_batch(
                     clear_annotations.append((asset_id,))
                 for ann_ord, ann in enumerate(u.annotations):
                     annotation_rows.append(
-                        (asset_id, ann_ord, ann.get("id"), ann.get("status"), dump_json(ann))
+                        (
+                            asset_id,
+                            ann_ord,
+                            _text(ann.get("id")),
+                            _text(ann.get("status")),
+                            dump_json(ann),
+                        )
                     )
                     shape_rows.extend((asset_id, ann_ord, *shape) for shape in shapes_of(ann))
 

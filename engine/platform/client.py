@@ -14,7 +14,12 @@ against the real platform as well as against the emulator:
 - annotation ids by asset: 50 ``asset_ids`` a request (``DatasetVersion.load_annotations``), which
   also keeps the request line around 2.5 KiB with UUIDs, far from common 8 KiB limits; a byte
   budget guards against longer ids;
-- bulk annotations: a bare JSON list of ids as the ``XGET`` body.
+- bulk annotations: a bare JSON list of ids as the ``XGET`` body; an answer too large for
+  ``api_max_body`` is asked for again in chunks of :data:`SPLIT_CHUNK` ids (the SDK's chunk for
+  segmentation versions, whose polygons make the heaviest answers).
+
+Listing pages and bulk annotations are read item by item when they do not validate as a whole
+(:mod:`engine.platform.per_item`): one malformed asset or annotation fails on its own.
 
 Batches of independent chunk requests run a few at a time. Every method raises only
 :class:`~engine.errors.EngineError` subclasses (see ``http.py`` for the mapping).
@@ -24,19 +29,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import quote as _urlquote
 
 import aiohttp
 import anyio
-import orjson
 from pydantic import SecretStr, ValidationError
 
-from engine.errors import EngineError, PlatformError, UsageError
+from engine.errors import AnswerTooLarge, EngineError, PlatformError, UsageError
 from engine.platform import models
 from engine.platform.http import ApiTransport, Params
 from engine.platform.paging import read_ahead
-from engine.settings import RetryPolicy, Timeouts
+from engine.platform.per_item import (
+    AnnotationAnswer,
+    ListingPage,
+    annotation_answer,
+    asset_page,
+    describe,
+)
+from engine.settings import DEFAULT_API_MAX_BODY, RetryPolicy, Timeouts
 
 __all__ = [
     "ANNOTATION_IDS_PER_REQUEST",
@@ -44,6 +55,7 @@ __all__ = [
     "SDK_TYPES",
     "SDK_UPLOAD_STATUSES",
     "PlatformClient",
+    "parse_answer",
 ]
 
 SDK_VERSION = "6.37.0"
@@ -53,6 +65,9 @@ SDK_TYPES = ("IMAGE", "VIDEO")
 MAX_PAGE = 1000
 MAX_IDS_PER_REQUEST = 1000
 ANNOTATION_IDS_PER_REQUEST = 50
+SPLIT_CHUNK = 10
+# A datalake has tens of data tags; a server paging through new ones for ever is broken.
+MAX_DATALAKE_TAGS = 100_000
 _QUERY_BUDGET = 4096  # bytes of query string for one annotation-ids request
 _CHUNK_CONCURRENCY = 4
 
@@ -60,7 +75,12 @@ T = TypeVar("T")
 
 
 def _seg(value: str) -> str:
-    # Ids go into paths; another implementation's ids need not be UUIDs.
+    # Ids go into paths; another implementation's ids need not be UUIDs. Percent-encoding does
+    # not protect "." and "..": the URL library resolves them (even as %2E%2E), so that
+    # /api/data/.. would be a request for /api/. The models refuse such ids from the platform;
+    # this refuses them from callers.
+    if not value.strip("."):
+        raise UsageError(f"not an id that can go into a request path: {value!r}")
     return _urlquote(value, safe="")
 
 
@@ -132,26 +152,18 @@ async def _gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
     return [results[i] for i in range(len(calls))]
 
 
-def _annotation_dicts(raw: bytes) -> list[dict[str, Any]]:
+def parse_answer(parse: Callable[[bytes], T], raw: bytes, what: str) -> T:
+    """``parse(raw)``, with what the parsers raise on a bad answer translated: the one place a
+    2xx answer that is not what the contract says becomes a :class:`PlatformError`."""
     try:
-        # orjson: the bulk answers are the mirror's largest JSON (2.3x the stdlib's speed);
-        # the stdlib reads what orjson refuses (an integer beyond 64 bits).
-        try:
-            items = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            items = json.loads(raw)
-    except ValueError:
+        return parse(raw)
+    except ValidationError as exc:
+        reason = describe(exc.errors(include_url=False)[0])
+        raise PlatformError(f"unexpected answer to {what}: {reason}", status=200) from None
+    except ValueError as exc:  # pydantic_core.from_json: not JSON, or beyond its bounds
         raise PlatformError(
-            "unexpected answer to the bulk annotations: not JSON", status=200
+            f"unexpected answer to {what}: not valid JSON: {exc}", status=200
         ) from None
-    if not isinstance(items, list) or not all(
-        isinstance(a, dict) and isinstance(a.get("id"), str) and isinstance(a.get("asset_id"), str)
-        for a in items
-    ):
-        raise PlatformError(
-            "unexpected answer to the bulk annotations: not a list of annotations", status=200
-        )
-    return items
 
 
 class PlatformClient:
@@ -167,6 +179,7 @@ class PlatformClient:
         *,
         organization_id: str | None = None,
         user_agent: str = USER_AGENT,
+        max_body: int = DEFAULT_API_MAX_BODY,
     ) -> None:
         self._http = ApiTransport(
             session,
@@ -175,6 +188,7 @@ class PlatformClient:
             retry or RetryPolicy(),
             timeouts or Timeouts(),
             user_agent=user_agent,
+            max_body=max_body,
         )
         self.organization_id = organization_id
         if organization_id is not None:
@@ -198,14 +212,7 @@ class PlatformClient:
         # Bodies are small (at most 1000 ids): the stdlib encoder is plenty.
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         raw = await self._http.request(method, path, params=params, body=payload)
-        try:
-            return parse(raw)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "body"
-            raise PlatformError(
-                f"unexpected answer to {method} {path}: {where}: {err['msg']}", status=200
-            ) from None
+        return parse_answer(parse, raw, f"{method} {path}")
 
     # -- account ----------------------------------------------------------------------------
 
@@ -238,11 +245,13 @@ class PlatformClient:
         *,
         upload_statuses: Sequence[str] = SDK_UPLOAD_STATUSES,
         types: Sequence[str] = SDK_TYPES,
-    ) -> AsyncIterator[models.AssetPage]:
+    ) -> AsyncIterator[ListingPage]:
         """The version's assets, page by page (cursor mode), with one page of read-ahead.
 
-        Close it if you stop early (``async with contextlib.aclosing(...)``) so the request in
-        flight is cancelled at once rather than when the generator is collected.
+        Malformed assets are in each page's ``rejected``; the listing's bounds are those of
+        :func:`~engine.platform.paging.read_ahead`. Close it if you stop early (``async with
+        contextlib.aclosing(...)``) so the request in flight is cancelled at once rather than
+        when the generator is collected.
         """
         _check_limit(limit)
         path = f"/api/dataset/version/{_seg(dataset_version_id)}/assets"
@@ -252,11 +261,11 @@ class PlatformClient:
         base += [("upload_statuses", s) for s in upload_statuses]
         base += [("types", t) for t in types]
 
-        async def fetch(cursor: str | None) -> models.AssetPage:
+        async def fetch(cursor: str | None) -> ListingPage:
             params = base if cursor is None else [*base, ("cursor", cursor)]
-            return await self._get(models.AssetPage.model_validate_json, path, params)
+            return await self._get(asset_page, path, params)
 
-        return read_ahead(fetch)
+        return read_ahead(fetch, limit=limit)
 
     async def assets_by_ids(
         self,
@@ -308,7 +317,7 @@ class PlatformClient:
             return await self._get(models.IdPage.model_validate_json, path, params)
 
         async def ids() -> AsyncIterator[list[str]]:
-            pages = read_ahead(fetch)
+            pages = read_ahead(fetch, limit=limit)
             try:
                 async for page in pages:
                     yield page.items
@@ -349,9 +358,16 @@ class PlatformClient:
         while True:
             params = [("limit", str(limit)), ("offset", str(offset))]
             page = await self._get(models.TagList.model_validate_json, path, params)
+            if len(page.items) > limit:
+                raise PlatformError(
+                    f"the datalake's tags came in a page of {len(page.items)}, more than the "
+                    f"{limit} asked for"
+                )
             before = len(tags)
             for tag in page.items:
                 tags.setdefault(tag.id, tag)
+            if len(tags) > MAX_DATALAKE_TAGS:
+                raise PlatformError(f"the datalake has more than {MAX_DATALAKE_TAGS:,} tags")
             # A short page ends it; so does a page with nothing new (a server ignoring offset).
             if len(page.items) < limit or len(tags) == before:
                 return list(tags.values())
@@ -403,9 +419,10 @@ class PlatformClient:
         ``chunk_size`` (at most 1000) can be lowered for heavy shapes: the SDK uses 100, and 10
         for segmentation versions.
         """
-        return await self._bulk_annotations(
+        found = await self._bulk_annotations(
             dataset_version_id, ids, chunk_size, models.BulkAnnotationList.validate_json
         )
+        return [annotation for chunk in found for annotation in chunk]
 
     async def annotation_dicts(
         self,
@@ -413,33 +430,55 @@ class PlatformClient:
         ids: Sequence[str],
         *,
         chunk_size: int = MAX_IDS_PER_REQUEST,
-    ) -> list[dict[str, Any]]:
+    ) -> AnnotationAnswer:
         """The same annotations as :meth:`annotations_bulk`, exactly as the API sent them.
 
         For the mirror, which stores them as given: decoding into models and dumping them back
         cost more CPU than the rest of a small file's mirroring (measured with py-spy on 2,000
-        files: ~14% of the process). Only the envelope is checked (a list of objects, each with
-        string ``id`` and ``asset_id``).
+        files: ~14% of the process). Only what the engine reads of each is checked (an object
+        with string ``id`` and ``asset_id``, a string or null ``status``); annotations that fail
+        that make their asset's annotations unreadable (see :class:`AnnotationAnswer`) instead
+        of failing the whole answer.
         """
-        return await self._bulk_annotations(dataset_version_id, ids, chunk_size, _annotation_dicts)
+        answer = AnnotationAnswer()
+        for chunk in await self._bulk_annotations(
+            dataset_version_id, ids, chunk_size, annotation_answer
+        ):
+            answer.merge(chunk)
+        return answer
 
     async def _bulk_annotations(
         self,
         dataset_version_id: str,
         ids: Sequence[str],
         chunk_size: int,
-        parse: Callable[[bytes], list[T]],
+        parse: Callable[[bytes], T],
     ) -> list[T]:
+        """One parsed answer per request, in id order. A chunk whose answer is too large is
+        asked for again in chunks of :data:`SPLIT_CHUNK` (once: a chunk that size still too
+        large is an error), so a legitimately heavy version still mirrors while a server that
+        answers everything with a bomb costs a handful of refused reads."""
         if not 1 <= chunk_size <= MAX_IDS_PER_REQUEST:
             raise UsageError(f"chunk_size must be between 1 and {MAX_IDS_PER_REQUEST}")
         path = f"/api/dataset/version/{_seg(dataset_version_id)}/annotations"
 
-        def call(chunk: Sequence[str]) -> Callable[[], Awaitable[list[T]]]:
+        def call(chunk: Sequence[str]) -> Callable[[], Awaitable[T]]:
             body = list(chunk)
             return lambda: self._get(parse, path, method="XGET", body=body)
+
+        async def fetch(chunk: Sequence[str]) -> list[T]:
+            try:
+                return [await call(chunk)()]
+            except AnswerTooLarge:
+                if len(chunk) <= SPLIT_CHUNK:
+                    raise
+            return await _gather([call(part) for part in _chunks(chunk, SPLIT_CHUNK)])
+
+        def whole(chunk: Sequence[str]) -> Callable[[], Awaitable[list[T]]]:
+            return lambda: fetch(chunk)
 
         unique = _unique(ids)
         if not unique:
             return []
-        found = await _gather([call(c) for c in _chunks(unique, chunk_size)])
-        return [a for chunk in found for a in chunk]
+        found = await _gather([whole(c) for c in _chunks(unique, chunk_size)])
+        return [answer for answers in found for answer in answers]

@@ -8,8 +8,14 @@ nothing from aiohttp escapes ``engine.platform``:
     408 / 429 / 5xx (not 501)       -> retried, then ApiUnavailable
     connection errors, timeouts,
     a body cut short                -> retried, then ApiUnavailable
+    a body past ``max_body``        -> AnswerTooLarge, not retried
     any other status                -> PlatformError with the server's message
     bad URL                         -> UsageError
+
+Bodies are read as a stream of *decoded* bytes (aiohttp inflates gzip and deflate by pieces, with
+backpressure) and counted as they come: a body that passes ``max_body`` is refused as soon as it
+does, so a small compressed answer that inflates to gigabytes costs at most ``max_body`` of
+memory. Error answers are read up to :data:`ERROR_BODY_LIMIT` only: their message is all we use.
 
 Only the method and the path go into messages and logs: never headers, and the token is scrubbed
 from anything the server echoes back.
@@ -31,6 +37,7 @@ import anyio
 from pydantic import SecretStr
 
 from engine.errors import (
+    AnswerTooLarge,
     ApiUnavailable,
     AuthError,
     EngineError,
@@ -40,7 +47,7 @@ from engine.errors import (
 )
 from engine.settings import RetryPolicy, Timeouts
 
-__all__ = ["ApiTransport", "Params", "parse_retry_after"]
+__all__ = ["ERROR_BODY_LIMIT", "ApiTransport", "Params", "parse_retry_after"]
 
 log = logging.getLogger("engine.platform")
 
@@ -48,6 +55,9 @@ Params = Sequence[tuple[str, str]]
 
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _MESSAGE_LIMIT = 300
+# Of an error answer only the message is used (at most _MESSAGE_LIMIT characters of it).
+ERROR_BODY_LIMIT = 64 * 1024
+_READ_PIECE = 256 * 1024
 _SPACES = re.compile(r"\s+")
 
 
@@ -103,8 +113,10 @@ class ApiTransport:
         timeouts: Timeouts,
         *,
         user_agent: str,
+        max_body: int,
     ) -> None:
         self._session = session
+        self._max_body = max_body
         self._base = api_url.rstrip("/")
         self._secret = token.get_secret_value()
         self._retry = retry
@@ -178,10 +190,10 @@ class ApiTransport:
                 headers=self._headers,
                 timeout=self._timeout,
             ) as resp:
-                payload = await resp.read()
-                if 200 <= resp.status < 300:
-                    return payload
-                return self._status_error(what, resp.status, resp.reason, payload, resp.headers)
+                if not 200 <= resp.status < 300:
+                    payload = await _read_at_most(resp, ERROR_BODY_LIMIT)
+                    return self._status_error(what, resp.status, resp.reason, payload, resp.headers)
+                return await self._read_body(resp, what)
         except aiohttp.InvalidURL as exc:
             raise UsageError(f"invalid API URL for {what}: {self._scrub(str(exc))}") from None
         except aiohttp.ClientSSLError as exc:
@@ -193,6 +205,30 @@ class ApiTransport:
             return ApiUnavailable(f"{what}: timed out")
         except (aiohttp.ClientError, OSError) as exc:
             return ApiUnavailable(f"{what}: {type(exc).__name__}: {self._scrub(str(exc))}")
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, what: str) -> bytes | AnswerTooLarge:
+        limit = self._max_body
+        declared = resp.content_length
+        # A declared length is that of the bytes on the wire: only without an encoding is it
+        # the decoded size as well.
+        if declared is not None and declared > limit and not resp.headers.get("Content-Encoding"):
+            return self._too_large(what, resp.status, limit)
+        pieces: list[bytes] = []
+        size = 0
+        async for piece in resp.content.iter_chunked(_READ_PIECE):
+            size += len(piece)
+            if size > limit:
+                return self._too_large(what, resp.status, limit)
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    @staticmethod
+    def _too_large(what: str, status: int, limit: int) -> AnswerTooLarge:
+        return AnswerTooLarge(
+            f"{what}: the answer is larger than {limit:,} bytes once decoded (api_max_body); "
+            "refused",
+            status=status,
+        )
 
     def _status_error(
         self,
@@ -216,3 +252,17 @@ class ApiTransport:
             retry_after = parse_retry_after(headers.get("Retry-After"))
             return ApiUnavailable(text, status=status, retry_after=retry_after)
         return PlatformError(text, status=status)
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The first ``limit`` decoded bytes of a body; the rest is never read (the connection is
+    closed rather than drained when the response is released)."""
+    pieces: list[bytes] = []
+    size = 0
+    while size < limit:
+        piece = await resp.content.read(min(_READ_PIECE, limit - size))
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)

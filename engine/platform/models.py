@@ -10,14 +10,27 @@ manifest exports annotations "as the API gave them" and the real platform adds f
 contract does not list (``label_id``, ``area``, ``keypoints``...). ``model_dump()`` gives them back.
 
 Answers are parsed from the response bytes with ``model_validate_json`` (see ``client.py``): that
-skips building an intermediate ``dict`` tree and is measurably faster on 1000-asset pages.
+skips building an intermediate ``dict`` tree and is measurably faster on 1000-asset pages. Its
+parser (jiter, in pydantic-core) also bounds what hostile JSON can do: nesting deeper than 201
+levels, integers of more than 4300 digits and lone surrogates are refused as invalid JSON, so
+nothing parsed here can overflow the recursion of a JSON encoder or a SQLite text column later.
+
+Values the engine puts somewhere that matters are checked here, where they enter:
+
+- ids that go into request paths or headers (:data:`Id`) must be UUID-like tokens: letters,
+  digits and ``- _ . ~``, at most 128 characters, not only dots (``..`` in a path would be
+  resolved away by the URL library: ``/api/data/..`` is ``/api/``);
+- image dimensions must fit the manifest's integer columns (0 to 2**31 - 1);
+- counts are not negative, and a cursor is at most 4 KiB (it goes back in a query string).
+
+An asset that breaks one of these fails on its own: see :mod:`engine.platform.per_item`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 __all__ = [
     "Annotation",
@@ -32,6 +45,8 @@ __all__ = [
     "Data",
     "DataDetail",
     "DatasetVersion",
+    "Id",
+    "IdCheck",
     "IdList",
     "IdPage",
     "Line",
@@ -47,6 +62,15 @@ __all__ = [
 ]
 
 Number = int | float
+
+# At least one character that is not a dot: "." and ".." are path segments, not names. The
+# pattern runs in pydantic-core's regex engine (no look-ahead there), hence its shape.
+ID_PATTERN = r"^[A-Za-z0-9_~.-]*[A-Za-z0-9_~-][A-Za-z0-9_~.-]*$"
+ID_MAX_LENGTH = 128
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH)]
+# The manifest stores dimensions in INTEGER columns; no image is 2**31 pixels wide.
+MAX_DIMENSION = 2**31 - 1
+CURSOR_MAX_LENGTH = 4096
 
 
 class _Model(BaseModel):
@@ -65,14 +89,14 @@ class TagList(_Model):
 
 
 class Meta(_Model):
-    width: int | None = None
-    height: int | None = None
+    width: int | None = Field(None, ge=0, le=MAX_DIMENSION)
+    height: int | None = Field(None, ge=0, le=MAX_DIMENSION)
 
 
 class Data(_Model):
     """The immutable content behind an asset: a new upload is a new ``id`` and ``object_name``."""
 
-    id: str
+    id: Id
     object_name: str
     filename: str = ""
     type: str | None = None
@@ -95,14 +119,14 @@ class Data(_Model):
 class DataDetail(Data):
     """``GET /api/data/{id}``: the data object plus its data tags and datalake."""
 
-    datalake_id: str | None = None
+    datalake_id: Id | None = None
     tags: list[Tag] = Field(default_factory=list)
 
 
 class Asset(_Model):
     """An asset as listed: no tags, no size, no checksum (see the contract)."""
 
-    id: str
+    id: Id
     data: Data
 
     @property
@@ -133,8 +157,8 @@ class AssetPage(_Model):
     this page was served (the listing is of a live system, so it may change between pages)."""
 
     items: list[Asset]
-    count: int | None = None
-    next_cursor: str | None = None
+    count: int | None = Field(None, ge=0)
+    next_cursor: str | None = Field(None, max_length=CURSOR_MAX_LENGTH)
 
 
 class AssetList(_Model):
@@ -146,14 +170,18 @@ class AssetList(_Model):
 
 class IdPage(_Model):
     items: list[str]
-    count: int | None = None
-    next_cursor: str | None = None
+    count: int | None = Field(None, ge=0)
+    next_cursor: str | None = Field(None, max_length=CURSOR_MAX_LENGTH)
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
 
 
 class Ping(_Model):
     sdk_version: str | None = None
     username: str | None = None
-    default_organization: str | None = None
+    default_organization: Id | None = None  # sent back in a header on every request
 
 
 class Organization(_Model):
@@ -244,3 +272,4 @@ class AnnotationList(_Model):
 # Bare JSON lists (the annotation endpoints answer without an envelope).
 BulkAnnotationList: TypeAdapter[list[BulkAnnotation]] = TypeAdapter(list[BulkAnnotation])
 IdList: TypeAdapter[list[str]] = TypeAdapter(list[str])
+IdCheck: TypeAdapter[str] = TypeAdapter(Id)

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from engine.errors import AuthError, EngineError
+from engine.errors import AuthError, EngineError, PlatformError
 from engine.jobs import Job, Outcome, transfer_job, update_for_outcome
 from engine.manifest import AssetRow
 from engine.metadata import fetch_page_annotations
@@ -460,11 +460,15 @@ class EpochRun:
         s = self.s
         async with self._meta_limiter:
             annotations = await fetch_page_annotations(s.client, s.dv, content.order)
+            if annotations.unreadable:
+                # Items carry their annotations: handing out [] for unknown ones would lie.
+                asset_id, why = next(iter(annotations.unreadable.items()))
+                raise PlatformError(f"the annotations of asset {asset_id} could not be read: {why}")
             await s.tags_ready.wait()
             if s.tags_error is not None:
                 raise s.tags_error
             staged = await s.db.call(s.planner.staged_tags, content.order)
-        settled = s.planner.settle(content, staged, annotations)
+        settled = s.planner.settle(content, staged, annotations.by_asset)
         for update in settled.updates:
             s.writer.put(update)
         if settled.seen:
@@ -474,7 +478,7 @@ class EpochRun:
             if entry is None:
                 continue
             entry.tags, entry.data_tags = staged.get(asset_id, ((), ()))
-            entry.annotations = annotations.get(asset_id, [])
+            entry.annotations = annotations.by_asset.get(asset_id, [])
             entry.meta = True
             outcome = entry.outcome
             if outcome is not None and not entry.committed:

@@ -151,7 +151,14 @@ class Session:
         api, storage = await stack.enter_async_context(open_sessions(settings))
         assert settings.token is not None
         t = settings.transfer
-        self.client = PlatformClient(api, settings.api_url, settings.token, t.retry, t.timeouts)
+        self.client = PlatformClient(
+            api,
+            settings.api_url,
+            settings.token,
+            t.retry,
+            t.timeouts,
+            max_body=settings.api_max_body,
+        )
         await check_platform(
             self.client,
             settings.api_url,
@@ -277,15 +284,13 @@ class Session:
         async def stage(kind: str, name: str, ids: Sequence[str]) -> None:
             await self.db.call(manifest.stage_tags, self.run_id, kind, name, ids)  # type: ignore[arg-type]
 
-        async def datalake_id() -> str | None:
+        async def first_data_ids() -> list[str]:
             await self.first_seen.wait()
-            if self.first_data_id is None:
-                return None
-            return (await self.client.data(self.first_data_id)).datalake_id
+            return [] if self.first_data_id is None else [self.first_data_id]
 
         with self._stager_scope:
             try:
-                await TagStager(self.client, self.dv, stage).run(datalake_id)
+                await TagStager(self.client, self.dv, stage).run(first_data_ids)
             except EngineError as exc:
                 self.tags_error = exc  # the epochs raise it when they need the tags
             finally:

@@ -281,7 +281,10 @@ async def test_annotation_dicts_are_what_the_api_sent():
         dv = emu.dataset_version_id
         ids = list(emu.dataset.asset_ids())
         annotation_ids = await client.annotation_ids(dv, ids)
-        raw = await client.annotation_dicts(dv, annotation_ids)
+        answer = await client.annotation_dicts(dv, annotation_ids)
+        assert answer.unreadable == {}
+        assert answer.unattributed is None
+        raw = answer.annotations
         modelled = await client.annotations_bulk(dv, annotation_ids)
         assert raw == [a.raw() for a in modelled]
         by_asset: dict[str, list[dict]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+from collections.abc import AsyncIterator
 
 import aiohttp
 import anyio
@@ -12,6 +13,8 @@ from pydantic import SecretStr
 
 from engine.errors import NotFoundError, PlatformError
 from engine.platform import PlatformClient
+from engine.platform.paging import listing_bound
+from engine.platform.per_item import ListingPage
 from engine.settings import RetryPolicy
 
 from .conftest import RawServer, Reply, Seen
@@ -34,6 +37,11 @@ def pager(seen: Seen) -> Reply:
 
 def api(session: aiohttp.ClientSession, url: str) -> PlatformClient:
     return PlatformClient(session, url, SecretStr("t"), RetryPolicy(attempts=1))
+
+
+async def drain(pages: AsyncIterator[ListingPage], into: list[ListingPage]) -> None:
+    async for page in pages:
+        into.append(page)
 
 
 async def wait_for(condition, what: str) -> None:
@@ -109,3 +117,61 @@ async def test_a_cursor_that_does_not_advance_is_an_error(raw_server: RawServer)
         with pytest.raises(PlatformError, match="did not advance"):
             [_ async for _ in pages]
     assert len(raw_server.seen) == 2
+
+
+async def test_a_page_larger_than_asked_is_refused(raw_server: RawServer) -> None:
+    def handler(seen: Seen) -> Reply:
+        n = int(dict(seen.query).get("cursor", "0"))
+        size = 4 if n == 0 else 5  # the second page has one entry more than the limit
+        items = [
+            {"id": f"a{n}-{i}", "data": {"id": f"d{n}-{i}", "object_name": "o"}}
+            for i in range(size)
+        ]
+        return Reply(body={"items": items, "count": 100, "next_cursor": str(n + 1)})
+
+    raw_server.set(handler)
+    got: list[ListingPage] = []
+    async with aiohttp.ClientSession() as session:
+        pages = api(session, raw_server.url).asset_pages(DV, limit=4)
+        with pytest.raises(PlatformError, match="page of 5 entries, more than the 4 asked for"):
+            await drain(pages, got)
+    assert [p.size for p in got] == [4]  # the pages before it still came through
+
+
+async def test_ever_new_cursors_stop_at_the_count(raw_server: RawServer) -> None:
+    # The server of the issue: count=1, a new cursor and a new asset on every page, for ever.
+    def handler(seen: Seen) -> Reply:
+        n = int(dict(seen.query).get("cursor", "0"))
+        item = {"id": f"a{n}", "data": {"id": f"d{n}", "object_name": "o"}}
+        return Reply(body={"items": [item], "count": 1, "next_cursor": str(n + 1)})
+
+    raw_server.set(handler)
+    got: list[ListingPage] = []
+    async with aiohttp.ClientSession() as session:
+        pages = api(session, raw_server.url).asset_pages(DV, limit=10)
+        with anyio.fail_after(30), pytest.raises(PlatformError, match="past its count"):
+            await drain(pages, got)
+    assert sum(p.size for p in got) == listing_bound(1, 10) == 11
+    assert len(raw_server.seen) <= 13  # the pages listed, the refused one, one read ahead
+
+    # A live version that grows while it is listed, and says so in its counts, is listed to
+    # its end: 30 assets when listing starts, 40 by its end.
+    def growing(seen: Seen) -> Reply:
+        n = int(dict(seen.query).get("cursor", "0"))
+        items = [
+            {"id": f"a{n}-{i}", "data": {"id": f"d{n}-{i}", "object_name": "o"}} for i in range(10)
+        ]
+        following = str(n + 1) if n < 3 else None
+        return Reply(body={"items": items, "count": 30 + 3 * n, "next_cursor": following})
+
+    raw_server.set(growing)
+    async with aiohttp.ClientSession() as session:
+        pages = [p async for p in api(session, raw_server.url).asset_pages(DV, limit=10)]
+    assert sum(p.size for p in pages) == 40
+
+
+async def test_a_page_without_count_is_refused(raw_server: RawServer) -> None:
+    raw_server.set(lambda _: Reply(body={"items": ["x"], "next_cursor": None}))
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(PlatformError, match="without a count"):
+            [_ async for _ in api(session, raw_server.url).asset_id_pages(DV)]

@@ -3,17 +3,34 @@ that accepts any method (so these tests do not depend on the emulator)."""
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import logging
+import tracemalloc
 import uuid
+import zlib
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from engine.errors import ApiUnavailable, AuthError, NotFoundError, PlatformError, UsageError
+from engine.errors import (
+    AnswerTooLarge,
+    ApiUnavailable,
+    AuthError,
+    NotFoundError,
+    PlatformError,
+    UsageError,
+)
 from engine.platform import PlatformClient
-from engine.platform.client import ANNOTATION_IDS_PER_REQUEST, SDK_TYPES, SDK_UPLOAD_STATUSES
+from engine.platform.client import (
+    _CHUNK_CONCURRENCY,
+    ANNOTATION_IDS_PER_REQUEST,
+    SDK_TYPES,
+    SDK_UPLOAD_STATUSES,
+)
 from engine.settings import RetryPolicy, Timeouts
 
 from .conftest import RawServer, Reply, Seen
@@ -275,3 +292,123 @@ async def test_a_failing_chunk_raises_one_plain_error(raw_server: RawServer) -> 
         with pytest.raises(PlatformError, match="bad chunk") as info:
             await api.annotations_bulk(DV, [f"an{i}" for i in range(300)], chunk_size=100)
     assert type(info.value) is PlatformError  # not an ExceptionGroup
+
+
+# -- bounds on what the API sends (issue 11, section 3) ----------------------------------------
+
+MiB = 1024 * 1024
+
+
+def gzip_of_zeros(size: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: a gzip wrapper
+    block = bytes(MiB)
+    pieces = [packer.compress(block) for _ in range(size // MiB)]
+    return b"".join([*pieces, packer.flush()])
+
+
+GZIP_BOMB = gzip_of_zeros(64 * MiB)  # ~64 KB on the wire
+
+
+@contextlib.contextmanager
+def peak_allocations() -> Iterator[list[int]]:
+    """The peak of Python allocations inside the block, in bytes (aiohttp's buffers are
+    Python bytes, so a body read whole shows here)."""
+    peak: list[int] = []
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+
+
+async def test_a_gzip_bomb_is_refused_once_its_decoded_size_passes_the_cap(
+    raw_server: RawServer,
+) -> None:
+    raw_server.set(lambda _: Reply(body=GZIP_BOMB, headers={"Content-Encoding": "gzip"}))
+    async with aiohttp.ClientSession() as session:
+        with (
+            peak_allocations() as peak,
+            pytest.raises(AnswerTooLarge, match="larger than 1,048,576 bytes") as info,
+        ):
+            await client(session, raw_server.url, max_body=MiB).ping()
+    assert peak[0] < 8 * MiB  # the bomb inflates to 64 MiB
+    assert len(raw_server.seen) == 1  # the same request would get the same answer: no retry
+    assert not info.value.retryable
+    assert "\n" not in str(info.value)
+
+
+async def test_the_cap_counts_decoded_bytes(raw_server: RawServer) -> None:
+    body = json.dumps({"username": "u" * 300_000}).encode()
+    raw_server.set(lambda _: Reply(body=gzip.compress(body), headers={"Content-Encoding": "gzip"}))
+    async with aiohttp.ClientSession() as session:
+        ping = await client(session, raw_server.url, max_body=len(body)).ping()
+        assert ping.username == "u" * 300_000
+        with pytest.raises(AnswerTooLarge):  # ~1 KB on the wire, one byte too many decoded
+            await client(session, raw_server.url, max_body=len(body) - 1).ping()
+
+
+async def test_a_plain_body_over_the_cap_is_refused(raw_server: RawServer) -> None:
+    raw_server.set(lambda _: Reply(body=b" " * (2 * MiB)))
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(AnswerTooLarge, match="larger than"):
+            await client(session, raw_server.url, max_body=MiB).ping()
+    assert len(raw_server.seen) == 1
+
+
+async def test_an_error_answer_is_read_only_as_far_as_its_message(raw_server: RawServer) -> None:
+    raw_server.set(
+        lambda _: Reply(status=422, body=GZIP_BOMB, headers={"Content-Encoding": "gzip"})
+    )
+    async with aiohttp.ClientSession() as session:
+        with peak_allocations() as peak, pytest.raises(PlatformError) as info:
+            await client(session, raw_server.url).ping()
+    assert peak[0] < 8 * MiB  # the body inflates to 64 MiB; its message is in the first bytes
+    assert info.value.status == 422
+    assert len(str(info.value)) < 400
+
+
+async def test_ids_that_are_only_dots_never_go_into_a_path(raw_server: RawServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        api = client(session, raw_server.url)
+        for bad in ("..", ".", ""):
+            with pytest.raises(UsageError, match="request path"):
+                await api.data(bad)
+    assert raw_server.seen == []
+
+
+async def test_a_malformed_asset_is_rejected_alone(raw_server: RawServer) -> None:
+    items = [asset(1), {**asset(2), "data": {"id": "..", "object_name": "o"}}, asset(3)]
+    items.append({"id": "a4", "data": {**asset(4)["data"], "meta": {"height": 10**20}}})
+    raw_server.set(lambda _: Reply(body={"items": items, "count": 4, "next_cursor": None}))
+    async with aiohttp.ClientSession() as session:
+        pages = [p async for p in client(session, raw_server.url).asset_pages(DV)]
+    (page,) = pages
+    assert [a.id for a in page.items] == ["a1", "a3"]
+    assert [r.asset_id for r in page.rejected] == ["a2", "a4"]
+    assert "data.id: not a valid id" in page.rejected[0].reason
+    assert "data.meta.height" in page.rejected[1].reason
+
+
+async def test_a_bulk_answer_too_large_is_asked_for_again_in_small_chunks(
+    raw_server: RawServer,
+) -> None:
+    def handler(seen: Seen) -> Reply:
+        ids = seen.json()
+        assert isinstance(ids, list)
+        pad = "x" * 20_000  # a heavy polygon's worth per annotation
+        return Reply(body=[{"id": i, "asset_id": "a", "attributes": {"p": pad}} for i in ids])
+
+    raw_server.set(handler)
+    ids = [f"an{i}" for i in range(30)]
+    async with aiohttp.ClientSession() as session:
+        api = client(session, raw_server.url, max_body=300_000)
+        answer = await api.annotation_dicts(DV, ids)
+        assert [a["id"] for a in answer.annotations] == ids
+        assert [len(s.json()) for s in raw_server.seen] == [30, 10, 10, 10]  # type: ignore[arg-type]
+        raw_server.seen.clear()
+        many = [f"an{i}" for i in range(100)]
+        with pytest.raises(AnswerTooLarge):
+            await client(session, raw_server.url, max_body=100_000).annotation_dicts(DV, many)
+    # A chunk of 10 still too large ends it: not all ten small chunks are asked for.
+    assert len(raw_server.seen) <= 1 + _CHUNK_CONCURRENCY < 1 + 10

@@ -1,0 +1,144 @@
+"""The planner and the manifest fed with what the parsers let through from generated, mutated
+API payloads: planning, settling and committing a page raise nothing at all (every hostile value
+either failed its asset at the parser or is storable), and repeats never reach the pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import anyio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import PlatformError
+from engine.jobs import Outcome, update_for_outcome
+from engine.manifest import Manifest
+from engine.manifest.digests import annotations_digest
+from engine.manifest_access import BatchWriter, ManifestAccess, WriteItem
+from engine.metadata import PageAnnotations, group_annotations
+from engine.page_plan import PagePlanner
+from engine.platform.client import parse_answer
+from engine.platform.per_item import annotation_answer, asset_page
+from engine.summary import LiveCounters
+from engine.transfer import TransferResult
+from tests.hostile.payloads import annotation_lists, encode, listing_pages
+
+_names = st.text(st.characters(exclude_categories=("Cs",)), max_size=6)
+_staged = st.dictionaries(
+    st.integers(0, 5), st.tuples(st.lists(_names, max_size=2), st.lists(_names, max_size=2))
+)
+
+
+def _result(rel_path: PurePosixPath, seed: str) -> TransferResult:
+    return TransferResult(
+        rel_path=rel_path,
+        size=len(seed),
+        sha256=hashlib.sha256(seed.encode()).hexdigest(),
+        etag=None,
+        content_type=None,
+        last_modified=None,
+        bytes_downloaded=len(seed),
+        bytes_resumed=0,
+        retries=0,
+        refreshes=0,
+        resumed=False,
+        segmented=False,
+    )
+
+
+@settings(max_examples=60)
+@given(
+    pages=st.lists(listing_pages(), min_size=1, max_size=3),
+    layout=st.sampled_from(["name", "id"]),
+    data=st.data(),
+)
+def test_parsed_pages_plan_settle_and_commit(
+    pages: list[Any], layout: str, data: st.DataObject
+) -> None:
+    parsed = []
+    for page in pages:
+        try:
+            parsed.append(parse_answer(asset_page, encode(page), "GET /page"))
+        except PlatformError:
+            continue
+    # Drawn up front: Hypothesis draws must not happen inside the event loop's thread hops.
+    plans = []
+    for page in parsed:
+        ids = list(dict.fromkeys(a.id for a in page.items))
+        raw = encode(data.draw(annotation_lists(ids)))
+        tags_known = data.draw(st.booleans())
+        staged = data.draw(_staged)
+        oks = data.draw(st.lists(st.booleans(), min_size=len(page.items), max_size=len(page.items)))
+        plans.append((raw, tags_known, staged, oks))
+
+    async def main(dest: Path) -> None:
+        manifest = Manifest.open(dest)
+        try:
+            run_id = manifest.begin_run("dv", "http://127.0.0.1", {"layout": layout})
+            db = ManifestAccess(manifest)
+            counters = LiveCounters()
+            planner = PagePlanner(
+                db=db,
+                run_id=run_id,
+                dest=dest,
+                layout_name=layout,  # type: ignore[arg-type]
+                unknown_url_lifetime=300.0,
+                counters=counters,
+                once_per_run=True,
+            )
+            writer = BatchWriter(db, run_id, on_committed=planner.in_flight.release)
+            listed: set[str] = set()
+            planned: set[str] = set()
+            for page, (raw, tags_known, staged, oks) in zip(parsed, plans, strict=True):
+                content = await planner.plan_content(
+                    page.items, rejected=page.rejected, in_flight=listed
+                )
+                # An asset is planned at most once in a run, whatever the listing repeats.
+                assert not planned & set(content.order)
+                assert len(content.order) == len(set(content.order))
+                planned.update(content.order)
+                listed.update(content.order)
+                try:
+                    answer = parse_answer(annotation_answer, raw, "XGET /annotations")
+                except PlatformError as exc:
+                    annotations = PageAnnotations(
+                        {a: [] for a in content.order}, dict.fromkeys(content.order, str(exc))
+                    )
+                else:
+                    annotations = group_annotations(content.order, answer)
+                for asset_annotations in annotations.by_asset.values():
+                    assert annotations_digest(asset_annotations) == annotations_digest(
+                        list(reversed(asset_annotations))
+                    )
+                tags = None
+                if tags_known:
+                    tags = {
+                        asset_id: (tuple(staged[i][0]), tuple(staged[i][1]))
+                        for i, asset_id in enumerate(content.order)
+                        if i in staged
+                    }
+                settled = planner.settle(
+                    content, tags, annotations.by_asset, annotations.unreadable
+                )
+                items: list[WriteItem] = [*settled.updates]
+                if settled.seen:
+                    items.append(list(settled.seen))
+                for job, ok in zip(content.jobs, oks, strict=False):
+                    result = _result(job.rel_path, job.asset.id) if ok else None
+                    items.append(update_for_outcome(Outcome(job, result, None if ok else "x")))
+                await writer.commit(items)
+                listed.difference_update(content.order)
+                for job, ok in zip(content.jobs, oks, strict=False):
+                    row = manifest.row(job.asset.id)
+                    assert row is not None
+                    assert row.last_seen_run == run_id
+                    assert row.state == ("ok" if ok else "failed")
+            assert manifest.check() == []
+        finally:
+            manifest.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        anyio.run(main, Path(tmp) / "dest")
