@@ -1,0 +1,1 @@
+"""Long-running tests: many runs of the real command against a faulty emulated platform."""

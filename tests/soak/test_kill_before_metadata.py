@@ -1,0 +1,87 @@
+"""A SIGKILL must not cost the files already in place: what the kill soak found, made exact.
+
+The soak (:mod:`tests.soak.test_kill_soak`) showed kills early in a run wasting every file that
+run had downloaded. The cause: the pipeline's joiner holds each finished file until its listing
+page's tags and annotations have arrived, and only then writes its manifest row. A file renamed
+into DEST before that has no row when the process is SIGKILLed (a graceful stop records it
+without metadata; a SIGKILL cannot), so the next run downloads it again. Here the page's
+annotations are held back by the emulator until every file is in place, then the run is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.emulator import Emulator, FaultRule
+from engine.manifest import Manifest
+from tests.mirror.helpers import assert_mirror_matches, files_under
+
+pytestmark = pytest.mark.slow
+
+ASSETS = 200
+
+
+def _env(token: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
+    env["PICSELLIA_TOKEN"] = token
+    env["ASSETSYNC_TRANSFER__RETRY__BASE_DELAY"] = "0.01"
+    env["ASSETSYNC_TRANSFER__RETRY__MAX_DELAY"] = "0.05"
+    return env
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "issue 11 soak finding: engine/scheduler.py's joiner (_commit_events) records a "
+        "finished file only once its page's tags and annotations are in, so files already "
+        "renamed into DEST are unrecorded at a SIGKILL and the next run downloads them again"
+    ),
+)
+def test_files_in_place_before_their_page_metadata_survive_a_sigkill(tmp_path: Path) -> None:
+    dest = tmp_path / "d"
+    emulator = Emulator(assets=ASSETS, seed=3, large_share=0.0, nasty_filenames=False)
+    with emulator.in_thread() as emu:
+        total = sum(emu.dataset.expected(a).size for a in emu.dataset.asset_ids())
+        # The page's annotations come after the API timeout; the run is killed long before.
+        emu.faults.add(FaultRule(target="annotations_bulk", kind="stall", seconds=120.0))
+        args = [
+            *(sys.executable, "-m", "engine", "mirror", "--api-url", emu.api_url),
+            *("--dataset-version", emu.dataset_version_id, "--dest", str(dest), "-q"),
+        ]
+        victim = subprocess.Popen(
+            args, env=_env(emu.token), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while len(files_under(dest)) < ASSETS:
+                assert victim.poll() is None, "the run ended before its files were in place"
+                assert time.monotonic() < deadline, "the files never all came into place"
+                time.sleep(0.02)
+        finally:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+        emu.quiesce_sync()
+        assert emu.counters.storage_bytes == total  # every file came, whole, once
+        with Manifest.open(dest, create=False, read_only=True) as manifest:
+            recorded = manifest.status().states["ok"]
+        print(f"killed with {ASSETS} files in place, {recorded} recorded")
+
+        emu.faults.clear()
+        emu.counters.reset()
+        done = subprocess.run(
+            [*args, "--json"], env=_env(emu.token), capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        emu.quiesce_sync()
+        assert_mirror_matches(emu, dest)
+        summary = json.loads(done.stdout)
+        # Nothing the killed run had in place is fetched again.
+        assert (summary["downloaded"], emu.counters.storage_bytes) == (0, 0)
