@@ -370,6 +370,11 @@ class Pipeline:
                 page.outstanding -= 1
                 if page.settled is None:
                     page.finished.append(event)
+                    if event.result is not None:
+                        # The file is in place: record it now, without the metadata still on
+                        # its way, so a SIGKILL before that arrives does not lose the file (the
+                        # next run would fetch it again); the metadata follows in its own row.
+                        items.append(update_for_outcome(event, metadata=False))
                 else:
                     items.append(self._item(event))
             if page.settled is not None and page.outstanding == 0:
@@ -387,15 +392,10 @@ class Pipeline:
         return update_for_outcome(outcome)
 
     async def _flush_on_exit(self, events: MemoryObjectReceiveStream[Outcome | _Metadata]) -> None:
-        """Cancelled or failed: record every file already in place. Files whose page metadata
-        never came are recorded without it (tags and annotations left unknown): the next run
-        sees that and fills it in, instead of downloading them again."""
+        """Cancelled or failed: commit the outcomes still queued. Files whose page metadata never
+        came were recorded without it as they finished (tags and annotations left unknown): the
+        next run sees that and fills it in, instead of downloading them again."""
         leftover = take_leftovers(events)
         if leftover:
             await self._commit_events(leftover)
-        if self.transferer is None:
-            return
-        pending = {id(p): p for p in self._page_of.values()}
-        waiting = [o for p in pending.values() for o in p.finished if o.result is not None]
-        if waiting:
-            await self.writer.commit([update_for_outcome(o, metadata=False) for o in waiting])
+

@@ -37,14 +37,6 @@ def _env(token: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 11 soak finding: engine/scheduler.py's joiner (_commit_events) records a "
-        "finished file only once its page's tags and annotations are in, so files already "
-        "renamed into DEST are unrecorded at a SIGKILL and the next run downloads them again"
-    ),
-)
 def test_files_in_place_before_their_page_metadata_survive_a_sigkill(tmp_path: Path) -> None:
     dest = tmp_path / "d"
     emulator = Emulator(assets=ASSETS, seed=3, large_share=0.0, nasty_filenames=False)
