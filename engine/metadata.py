@@ -30,7 +30,7 @@ from typing import Any
 
 import anyio
 
-from engine.errors import AuthError, EngineError, PlatformError
+from engine.errors import AuthError, EngineError, PlatformError, primary_error
 from engine.platform import PlatformClient, models
 from engine.platform.per_item import AnnotationAnswer
 from engine.platform.query import DATA_TAGS, TAGS, tag_filter
@@ -39,6 +39,7 @@ __all__ = [
     "DATALAKE_CANDIDATES",
     "PageAnnotations",
     "TagStager",
+    "datalake_of",
     "fetch_page_annotations",
     "group_annotations",
 ]
@@ -87,36 +88,35 @@ class TagStager:
                 for tag in data_tags:
                     tg.start_soon(guarded, "data", DATA_TAGS, tag.name)
         except BaseExceptionGroup as group:
-            raise _engine_error(group) from None
+            raise primary_error(group) from None
 
     async def _data_tags(self, data_ids: Sequence[str]) -> list[models.Tag]:
-        failures: list[str] = []
-        for data_id in data_ids[:DATALAKE_CANDIDATES]:
-            try:
-                detail = await self._client.data(data_id)
-            except AuthError:
-                raise
-            except EngineError as exc:
-                failures.append(str(exc))
-                continue
-            if detail.datalake_id is None:
-                return []
-            return await self._client.datalake_tags(detail.datalake_id)
-        if not failures:
-            return []  # nothing listed: no asset has data tags
-        raise PlatformError(
-            f"the datalake of the data tags is unknown: looking up the data of "
-            f"{len(failures)} asset(s) failed (last: {failures[-1]})"
-        )
+        lake = await datalake_of(self._client, data_ids)
+        return [] if lake is None else await self._client.datalake_tags(lake)
 
 
-def _engine_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The group's first EngineError (callers handle those), else the group as it is."""
-    for exc in group.exceptions:
-        found = _engine_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
-        if isinstance(found, EngineError):
-            return found
-    return group
+async def datalake_of(client: PlatformClient, data_ids: Sequence[str]) -> str | None:
+    """The datalake the version's data lives in (the version does not say; its data does),
+    from the first of ``data_ids`` whose lookup answers (at most :data:`DATALAKE_CANDIDATES`
+    are asked, so one asset's 404 does not decide it). None: no data ids (an empty version), or
+    data without a datalake. Raises :class:`~engine.errors.PlatformError` when every lookup
+    failed."""
+    failures: list[str] = []
+    for data_id in data_ids[:DATALAKE_CANDIDATES]:
+        try:
+            detail = await client.data(data_id)
+        except AuthError:
+            raise
+        except EngineError as exc:
+            failures.append(str(exc))
+            continue
+        return detail.datalake_id
+    if not failures:
+        return None
+    raise PlatformError(
+        f"the datalake of the data tags is unknown: looking up the data of "
+        f"{len(failures)} asset(s) failed (last: {failures[-1]})"
+    )
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from engine.errors import NotFoundError, UsageError
+from engine.metadata import DATALAKE_CANDIDATES, datalake_of
 from engine.platform import PlatformClient, models
 from engine.signed_urls import redact
 
@@ -48,16 +49,15 @@ def _missing(wanted: Iterable[str], known: Iterable[str]) -> list[str]:
 
 
 async def _datalake_of(client: PlatformClient, dataset_version: str) -> str | None:
-    # The version does not say which datalake its data lives in; its first asset's data does.
-    pages = client.asset_pages(dataset_version, limit=1)
+    # The version does not say which datalake its data lives in; its first assets' data does.
+    pages = client.asset_pages(dataset_version, limit=DATALAKE_CANDIDATES)
     try:
         page = await anext(pages, None)
     finally:
         # The listing reads one page ahead: stop that request now, not when collected.
         await pages.aclose()  # type: ignore[attr-defined]
-    if page is None or not page.items:
-        return None
-    return (await client.data(page.items[0].data.id)).datalake_id
+    items = page.items if page is not None else []
+    return await datalake_of(client, [asset.data.id for asset in items])
 
 
 async def check_tags(

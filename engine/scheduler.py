@@ -398,4 +398,3 @@ class Pipeline:
         leftover = take_leftovers(events)
         if leftover:
             await self._commit_events(leftover)
-

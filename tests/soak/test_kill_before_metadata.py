@@ -37,6 +37,13 @@ def _env(token: str) -> dict[str, str]:
     return env
 
 
+def _recorded_ok(dest: Path) -> int:
+    if not (dest / ".assetsync" / "manifest.sqlite").exists():
+        return 0
+    with Manifest.open(dest, create=False, read_only=True) as manifest:
+        return manifest.status().states.get("ok", 0)
+
+
 def test_files_in_place_before_their_page_metadata_survive_a_sigkill(tmp_path: Path) -> None:
     dest = tmp_path / "d"
     emulator = Emulator(assets=ASSETS, seed=3, large_share=0.0, nasty_filenames=False)
@@ -57,14 +64,18 @@ def test_files_in_place_before_their_page_metadata_survive_a_sigkill(tmp_path: P
                 assert victim.poll() is None, "the run ended before its files were in place"
                 assert time.monotonic() < deadline, "the files never all came into place"
                 time.sleep(0.02)
+            # A file is renamed into place, then recorded: wait out that short window (the
+            # metadata is still stalled for minutes, so only a record without it can come).
+            while _recorded_ok(dest) < ASSETS:
+                assert victim.poll() is None, "the run ended before its files were recorded"
+                assert time.monotonic() < deadline, "files in place were never recorded"
+                time.sleep(0.05)
         finally:
             victim.send_signal(signal.SIGKILL)
             victim.wait()
         emu.quiesce_sync()
         assert emu.counters.storage_bytes == total  # every file came, whole, once
-        with Manifest.open(dest, create=False, read_only=True) as manifest:
-            recorded = manifest.status().states["ok"]
-        print(f"killed with {ASSETS} files in place, {recorded} recorded")
+        print(f"killed with {ASSETS} files in place, {_recorded_ok(dest)} recorded")
 
         emu.faults.clear()
         emu.counters.reset()
