@@ -1,31 +1,42 @@
 """CPU per small file: ``assetsync mirror`` against ``curl --parallel`` on one corpus (issue 13).
 
     .venv/bin/python -m benchmarks.per_file_cpu [--files 2000] [--rounds 3] [--no-fsync]
-        [--strace] [--no-change] [--dest-root /dev/shm] [--json OUT]
+        [--strace] [--perf] [--no-change] [--dest-root /dev/shm] [--json OUT]
 
 One corpus of N x 64 KiB (the suite's ``small`` corpus, built or reused under
 ``benchmarks/.work/``), served as the suite serves it (:func:`benchmarks.servers.serve`): nginx
 with secure_link on 127.0.0.1 holds the bytes, the emulator in a thread of this harness is the
-platform API and hands out the signed URLs. Per round, in this order, each into a fresh empty
+platform API and hands out the signed URLs. Each round runs, in this order, each into a fresh
 DEST after a ``sync``:
 
 * ``assetsync mirror`` with its defaults (subprocess, token in ``PICSELLIA_TOKEN``, ``--quiet``);
 * ``curl --parallel --parallel-max C`` on the same signed URLs (from the emulator's listing,
   untimed, as the suite does);
-* with ``--no-fsync``: ``assetsync mirror --no-fsync``.
+* with ``--no-fsync``: ``assetsync mirror --no-fsync``;
+* ``assetsync mirror --help``: the start-up every run pays (interpreter, imports, CLI).
 
 Every output is checked (count, bytes, SHA-256 of a sample) before it is counted. Printed per
-tool: medians over the rounds and the spread (min-max) of wall seconds, CPU seconds (user + sys
-of the tool's process tree, from ``os.wait4``'s rusage), CPU ms per file, files/s, the ratios to
-curl, and the CPU the servers spent meanwhile: the emulator (this harness's own CPU; ~0 for curl,
-which does not use the API) and nginx (its workers' utime + stime from ``/proc``).
+tool: medians over the rounds and the spread (min-max) of wall seconds and CPU seconds (user +
+sys of the tool's process tree, from ``os.wait4``'s rusage), CPU ms per file (and, for
+assetsync, net of the start-up), files/s, the ratios to curl, and the CPU the servers spent
+meanwhile: the emulator (this harness's own CPU; ~0 for curl, which does not use the API) and
+nginx (its workers' utime + stime from ``/proc``).
 
-``--strace``: after the timed rounds, one more run of each tool under ``strace -f -c`` (its
-times are not reported: strace slows every syscall); the top syscalls with their counts per file.
+``--strace``: one more run of each tool under ``strace -f -c`` (times not reported: strace slows
+every syscall, and it changes what it counts: with 16 threads contending for the GIL, futex calls
+per file grow about 3-4x under strace); the top syscalls with their counts per file.
+``--perf``: one more run of each tool under ``perf stat`` with the kernel's syscall tracepoints,
+which count without slowing the calls (needs perf and root); prefer these counts.
 
 ``--no-change``: the no-change rerun. assetsync mirrors once (untimed), then reruns on the
 complete DEST; rclone (installed with apt-get when missing and root) copies from nginx's
 unsigned ``/plain/`` index once, then runs ``rclone sync``; alternating, medians of the rounds.
+
+Destinations are never reused nor deleted during the measurements, only at exit: on an ext4
+without a journal (this benchmark machine's), creating files soon after thousands were deleted
+makes the kernel skip the recently deleted inodes one by one (``recently_deleted`` in
+``ext4_new_inode``), which cost up to 0.4 ms of system time per created file in our runs, for
+whichever tool came next. ``--dest-root /dev/shm`` measures the tools without the disk.
 
 Figures from a shared machine are noisy: the load average before and after is printed; prefer
 the CPU and syscall figures to the wall times. Everything started (nginx, the emulator, the
@@ -53,7 +64,7 @@ from benchmarks.corpus import KIB, Corpus, CorpusSpec, build, warm
 from benchmarks.install import ensure_installed
 from benchmarks.measure import Measurement, run_measured
 from benchmarks.peers import Invocation, Platform, RunContext, Tool
-from benchmarks.peers.assetsync import Assetsync
+from benchmarks.peers.assetsync import ASSETSYNC, Assetsync
 from benchmarks.peers.curl import Curl
 from benchmarks.peers.rclone import Rclone
 from benchmarks.report import filesystem_of, machine_info
@@ -64,7 +75,33 @@ ROOT = Path(__file__).resolve().parent
 FILE_SIZE = 64 * KIB
 MAX_FILES = 200_000  # a bound on the corpus (and on every loop over it)
 MAX_ROUNDS = 50
-STRACE_TOP = 14
+SYSCALLS_SHOWN = 16
+STARTUP = "assetsync start-up"
+PERF_SYSCALLS = (
+    "futex",
+    "getpid",
+    "openat",
+    "close",
+    "flock",
+    "fsync",
+    "fdatasync",
+    "renameat",
+    "pwrite64",
+    "pwritev2",
+    "pread64",
+    "write",
+    "read",
+    "recvfrom",
+    "sendto",
+    "epoll_pwait",
+    "epoll_wait",
+    "io_uring_enter",
+    "newfstatat",
+    "mmap",
+    "munmap",
+    "poll",
+    "rt_sigaction",
+)
 
 Log = Callable[[str], None]
 
@@ -78,7 +115,7 @@ class Sample:
     user: float
     sys: float
     emulator_cpu: float  # this harness's CPU meanwhile: the emulator thread, mostly
-    nginx_cpu: float | None  # nginx workers' CPU meanwhile (None: /proc unreadable)
+    nginx_cpu: float | None  # nginx's CPU meanwhile (None: /proc unreadable)
 
 
 @dataclass
@@ -88,6 +125,7 @@ class Series:
     samples: list[Sample] = field(default_factory=list)
     failed: str | None = None
     strace: list[tuple[str, int, float]] = field(default_factory=list)  # syscall, calls, seconds
+    perf: list[tuple[str, int]] = field(default_factory=list)  # event, count
 
     def median(self, key: Callable[[Sample], float | None]) -> float | None:
         values = [v for v in (key(s) for s in self.samples) if v is not None]
@@ -98,44 +136,64 @@ class Series:
         return (min(values), max(values)) if values else None
 
 
+class Destinations:
+    """Fresh destination folders, never reused; all deleted by :meth:`cleanup` (at exit)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.made: list[Path] = []
+
+    def fresh(self, name: str) -> Path:
+        path = self.root / f"{name}-{len(self.made)}"
+        shutil.rmtree(path, ignore_errors=True)  # a leftover of an interrupted run
+        self.made.append(path)
+        path.mkdir(parents=True)  # empty, as the suite gives every tool (curl needs it to exist)
+        return path
+
+    def cleanup(self) -> None:
+        for path in self.made:
+            shutil.rmtree(path, ignore_errors=True)
+        self.made.clear()
+
+
 # -- the servers' CPU ---------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def _proc_cpu(pid: int) -> float | None:
     """utime + stime of one process, in seconds (None once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    fields = _stat_fields(pid)
+    if fields is None:
         return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime: fields 14 and 15
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _nginx_pids() -> list[int]:
     """This harness's nginx: the master (our child) and its workers (the master's children).
     Other agents' nginx processes on the machine are not counted."""
     me = os.getpid()
-    nginx: list[int] = []
+    nginx: list[tuple[int, int]] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/comm", encoding="ascii") as fh:
-                if fh.read().strip() == "nginx":
-                    nginx.append(int(entry))
+                if fh.read().strip() != "nginx":
+                    continue
         except OSError:
             continue
-    masters = {pid for pid in nginx if _ppid(pid) == me}
-    return [pid for pid in nginx if pid in masters or _ppid(pid) in masters]
+        fields = _stat_fields(int(entry))
+        if fields is not None:
+            nginx.append((int(entry), int(fields[1])))
+    masters = {pid for pid, ppid in nginx if ppid == me}
+    return [pid for pid, ppid in nginx if pid in masters or ppid in masters]
 
 
 def _nginx_cpu(pids: Sequence[int]) -> float | None:
@@ -156,14 +214,13 @@ def _self_cpu() -> float:
 # -- one run ------------------------------------------------------------------------------------
 
 
-def _fresh(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-
-
 def _timeout(corpus: Corpus, factor: float = 1.0) -> float:
     # A hung tool must not stall the benchmark: 10 MB/s plus 50 ms a file, 2 minutes at least.
     return factor * max(120.0, corpus.total_bytes / 10e6 + 0.05 * len(corpus.files))
+
+
+def _with_dest(ctx: RunContext, dest: Path) -> RunContext:
+    return RunContext(ctx.corpus, ctx.platform, dest, ctx.scratch, ctx.concurrency)
 
 
 def _measure(
@@ -178,16 +235,26 @@ def _measure(
     return m, emu1 - emu0, ngx
 
 
-def _problem(m: Measurement, ctx: RunContext, *, check: bool = True) -> str | None:
+def _problem(m: Measurement, ctx: RunContext | None) -> str | None:
     if m.timed_out:
         return "timed out"
     if m.returncode != 0:
         return f"exit {m.returncode}: {m.log_tail(300)}"
-    if check:
+    if ctx is not None:
         result = verify(ctx.dest, ctx.corpus)
         if not result.ok:
             return f"output check: {result.reason}"
     return None
+
+
+def _record(
+    series: Series, m: Measurement, emu: float, ngx: float | None, files: int, log: Log
+) -> None:
+    series.samples.append(Sample(m.wall, m.cpu, m.user, m.sys, emu, ngx))
+    log(
+        f"  {series.name:24} wall {m.wall:6.2f} s  cpu {m.cpu:6.2f} s"
+        f"  {1e3 * m.cpu / files:6.3f} ms/file"
+    )
 
 
 def run_copy(
@@ -198,10 +265,9 @@ def run_copy(
     nginx: Sequence[int],
     log: Log,
 ) -> None:
-    """One timed run of ``tool`` into an empty DEST, appended to ``series`` when it checks."""
+    """One timed run of ``tool`` into a fresh DEST, appended to ``series`` when it checks."""
     if series.failed:
         return
-    _fresh(ctx.dest)
     inv = tool.command(ctx)
     m, emu, ngx = _measure(inv, ctx, logs, _timeout(ctx.corpus), nginx)
     problem = _problem(m, ctx)
@@ -209,15 +275,24 @@ def run_copy(
         series.failed = problem
         log(f"  {series.name:24} FAILED: {problem}")
         return
-    series.samples.append(Sample(m.wall, m.cpu, m.user, m.sys, emu, ngx))
-    n = len(ctx.corpus.files)
-    log(
-        f"  {series.name:24} wall {m.wall:6.2f} s  cpu {m.cpu:6.2f} s"
-        f"  {1e3 * m.cpu / n:6.3f} ms/file"
-    )
+    _record(series, m, emu, ngx, len(ctx.corpus.files), log)
 
 
-# -- strace -------------------------------------------------------------------------------------
+def run_startup(series: Series, ctx: RunContext, logs: Path, log: Log) -> None:
+    """``assetsync mirror --help``: interpreter, imports and CLI, what every run pays first."""
+    if series.failed:
+        return
+    inv = Invocation([ASSETSYNC, "mirror", "--help"], ctx.env())
+    m = run_measured(inv.argv, env=inv.env, log_dir=logs, timeout=120, cwd=ctx.scratch)
+    problem = _problem(m, None)
+    if problem is not None:
+        series.failed = problem
+        log(f"  {series.name:24} FAILED: {problem}")
+        return
+    _record(series, m, 0.0, None, len(ctx.corpus.files), log)
+
+
+# -- syscall counts -----------------------------------------------------------------------------
 
 
 def parse_strace_summary(text: str) -> list[tuple[str, int, float]]:
@@ -226,7 +301,7 @@ def parse_strace_summary(text: str) -> list[tuple[str, int, float]]:
     for line in text.splitlines():
         parts = line.split()
         # "% time  seconds  usecs/call  calls  [errors]  syscall"
-        if len(parts) not in (5, 6) or parts[-1] == "total" or parts[-1] == "syscall":
+        if len(parts) not in (5, 6) or parts[-1] in ("total", "syscall"):
             continue
         try:
             seconds = float(parts[1])
@@ -238,26 +313,74 @@ def parse_strace_summary(text: str) -> list[tuple[str, int, float]]:
     return rows
 
 
-def run_strace(series: Series, tool: Tool, ctx: RunContext, logs: Path, log: Log) -> None:
-    strace = shutil.which("strace")
-    if strace is None:
-        series.strace = []
-        log("  strace is not installed (apt-get install strace): no syscall counts")
+def parse_perf_stat(text: str) -> list[tuple[str, int]]:
+    """(event, count) from ``perf stat -x ';'`` output; syscall tracepoints by syscall name."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split(";")
+        if len(parts) < 3 or not parts[0].strip().replace(".", "", 1).isdigit():
+            continue
+        name = parts[2].replace("syscalls:sys_enter_", "").replace("raw_syscalls:sys_enter", "all")
+        rows.append((name, round(float(parts[0]))))
+    rows.sort(key=lambda r: -r[1])
+    return rows
+
+
+def _perf_events() -> list[str]:
+    tracing = Path("/sys/kernel/tracing/events")
+    events = ["context-switches"]
+    if (tracing / "raw_syscalls" / "sys_enter").exists():
+        events.append("raw_syscalls:sys_enter")
+    events += [
+        f"syscalls:sys_enter_{name}"
+        for name in PERF_SYSCALLS
+        if (tracing / "syscalls" / f"sys_enter_{name}").exists()
+    ]
+    return events
+
+
+def run_counted(
+    series: Series, tool: Tool, ctx: RunContext, logs: Path, how: str, log: Log
+) -> None:
+    """One untimed run of ``tool`` under ``strace -f -c`` (``how="strace"``) or ``perf stat``."""
+    binary = shutil.which(how)
+    if binary is None:
+        log(f"  {how} is not installed (apt-get install {how}): no syscall counts")
         return
-    _fresh(ctx.dest)
     inv = tool.command(ctx)
     logs.mkdir(parents=True, exist_ok=True)
-    out = logs / "strace-c.txt"
-    argv = [strace, "-f", "-c", "-o", str(out), "--", *inv.argv]
+    out = logs / f"{how}.txt"
+    if how == "strace":
+        argv = [binary, "-f", "-c", "-o", str(out), "--", *inv.argv]
+    else:
+        argv = [
+            binary,
+            "stat",
+            "-x",
+            ";",
+            "-o",
+            str(out),
+            "-e",
+            ",".join(_perf_events()),
+            "--",
+            *inv.argv,
+        ]
     m = run_measured(argv, env=inv.env, log_dir=logs, timeout=_timeout(ctx.corpus, 5))
     problem = _problem(m, ctx)
     if problem is not None:
-        log(f"  {series.name:24} under strace FAILED: {problem}")
+        log(f"  {series.name:24} under {how} FAILED: {problem}")
         return
     try:
-        series.strace = parse_strace_summary(out.read_text())
+        text = out.read_text()
     except OSError as exc:
-        log(f"  {series.name:24} strace output unreadable: {exc}")
+        log(f"  {series.name:24} {how} output unreadable: {exc}")
+        return
+    if how == "strace":
+        series.strace = parse_strace_summary(text)
+    else:
+        series.perf = parse_perf_stat(text)
+        if not series.perf:
+            log(f"  {series.name:24} perf stat counted nothing (no tracepoints, not root?)")
 
 
 # -- no-change rerun ----------------------------------------------------------------------------
@@ -275,7 +398,6 @@ def run_no_change(
     series = {name: Series(f"{name} no-change", "") for name in tools}
     for name, tool in tools.items():
         ctx = ctxs[name]
-        _fresh(ctx.dest)
         inv = tool.command(ctx)
         m = run_measured(
             inv.argv,
@@ -319,8 +441,11 @@ def _loadavg() -> str:
         return "?"
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    if value is None:
+        width = int(spec.split(".")[0] or 0)
+        return "-".rjust(width + len(suffix))
+    return format(value, spec) + suffix
 
 
 def _range(series: Series, key: Callable[[Sample], float | None], spec: str) -> str:
@@ -332,57 +457,70 @@ def _range(series: Series, key: Callable[[Sample], float | None], spec: str) -> 
 
 def report_copy(all_series: list[Series], files: int, log: Log) -> None:
     curl = next((s for s in all_series if s.name == "curl" and s.samples), None)
+    startup = next((s for s in all_series if s.name == STARTUP and s.samples), None)
     curl_cpu = curl.median(lambda s: s.cpu) if curl else None
     curl_wall = curl.median(lambda s: s.wall) if curl else None
+    start_cpu = startup.median(lambda s: s.cpu) if startup else None
     log("")
-    header = (
-        f"{'tool':<24}{'wall s':>8}{'(min-max)':>13}{'CPU s':>8}{'(min-max)':>13}"
-        f"{'CPU ms/file':>12}{'files/s':>9}{'CPU x curl':>11}{'files/s x curl':>15}"
-        f"{'API CPU s':>10}{'nginx CPU s':>12}"
+    log(
+        f"{'tool':<22}{'wall s':>7}{'(min-max)':>12}{'CPU s':>7}{'(min-max)':>12}"
+        f"{'user':>6}{'sys':>6}{'CPU ms/file':>12}{'net':>7}{'files/s':>8}{'CPU x curl':>11}"
+        f"{'files/s x curl':>15}{'API CPU':>8}{'nginx':>6}"
     )
-    log(header)
     for s in all_series:
         if s.failed and not s.samples:
-            log(f"{s.name:<24}FAILED: {s.failed}")
+            log(f"{s.name:<22}FAILED: {s.failed}")
             continue
         wall = s.median(lambda x: x.wall)
         cpu = s.median(lambda x: x.cpu)
+        is_run = s.name != STARTUP
         per_file = None if cpu is None else 1e3 * cpu / files
-        rate = None if not wall else files / wall
-        cpu_ratio = None if cpu is None or not curl_cpu else cpu / curl_cpu
-        rate_ratio = None if not wall or not curl_wall else curl_wall / wall
+        net = None
+        if s.name.startswith("assetsync") and cpu is not None and start_cpu is not None:
+            net = 1e3 * (cpu - start_cpu) / files
+        rate = files / wall if wall and is_run else None
+        cpu_ratio = cpu / curl_cpu if cpu is not None and curl_cpu and is_run else None
+        rate_ratio = curl_wall / wall if wall and curl_wall and is_run else None
         log(
-            f"{s.name:<24}{_fmt(wall, '8.2f')}{_range(s, lambda x: x.wall, '.2f'):>13}"
-            f"{_fmt(cpu, '8.2f')}{_range(s, lambda x: x.cpu, '.2f'):>13}"
-            f"{_fmt(per_file, '12.3f')}{_fmt(rate, '9.0f')}"
-            f"{_fmt(cpu_ratio, '10.1f')}x{_fmt(rate_ratio, '14.2f')}x"
-            f"{_fmt(s.median(lambda x: x.emulator_cpu), '10.2f')}"
-            f"{_fmt(s.median(lambda x: x.nginx_cpu), '12.2f')}"
+            f"{s.name:<22}{_fmt(wall, '7.2f')}{_range(s, lambda x: x.wall, '.2f'):>12}"
+            f"{_fmt(cpu, '7.2f')}{_range(s, lambda x: x.cpu, '.2f'):>12}"
+            f"{_fmt(s.median(lambda x: x.user), '6.2f')}{_fmt(s.median(lambda x: x.sys), '6.2f')}"
+            f"{_fmt(per_file if is_run else None, '12.3f')}{_fmt(net, '7.3f')}"
+            f"{_fmt(rate, '8.0f')}{_fmt(cpu_ratio, '10.1f', 'x')}{_fmt(rate_ratio, '14.2f', 'x')}"
+            f"{_fmt(s.median(lambda x: x.emulator_cpu) if is_run else None, '8.2f')}"
+            f"{_fmt(s.median(lambda x: x.nginx_cpu), '6.2f')}"
         )
         if s.failed:
-            log(f"{'':<24}(a later round FAILED: {s.failed})")
+            log(f"{'':<22}(a later round FAILED: {s.failed})")
     log("")
     log("CPU: user + sys of the tool's process tree (os.wait4 rusage), median of the rounds;")
-    log("CPU x curl: the tool's CPU over curl's (lower is better); files/s x curl: the tool's")
-    log("rate over curl's (above 1: faster). API CPU: this harness (the emulator thread) during")
-    log("the run; nginx CPU: its processes' utime + stime from /proc during the run.")
+    log("net: CPU ms per file after taking off the start-up row's CPU (`assetsync mirror")
+    log("--help`: interpreter, imports, CLI). CPU x curl: the tool's CPU over curl's (lower is")
+    log("better); files/s x curl: the tool's rate over curl's (above 1: faster). API CPU: this")
+    log("harness (the emulator thread) during the run; nginx: its processes' utime + stime.")
 
 
-def report_strace(all_series: list[Series], files: int, log: Log) -> None:
+def _show_counts(name: str, rows: Sequence[tuple[str, int]], files: int, log: Log) -> None:
+    total = dict(rows).get("all", sum(c for n, c in rows if n != "context-switches"))
+    log(f"  {name}: {total:,} syscalls ({total / files:.1f} per file)")
+    for event, calls in [r for r in rows if r[0] != "all"][:SYSCALLS_SHOWN]:
+        log(f"    {event:<18}{calls:>10,}{calls / files:>9.2f}/file")
+
+
+def report_syscalls(all_series: list[Series], files: int, log: Log) -> None:
+    perf = [s for s in all_series if s.perf]
+    if perf:
+        log("")
+        log("syscalls per file, perf stat with syscall tracepoints (one run each, not slowed):")
+        for s in perf:
+            _show_counts(s.name, s.perf, files, log)
     traced = [s for s in all_series if s.strace]
-    if not traced:
-        return
-    log("")
-    log(f"syscalls per file under strace -f -c (one run each; top {STRACE_TOP} by calls):")
-    for s in traced:
-        total = sum(calls for _, calls, _ in s.strace)
-        seconds = sum(sec for _, _, sec in s.strace)
-        log(
-            f"  {s.name}: {total:,} calls ({total / files:.1f} per file), "
-            f"{seconds:.3f} s in syscalls as strace counts them"
-        )
-        for name, calls, sec in s.strace[:STRACE_TOP]:
-            log(f"    {name:<18}{calls:>10,}{calls / files:>9.2f}/file{sec:>10.3f} s")
+    if traced:
+        log("")
+        log("syscalls per file under strace -f -c (one run each; strace slows every syscall, so")
+        log("threads contend longer for the GIL: futex counts are inflated several times):")
+        for s in traced:
+            _show_counts(s.name, [(n, c) for n, c, _ in s.strace], files, log)
 
 
 def report_no_change(all_series: list[Series], log: Log) -> None:
@@ -420,7 +558,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="rounds, alternating tools (3)")
     p.add_argument("--concurrency", type=int, default=32, help="transfers in flight (32)")
     p.add_argument("--no-fsync", action="store_true", help="also `assetsync mirror --no-fsync`")
-    p.add_argument("--strace", action="store_true", help="syscall counts (one extra run each)")
+    p.add_argument("--strace", action="store_true", help="strace -f -c counts (one extra run)")
+    p.add_argument("--perf", action="store_true", help="perf stat syscall counts (one extra run)")
     p.add_argument("--no-change", action="store_true", help="no-change rerun vs rclone sync")
     p.add_argument("--nginx-workers", default="auto", help="nginx worker_processes (auto)")
     p.add_argument(
@@ -444,6 +583,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # unwind: every context manager stops what it started
+
+
+def _runs_planned(args: argparse.Namespace, tools: int) -> int:
+    return (
+        int(args.rounds) * tools
+        + (tools if args.strace else 0)
+        + (tools if args.perf else 0)
+        + (2 if args.no_change else 0)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -480,21 +628,33 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = CorpusSpec("small", args.files, FILE_SIZE, 1, f"{args.files:,} x 64 KiB")
     scratch = args.work / "per-file-cpu"
-    dest_root = args.dest_root or scratch
+    dest_root = args.dest_root or scratch / "dest"
+    dest_root.mkdir(parents=True, exist_ok=True)
+    need = _runs_planned(args, len(tools)) * args.files * FILE_SIZE * 1.1
+    free = shutil.disk_usage(dest_root).free
+    if need > free * 0.8:
+        log(
+            f"not enough space under {dest_root}: fresh destinations for every run need "
+            f"{need / 1e9:.1f} GB, {free / 1e9:.1f} GB free (fewer --files or --rounds)"
+        )
+        return 2
+    dests = Destinations(dest_root)
     log(f"# per-file CPU, {started}")
     log(f"# command: {command}")
     log("# machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
     log(f"# load average before: {load_before}")
     copy_series = [Series(name, "") for name, _ in tools]
-    strace_runs: list[Series] = []
+    startup = Series(STARTUP, "mirror --help")
     no_change: list[Series] = []
     code = 0
     try:
         corpus = build(spec, args.work, log)
         warm(corpus)
-        dest_root.mkdir(parents=True, exist_ok=True)
         log(f"# corpus: {spec.description} ({corpus.total_bytes / 1e6:.0f} MB) in {corpus.root}")
-        log(f"# destinations: {dest_root.resolve()} ({filesystem_of(dest_root)})")
+        log(
+            f"# destinations: {dest_root.resolve()} ({filesystem_of(dest_root)}), a fresh "
+            f"folder per run ({need / 1e9:.1f} GB at most), deleted at exit"
+        )
         with serve(corpus, args.work, nginx_workers=args.nginx_workers, log=log) as platform:
             _check_platform(platform)
             nginx = _nginx_pids()
@@ -502,49 +662,54 @@ def main(argv: list[str] | None = None) -> int:
                 f"# nginx processes: {len(nginx)}; listing (untimed): "
                 f"{platform.listing_seconds or 0:.2f} s; concurrency {args.concurrency}"
             )
+            base: dict[str, RunContext] = {}
+            for name, _ in tools:
+                work = scratch / "runs" / name.replace(" ", "").replace("-", "")
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir(parents=True)
+                base[name] = RunContext(corpus, platform, dest_root, work, args.concurrency)
 
-            def context(name: str) -> RunContext:
+            def fresh(name: str) -> RunContext:
                 safe = name.replace(" ", "").replace("-", "")
-                work = scratch / "runs" / safe
-                _fresh(work)
-                return RunContext(
-                    corpus, platform, dest_root / f"dest-{safe}", work, args.concurrency
-                )
+                return _with_dest(base[name], dests.fresh(safe))
 
-            ctxs = {name: context(name) for name, _ in tools}
-            try:
-                for i in range(args.rounds):
-                    log(f"round {i + 1}/{args.rounds}")
-                    for (name, tool), series in zip(tools, copy_series, strict=True):
-                        series.settings = tool.command(ctxs[name]).settings
-                        logs = scratch / "logs" / f"{name.replace(' ', '')}-{i}"
-                        run_copy(series, tool, ctxs[name], logs, nginx, log)
-                if args.strace:
-                    log("strace runs (times not reported)")
-                    for (name, tool), series in zip(tools, copy_series, strict=True):
-                        logs = scratch / "logs" / f"{name.replace(' ', '')}-strace"
-                        run_strace(series, tool, ctxs[name], logs, log)
-                if args.no_change:
-                    log("no-change reruns")
-                    rerun_tools: dict[str, Tool] = {"assetsync": ours}
-                    reason = rclone.missing(platform)
-                    if reason is None:
-                        rerun_tools["rclone"] = rclone
-                        ctxs["rclone"] = context("rclone")
-                    else:
-                        log(f"  rclone MISSING: {reason}")
-                    no_change = run_no_change(
-                        rerun_tools, ctxs, args.rounds, scratch / "logs", nginx, log
+            for i in range(args.rounds):
+                log(f"round {i + 1}/{args.rounds}")
+                for (name, tool), series in zip(tools, copy_series, strict=True):
+                    ctx = fresh(name)
+                    series.settings = tool.command(ctx).settings
+                    logs = scratch / "logs" / f"{name.replace(' ', '')}-{i}"
+                    run_copy(series, tool, ctx, logs, nginx, log)
+                run_startup(startup, base["assetsync"], scratch / "logs" / f"startup-{i}", log)
+            for how in [h for h in ("perf", "strace") if getattr(args, h)]:
+                log(f"{how} runs (times not reported)")
+                for (name, tool), series in zip(tools, copy_series, strict=True):
+                    logs = scratch / "logs" / f"{name.replace(' ', '')}-{how}"
+                    run_counted(series, tool, fresh(name), logs, how, log)
+            if args.no_change:
+                log("no-change reruns")
+                rerun_tools: dict[str, Tool] = {"assetsync": ours}
+                ctxs = {"assetsync": fresh("assetsync")}
+                reason = rclone.missing(platform)
+                if reason is None:
+                    rerun_tools["rclone"] = rclone
+                    work = scratch / "runs" / "rclone"
+                    work.mkdir(parents=True, exist_ok=True)
+                    ctxs["rclone"] = RunContext(
+                        corpus, platform, dests.fresh("rclone"), work, args.concurrency
                     )
-            finally:
-                for ctx in ctxs.values():
-                    shutil.rmtree(ctx.dest, ignore_errors=True)
+                else:
+                    log(f"  rclone MISSING: {reason}")
+                no_change = run_no_change(
+                    rerun_tools, ctxs, args.rounds, scratch / "logs", nginx, log
+                )
     except KeyboardInterrupt:
         log("interrupted: every server and tool was stopped; the figures below are partial")
         code = 130
-    strace_runs = [s for s in copy_series if s.strace]
-    report_copy(copy_series, args.files, log)
-    report_strace(strace_runs, args.files, log)
+    finally:
+        dests.cleanup()
+    report_copy([*copy_series, startup], args.files, log)
+    report_syscalls(copy_series, args.files, log)
     report_no_change(no_change, log)
     log("")
     log(
@@ -561,14 +726,14 @@ def main(argv: list[str] | None = None) -> int:
                     "load_before": load_before,
                     "load_after": _loadavg(),
                     "files": args.files,
-                    "copy": [asdict(s) for s in copy_series],
+                    "copy": [asdict(s) for s in [*copy_series, startup]],
                     "no_change": [asdict(s) for s in no_change],
                 },
                 indent=1,
             )
         )
         log(f"wrote {args.json}")
-    if code == 0 and any(s.failed for s in copy_series + no_change):
+    if code == 0 and any(s.failed for s in [*copy_series, startup, *no_change]):
         code = 1
     return code
 
