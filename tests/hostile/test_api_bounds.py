@@ -90,8 +90,9 @@ sys.exit(code if code >= 0 else 128 - code)
 """
 
 
-def mirror(hostile: HostileApi, dest: Path, *more: str, **env: str) -> Run:
-    """Run ``assetsync mirror --json -q`` to its end (or the hang guard) and measure it."""
+def mirror(hostile: HostileApi, dest: Path, *more: str, human: bool = False, **env: str) -> Run:
+    """Run ``assetsync mirror --json -q`` to its end (or the hang guard) and measure it;
+    ``human``: as cron runs it, without ``--json -q``."""
     command = [
         sys.executable,
         "-m",
@@ -104,8 +105,7 @@ def mirror(hostile: HostileApi, dest: Path, *more: str, **env: str) -> Run:
         "--dest",
         str(dest),
         "--no-fsync",
-        "--json",
-        "-q",
+        *(() if human else ("--json", "-q")),
         *more,
     ]
     hung = threading.Event()
@@ -232,6 +232,13 @@ def test_a_gzip_bomb_on_ping_is_refused_at_the_cap(hostile: HostileApi, tmp_path
     assert "GET /api/home/ping" in summary["error"]
     assert "api_max_body" in summary["error"]
     assert hostile.emu.counters.requests.get("assets_list", 0) == 0
+    # As cron runs it: one line naming the cause, the same exit code, no traceback.
+    run = mirror(hostile, tmp_path / "d2", human=True)
+    assert run.code == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stdout + run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("assetsync: error:")]
+    assert len(errors) == 1 and "api_max_body" in errors[0], run.stderr[-2000:]
+    assert run.peak_rss < RSS_BOUND
 
 
 async def bombs_for_annotations(request: web.Request, api: Upstream) -> web.StreamResponse | None:
@@ -468,3 +475,9 @@ def test_when_no_data_lookup_answers_the_tags_are_kept_and_files_mirror(
     assert "tags and data tags were not updated" in run.stderr  # the log line, no traceback
     with Manifest.open(dest, create=False, read_only=True) as manifest:
         assert all(row.tags_digest is None for row in manifest.iter_rows())  # not "no tags"
+    # People see the warning too, in the summary the command prints.
+    run = mirror(hostile, tmp_path / "d2", human=True)
+    assert run.code == 0, run.stderr[-2000:]
+    assert "Traceback" not in run.stdout + run.stderr
+    warned = [line for line in run.stdout.splitlines() if line.startswith("  warning: ")]
+    assert len(warned) == 1 and "tags and data tags were not updated" in warned[0], run.stdout
