@@ -11,7 +11,6 @@ annotations are held back by the emulator until every file is in place, then the
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 
 from engine.emulator import Emulator, FaultRule
 from engine.manifest import Manifest
+from tests.command import command_env
 from tests.mirror.helpers import assert_mirror_matches, files_under
 
 pytestmark = pytest.mark.slow
@@ -30,11 +30,7 @@ ASSETS = 200
 
 
 def _env(token: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
-    env["PICSELLIA_TOKEN"] = token
-    env["ASSETSYNC_TRANSFER__RETRY__BASE_DELAY"] = "0.01"
-    env["ASSETSYNC_TRANSFER__RETRY__MAX_DELAY"] = "0.05"
-    return env
+    return command_env(token)
 
 
 def _recorded_ok(dest: Path) -> int:
