@@ -13,16 +13,16 @@ import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.digests import annotations_digest
 from engine.errors import PlatformError
-from engine.jobs import Outcome, update_for_outcome
 from engine.manifest import Manifest
-from engine.manifest.digests import annotations_digest
-from engine.manifest_access import BatchWriter, ManifestAccess, WriteItem
-from engine.metadata import PageAnnotations, group_annotations
-from engine.page_plan import PagePlanner
+from engine.pipeline.jobs import Outcome, update_for_outcome
+from engine.pipeline.metadata import PageAnnotations, group_annotations
+from engine.pipeline.planning import PagePlanner
+from engine.pipeline.summary import LiveCounters
+from engine.pipeline.writer import BatchWriter, ManifestAccess, WriteItem
 from engine.platform.client import parse_answer
 from engine.platform.per_item import annotation_answer, asset_page
-from engine.summary import LiveCounters
 from engine.transfer import TransferResult
 from tests.hostile.payloads import annotation_lists, encode, listing_pages
 

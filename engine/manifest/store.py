@@ -26,10 +26,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from engine.digests import path_key
 from engine.errors import ManifestError
 from engine.manifest import export as _export
 from engine.manifest.db import InLists, connect, set_pragmas, translate
-from engine.manifest.digests import path_key
 from engine.manifest.jsontext import dump_json
 from engine.manifest.records import (
     STATES,
@@ -390,7 +390,7 @@ class Manifest:
     def path_owners(self, paths: Sequence[str]) -> dict[str, str]:
         """``path -> asset_id`` for the given paths (or path keys) that an asset already holds.
 
-        Matching is by :func:`~engine.manifest.digests.path_key`, so ``A.jpg`` finds the owner
+        Matching is by :func:`~engine.digests.path_key`, so ``A.jpg`` finds the owner
         of ``a.jpg``; the answer is keyed by the strings as given.
         """
         by_key: dict[str, list[str]] = {}

@@ -14,8 +14,8 @@ from itertools import islice
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from engine.deletion import remove_file
 from engine.manifest import AssetRow
+from engine.mirroring.deletion import remove_file
 from engine.prefetch.window import Start
 from engine.prefetch.writer import Evicted
 

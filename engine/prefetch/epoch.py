@@ -14,13 +14,13 @@ about them (so nothing it is about to hand out can be evicted), then resolves ea
 disk already (no request), to download, failed (gone from the version) or skipped (upload not
 finished). A chunk's tags and annotations come alongside its downloads; an item goes out once
 its file is in place and its metadata is in, and the file is recorded with that metadata
-(the mirror's :func:`~engine.jobs.update_for_outcome`), so a later ``mirror`` skips it.
+(the mirror's :func:`~engine.pipeline.jobs.update_for_outcome`), so a later ``mirror`` skips it.
 
 Fetchers take the lowest queued position the window allows (priority), evict what the budget
 needs first (deleting without following symlinks, recording ``evicted``), on a shared DEST hold
 the object's fetch lock (:class:`~engine.prefetch.locking.FetchLocks`: if another prefetcher
 had it, its file is used instead), refresh stale URLs in one ``XGET`` batch for all queued
-jobs, and run the mirror's :func:`~engine.jobs.transfer_job`.
+jobs, and run the mirror's :func:`~engine.pipeline.jobs.transfer_job`.
 
 Stopping: :meth:`EpochRun.cancel` lets downloads in flight finish for a short grace (so small
 files land and are recorded rather than orphaned), then cuts them; files in place are committed
@@ -44,10 +44,10 @@ import anyio
 from anyio.abc import TaskGroup
 
 from engine.errors import AuthError, EngineError, PlatformError
-from engine.jobs import Job, Outcome, transfer_job, update_for_outcome
 from engine.manifest import AssetRow
-from engine.metadata import fetch_page_annotations
-from engine.page_plan import ContentPlan, local_file, stored_asset
+from engine.pipeline.jobs import Job, Outcome, transfer_job, update_for_outcome
+from engine.pipeline.metadata import fetch_page_annotations
+from engine.pipeline.planning import ContentPlan, local_file, stored_asset
 from engine.plan import content_decision
 from engine.prefetch.budget import COLD_MIN, BudgetKeeper
 from engine.prefetch.items import AssetUnavailable, PrefetchItem

@@ -2,8 +2,8 @@
 
 The rule (the README's "Concurrency" section says it to users):
 
-* ``mirror`` (and ``verify``) hold DEST's lock **exclusively** (:class:`engine.lock.DestLock`):
-  nothing else touches DEST while they run.
+* ``mirror`` (and ``verify``) hold DEST's lock **exclusively**
+  (:class:`engine.pipeline.lock.DestLock`): nothing else touches DEST while they run.
 * A prefetcher **without** a disk budget holds the same lock file **shared** (``flock(LOCK_SH)``):
   any number of them may read from and download into one DEST at once (the workers of a
   DataLoader, several training jobs), and a mirror refuses to start meanwhile (exit 4), as a
@@ -47,7 +47,7 @@ from types import TracebackType
 import anyio
 
 from engine.errors import LockHeldError, UsageError
-from engine.lock import LOCK_NAME, STATE_DIR, read_holder
+from engine.pipeline.lock import LOCK_NAME, STATE_DIR, read_holder
 
 __all__ = [
     "CLAIMS_LOCK",

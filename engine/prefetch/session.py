@@ -26,14 +26,15 @@ import anyio.to_thread
 
 from engine.destination import check_destination
 from engine.errors import EngineError, UsageError
-from engine.freshness import UrlFreshener
-from engine.jobs import Job, update_for
-from engine.lock import STATE_DIR, DestLock
 from engine.manifest import AssetRow, AssetUpdate, FileInfo, Manifest
-from engine.manifest_access import ManifestAccess
-from engine.metadata import TagStager
 from engine.mirroring import open_sessions
-from engine.page_plan import PagePlanner
+from engine.pipeline.freshness import UrlFreshener
+from engine.pipeline.jobs import Job, update_for
+from engine.pipeline.lock import STATE_DIR, DestLock
+from engine.pipeline.metadata import TagStager
+from engine.pipeline.planning import PagePlanner
+from engine.pipeline.summary import LiveCounters
+from engine.pipeline.writer import ManifestAccess
 from engine.platform import PlatformClient
 from engine.platform.query import tags_filter
 from engine.prefetch.items import PrefetchStats
@@ -45,7 +46,6 @@ from engine.prefetch.window import DiskBooks
 from engine.prefetch.writer import SessionWriter
 from engine.preflight import check_platform
 from engine.settings import Settings
-from engine.summary import LiveCounters
 from engine.transfer import ProgressEvent, Transferer
 
 __all__ = ["Session"]

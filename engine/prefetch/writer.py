@@ -1,4 +1,4 @@
-"""The prefetcher's manifest writer: the mirror's :class:`~engine.manifest_access.BatchWriter`,
+"""The prefetcher's manifest writer: the mirror's :class:`~engine.pipeline.writer.BatchWriter`,
 plus evictions, in one ordered stream.
 
 A file's row (``ok``) and its later eviction (``evicted``) must reach the manifest in that
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import anyio
 
 from engine.manifest import AssetState
-from engine.manifest_access import (
+from engine.pipeline.writer import (
     BatchWriter,
     ManifestAccess,
     WriteItem,

@@ -1,6 +1,6 @@
 """What travels between the stages: a download job, and how a result becomes a manifest update.
 
-Shared by the mirror pipeline (:mod:`engine.scheduler`) and the prefetcher, so both record
+Shared by the mirror pipeline (:mod:`engine.mirroring.listing`) and the prefetcher, so both record
 exactly the same thing for the same asset.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 from engine.errors import AuthError, DiskFullError, EngineError, NotFoundError
 from engine.manifest import AssetState, AssetUpdate, FileInfo
+from engine.pipeline.summary import Failure, LiveCounters
 from engine.platform import PlatformClient, models
 from engine.signed_urls import SignedUrl
-from engine.summary import Failure, LiveCounters
 from engine.transfer import ObjectRef, Transferer, TransferResult
 
 __all__ = [

@@ -10,10 +10,10 @@ platform has answered:
 3. create DEST and take its lock — :class:`~engine.errors.LockHeldError` (a dry run does
    neither);
 4. open the manifest and check it mirrors this version with this layout;
-5. run the pipeline (:mod:`engine.scheduler`);
+5. run the pipeline (:mod:`engine.mirroring.listing`);
 6. delete what left the version, if asked and if the listings were complete
-   (:mod:`engine.deletion`);
-7. record the run and return its :class:`~engine.summary.MirrorSummary`.
+   (:mod:`engine.mirroring.deletion`);
+7. record the run and return its :class:`~engine.pipeline.summary.MirrorSummary`.
 
 Cancellation (a signal) still records the run as interrupted and keeps partial files for resume.
 """
@@ -31,19 +31,19 @@ from typing import Any
 import aiohttp
 import anyio
 
-from engine.deletion import DeletionReport, delete_unseen, stage_version_ids
 from engine.destination import check_destination
 from engine.errors import EngineError, UsageError, primary_error
-from engine.jobs import PlannedAction
-from engine.lock import DestLock
 from engine.manifest import Manifest
-from engine.manifest_access import ManifestAccess
+from engine.mirroring.deletion import DeletionReport, delete_unseen, stage_version_ids
+from engine.mirroring.listing import Pipeline, PipelineResult
+from engine.pipeline.jobs import PlannedAction
+from engine.pipeline.lock import DestLock
+from engine.pipeline.summary import LiveCounters, MirrorSummary, Outcome
+from engine.pipeline.writer import ManifestAccess
 from engine.platform import PlatformClient
 from engine.platform.query import tags_filter
 from engine.preflight import check_platform
-from engine.scheduler import Pipeline, PipelineResult
 from engine.settings import Settings
-from engine.summary import LiveCounters, MirrorSummary, Outcome
 from engine.transfer import Transferer
 from engine.transfer.http1 import StorageHttp
 from engine.transfer.proxies import Proxies, ProxyConfigError

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from engine.errors import AuthError, EngineError
-from engine.jobs import Job
+from engine.pipeline.jobs import Job
 from engine.platform import PlatformClient
 from engine.signed_urls import SignedUrl
 

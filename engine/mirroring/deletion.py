@@ -26,10 +26,10 @@ import anyio.to_thread
 
 from engine.errors import AuthError, EngineError, LocalStorageError
 from engine.manifest import Manifest
-from engine.manifest_access import ManifestAccess
+from engine.pipeline.summary import Failure, LiveCounters
+from engine.pipeline.writer import ManifestAccess
 from engine.plan import deletion_verdict
 from engine.platform import PlatformClient
-from engine.summary import Failure, LiveCounters
 
 __all__ = ["DeletionReport", "delete_unseen", "remove_file", "stage_version_ids"]
 

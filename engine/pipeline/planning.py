@@ -29,15 +29,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from engine import layout
-from engine.jobs import Job, PlannedAction, update_for
+from engine.digests import annotations_digest, path_key, tags_digest
 from engine.manifest import AssetRow, AssetUpdate
-from engine.manifest.digests import annotations_digest, path_key, tags_digest
-from engine.manifest_access import ManifestAccess
+from engine.pipeline.jobs import Job, PlannedAction, update_for
+from engine.pipeline.summary import Failure, LiveCounters
+from engine.pipeline.writer import ManifestAccess
 from engine.plan import LocalFile, StoredAsset, content_decision, metadata_changed
 from engine.platform import models
 from engine.platform.per_item import Rejected
 from engine.signed_urls import SignedUrl
-from engine.summary import Failure, LiveCounters
 
 __all__ = [
     "ContentPlan",

@@ -20,8 +20,8 @@ whatever has accumulated in one transaction, so commits are few when files are m
 Errors: an asset that fails after the transfer core's retries is recorded as failed and the run
 goes on; a listing that fails stops listing (so nothing is deleted) but lets queued work finish;
 an authentication failure or a full disk stops the run. What the listing gets wrong without
-failing (a malformed item, an asset listed twice: see :mod:`engine.page_plan`) fails that asset
-or skips the repeat; a repeat, or an item without a readable id, marks the listing as not
+failing (a malformed item, an asset listed twice: see :mod:`engine.pipeline.planning`) fails that
+asset or skips the repeat; a repeat, or an item without a readable id, marks the listing as not
 complete, so nothing is deleted. Tags that cannot be staged leave this run's tags unknown (the
 manifest keeps the stored ones; a warning says so); a page's annotations that cannot be read
 fail the assets concerned, whose files are still mirrored. Cancelled, the joiner still records the
@@ -42,26 +42,31 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.errors import AuthError, EngineError
-from engine.freshness import UrlFreshener
-from engine.jobs import Job, Outcome, PlannedAction, transfer_job, update_for_outcome
-from engine.manifest_access import (
+from engine.pipeline.freshness import UrlFreshener
+from engine.pipeline.jobs import Job, Outcome, PlannedAction, transfer_job, update_for_outcome
+from engine.pipeline.metadata import (
+    DATALAKE_CANDIDATES,
+    PageAnnotations,
+    TagStager,
+    fetch_page_annotations,
+)
+from engine.pipeline.planning import ContentPlan, PagePlan, PagePlanner, StagedTags
+from engine.pipeline.summary import LiveCounters
+from engine.pipeline.writer import (
     BatchWriter,
     ManifestAccess,
     WriteItem,
     take_batch,
     take_leftovers,
 )
-from engine.metadata import DATALAKE_CANDIDATES, PageAnnotations, TagStager, fetch_page_annotations
-from engine.page_plan import ContentPlan, PagePlan, PagePlanner, StagedTags
 from engine.platform import PlatformClient
 from engine.platform.per_item import ListingPage
 from engine.settings import Settings
-from engine.summary import LiveCounters
 from engine.transfer import Transferer
 
 __all__ = ["PAGES_IN_FLIGHT", "Pipeline", "PipelineResult"]
 
-log = logging.getLogger("engine.scheduler")
+log = logging.getLogger("engine.mirroring.listing")
 
 # Pages whose tags and annotations are fetched at the same time (at most PAGES_IN_FLIGHT).
 METADATA_PAGES_AT_ONCE = 3

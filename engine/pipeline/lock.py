@@ -57,7 +57,7 @@ from engine.layout import STATE_DIR
 
 __all__ = ["LOCK_NAME", "STATE_DIR", "DestLock", "LockInfo", "read_holder"]
 
-log = logging.getLogger("engine.lock")
+log = logging.getLogger("engine.pipeline.lock")
 
 LOCK_NAME = "lock"
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
