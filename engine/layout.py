@@ -44,6 +44,7 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from engine.digests import path_key
+from engine.state_folder import STATE_DIR
 
 __all__ = [
     "MAX_COMPONENT_BYTES",
@@ -61,7 +62,6 @@ __all__ = [
     "variant",
 ]
 
-STATE_DIR = ".assetsync"
 MAX_COMPONENT_BYTES = 255
 MAX_DEPTH = 32
 MAX_PATH_BYTES = 1024

@@ -28,11 +28,9 @@ from engine.manifest.records import (
     RunRecord,
 )
 from engine.manifest.schema import MIGRATIONS, Migration
-from engine.manifest.store import MANIFEST_DIR, MANIFEST_NAME, Manifest
+from engine.manifest.store import Manifest
 
 __all__ = [
-    "MANIFEST_DIR",
-    "MANIFEST_NAME",
     "MIGRATIONS",
     "STATES",
     "ApplyResult",

@@ -51,11 +51,10 @@ from engine.manifest.schema import (
     migrate,
 )
 from engine.manifest.writes import apply_batch
+from engine.state_folder import StateFolder
 
-__all__ = ["MANIFEST_DIR", "MANIFEST_NAME", "Manifest"]
+__all__ = ["Manifest"]
 
-MANIFEST_DIR = ".assetsync"
-MANIFEST_NAME = "manifest.sqlite"
 # Only these constant column lists and conditions are ever interpolated into SQL.
 _ROW_COLUMNS = ", ".join(f.name for f in fields(AssetRow))
 _ROWS = f"SELECT {_ROW_COLUMNS} FROM assets"  # noqa: S608
@@ -157,7 +156,7 @@ class Manifest:
         ``migrations`` exists for tests and is the schema's full history otherwise.
         """
         dest = Path(dest)
-        path = dest / MANIFEST_DIR / MANIFEST_NAME
+        path = StateFolder(dest).manifest
         mode: Literal["rwc", "rw", "ro"] = "ro" if read_only else ("rwc" if create else "rw")
         conn = connect(dest, path, mode=mode, busy_timeout=busy_timeout)
         try:

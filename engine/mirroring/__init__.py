@@ -44,13 +44,12 @@ from engine.platform import PlatformClient
 from engine.platform.query import tags_filter
 from engine.preflight import check_platform
 from engine.settings import Settings
+from engine.state_folder import StateFolder
 from engine.transfer import Transferer
 from engine.transfer.http1 import StorageHttp
 from engine.transfer.proxies import Proxies, ProxyConfigError
 
 __all__ = ["mirror", "open_sessions"]
-
-STATE_DIR = ".assetsync"
 
 
 def _check(settings: Settings) -> tuple[str, Path]:
@@ -135,7 +134,7 @@ def _lock(settings: Settings, dest: Path) -> Iterator[None]:
 
 def _open_manifest(settings: Settings, dest: Path) -> Manifest | None:
     if settings.dry_run:
-        if not (dest / STATE_DIR / "manifest.sqlite").exists():
+        if not StateFolder(dest).manifest.exists():
             return None
         return Manifest.open(dest, create=False, read_only=True)
     return Manifest.open(dest)
@@ -241,7 +240,7 @@ async def _run(
                 Transferer(
                     storage_session,
                     settings.transfer,
-                    dest / STATE_DIR,
+                    StateFolder(dest).path,
                     on_progress=counters.on_progress,
                     clock=clock,
                 )

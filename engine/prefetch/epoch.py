@@ -53,6 +53,7 @@ from engine.prefetch.budget import COLD_MIN, BudgetKeeper
 from engine.prefetch.items import AssetUnavailable, PrefetchItem
 from engine.prefetch.source import EpochSource, Listed
 from engine.prefetch.window import SlotState, Start, Window
+from engine.state_folder import StateFolder
 from engine.transfer import ProgressEvent
 from engine.transfer.partial import Partial, PartialDir
 
@@ -174,10 +175,11 @@ class EpochRun:
                 entry.committed = True
         if s.books is not None:
             # A cache keeps no half files: a cut download's partial would sit outside the books.
-            folder = PartialDir(s.dest / ".assetsync")
+            state = StateFolder(s.dest)
+            folder = PartialDir(state.path)
             for job in self._cut:
                 part = Partial(folder, job.asset.id, job.asset.data.id).path
-                for path in (part, part.with_name(part.name + ".state")):
+                for path in state.partial_files(part):
                     with contextlib.suppress(OSError):
                         os.unlink(path)
         if self.scope.cancel_called or self.fatal is not None:

@@ -30,7 +30,7 @@ from engine.manifest import AssetRow, AssetUpdate, FileInfo, Manifest
 from engine.mirroring import open_sessions
 from engine.pipeline.freshness import UrlFreshener
 from engine.pipeline.jobs import Job, update_for
-from engine.pipeline.lock import STATE_DIR, DestLock
+from engine.pipeline.lock import DestLock
 from engine.pipeline.metadata import TagStager
 from engine.pipeline.planning import PagePlanner
 from engine.pipeline.summary import LiveCounters
@@ -38,7 +38,7 @@ from engine.pipeline.writer import ManifestAccess
 from engine.platform import PlatformClient
 from engine.platform.query import tags_filter
 from engine.prefetch.items import PrefetchStats
-from engine.prefetch.locking import FetchLocks, SharedDestLock, claims_locked, state_dir
+from engine.prefetch.locking import FetchLocks, SharedDestLock, claims_locked
 from engine.prefetch.options import PrefetchOptions
 from engine.prefetch.order import OrderStore
 from engine.prefetch.split import Shard
@@ -46,6 +46,7 @@ from engine.prefetch.window import DiskBooks
 from engine.prefetch.writer import SessionWriter
 from engine.preflight import check_platform
 from engine.settings import Settings
+from engine.state_folder import StateFolder
 from engine.transfer import ProgressEvent, Transferer
 
 __all__ = ["Session"]
@@ -72,11 +73,10 @@ def _prefixes(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def _remove_partials(state: Path) -> int:
+def _remove_partials(folder: StateFolder) -> int:
     """Budget mode: leftover partial files are not worth their disk (a cache keeps no halves)."""
     removed = 0
-    folder = state / "partial"
-    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder.partial) as entries:
         for entry in entries:
             if entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(OSError):
@@ -167,7 +167,8 @@ class Session:
             data_tags=settings.data_tags,
         )
 
-        state = await anyio.to_thread.run_sync(state_dir, self.dest)
+        folder = StateFolder(self.dest)
+        await anyio.to_thread.run_sync(folder.create)
         lock: DestLock | SharedDestLock
         if budget is not None:
             lock = DestLock(self.dest, stale_after=settings.lock_stale_after)
@@ -196,7 +197,7 @@ class Session:
         if budget is not None:
             status = await self.db.call(manifest.status)
             self.books = DiskBooks(budget, cold=status.total_bytes)
-            await anyio.to_thread.run_sync(_remove_partials, state)
+            await anyio.to_thread.run_sync(_remove_partials, folder)
 
         self.run_id = await self.db.call(
             manifest.begin_run, self.dv, settings.api_url, self._run_options()
@@ -206,7 +207,7 @@ class Session:
             Transferer(
                 storage,
                 settings.transfer,
-                self.dest / STATE_DIR,
+                folder.path,
                 on_progress=self._progress,
                 clock=self.clock,
             )
