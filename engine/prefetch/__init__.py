@@ -13,10 +13,13 @@ Modules: :mod:`~engine.prefetch.prefetcher` (the public class), :mod:`~engine.pr
 (one epoch: planner, fetchers, consumer), :mod:`~engine.prefetch.window` (pure: look-ahead,
 priority, disk budget), :mod:`~engine.prefetch.split` (pure: shuffle and worker split),
 :mod:`~engine.prefetch.order` (the epoch order on disk), :mod:`~engine.prefetch.source`,
-:mod:`~engine.prefetch.session`, :mod:`~engine.prefetch.locking` (who shares DEST),
-:mod:`~engine.prefetch.writer`, :mod:`~engine.prefetch.sync` (the plain iterator),
-:mod:`~engine.prefetch.options`, and :mod:`~engine.prefetch.torch_dataset` (the ``torch``
-extra; imported only when ``PrefetchDataset`` is asked for: the core never imports torch).
+:mod:`~engine.prefetch.session` (what the epochs share, over one run of
+:mod:`engine.pipeline`), :mod:`~engine.prefetch.budget` (evictions),
+:mod:`~engine.prefetch.locking` (one download of an object at a time across processes),
+:mod:`~engine.prefetch.sync` (the plain iterator), :mod:`~engine.prefetch.options`, and
+:mod:`~engine.prefetch.torch_dataset` (the ``torch`` extra; imported only when
+``PrefetchDataset`` is asked for: the core never imports torch). Opening a run, URL freshness
+and what is recorded when are the pipeline's (:mod:`engine.pipeline`), as for the mirror.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ class EpochSource:
         try:
             async for page in pages:
                 if page.items:
-                    s.saw_first(page.items[0].data.id)
+                    s.saw_first([asset.data.id for asset in page.items])
                 new = set(await self._store(s.order.append, [a.id for a in page.items]))
                 # A live listing may repeat an asset (drift): keep its first appearance only.
                 fresh = []
@@ -110,7 +110,7 @@ class EpochSource:
             with anyio.CancelScope(shield=True):
                 await pages.aclose()  # type: ignore[attr-defined]
         s.order.complete = True
-        s.saw_first(None)
+        s.saw_first([])
 
     async def _stream_listing(self) -> AsyncIterator[list[Listed]]:
         shard = self.s.shard
@@ -139,10 +139,10 @@ class EpochSource:
                 ids = [asset_id for _, asset_id in batch]
                 assets = await s.client.assets_by_ids(s.dv, ids)
                 if assets:
-                    s.saw_first(assets[0].data.id)
+                    s.saw_first([asset.data.id for asset in assets])
                 by_id = {asset.id: asset for asset in assets}
                 yield [Listed(index, asset_id, by_id.get(asset_id)) for index, asset_id in batch]
         finally:
             with anyio.CancelScope(shield=True):
                 await self._store(cursor.close)
-        s.saw_first(None)
+        s.saw_first([])
