@@ -213,7 +213,8 @@ def primary_error(exc: BaseException) -> BaseException:
        local storage error, else one no retry fixes, else an :class:`ObjectChanged`, else any;
        the first of its kind in the group's order;
     2. else, if a leaf is not an :class:`Exception` (a cancellation, ``KeyboardInterrupt``,
-       ``SystemExit``), the group unchanged: those must propagate as they are;
+       ``SystemExit``, a generator's ``GeneratorExit``), the group unchanged, or that leaf when
+       it is the only one: those must propagate as they are;
     3. else the first leaf: a bug, which surfaces as itself with its own traceback.
     """
     if not isinstance(exc, BaseExceptionGroup):
@@ -222,6 +223,8 @@ def primary_error(exc: BaseException) -> BaseException:
     ours = [leaf for leaf in leaves if isinstance(leaf, EngineError)]
     if ours:
         return min(ours, key=_severity)  # min keeps the first of equal severity
-    if not leaves or any(not isinstance(leaf, Exception) for leaf in leaves):
+    if not leaves:
         return exc
+    if any(not isinstance(leaf, Exception) for leaf in leaves):
+        return leaves[0] if len(leaves) == 1 else exc
     return leaves[0]

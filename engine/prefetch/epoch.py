@@ -199,7 +199,13 @@ class EpochRun:
             self._planner_waits = False
             self._room.set()
             self._room = anyio.Event()
-        self._wake_fetcher()
+        if self._idle and (self._could_start() or not self._more_to_fetch()):
+            # A woken fetcher that finds nothing to start costs a task switch and a lock: most
+            # events (an item taken far behind the window's edge, metadata in) allow none.
+            self._wake_fetcher()
+
+    def _could_start(self) -> bool:
+        return self.window.queued > 0 and self.window.next_download() is not None
 
     def _consumer_can_go(self) -> bool:
         return (
@@ -488,6 +494,20 @@ class EpochRun:
 
     async def _next_start(self) -> Start | None:
         while True:
+            if self.s.books is None:
+                # No budget: nothing to evict, no await between choosing and starting, so no
+                # lock either (the event loop runs one fetcher at a time).
+                start = self.window.next_download()
+                if start is not None:
+                    self.window.start(start)
+                    if self._could_start():
+                        self._wake_fetcher()  # the next idle one starts the next download
+                    return start
+                if not self._more_to_fetch():
+                    self._wake_fetcher(everyone=True)
+                    return None
+                await self._idle_wait()
+                continue
             async with self._start_lock:
                 books = self.s.books
                 if books is not None and books.cold and len(self.s.cold_rows) < COLD_MIN:
