@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import random
 from datetime import UTC
+from typing import TYPE_CHECKING
 
-from engine.settings import RetryPolicy
+if TYPE_CHECKING:  # the settings load pydantic-settings, which loads asyncio
+    from engine.settings import RetryPolicy
 
 __all__ = ["jitter_ceiling", "parse_retry_after", "retry_delay"]
 
