@@ -89,11 +89,14 @@ class _Entry:
 
 
 class EpochRun:
-    def __init__(self, session: Session, number: int) -> None:
+    """One epoch, from position ``start`` of its order on (0: the whole epoch)."""
+
+    def __init__(self, session: Session, number: int, *, start: int = 0) -> None:
         s = session
         o = s.options
         self.s = session
         self.number = number
+        self.start = start
         budget = s.books is not None
         # With a budget, plan no further than the window: files found on disk are protected
         # from registration on, and must not crowd the budget from beyond the look-ahead.
@@ -353,7 +356,7 @@ class EpochRun:
     # -- the planner -------------------------------------------------------------------------
 
     async def _planner(self) -> None:
-        source = EpochSource(self.s, self.number, chunk_cap=self.chunk_cap)
+        source = EpochSource(self.s, self.number, chunk_cap=self.chunk_cap, start=self.start)
         try:
             await self.s.writer.flush()  # plan against everything earlier epochs recorded
             async with contextlib.aclosing(source.chunks()) as chunks:

@@ -60,9 +60,10 @@ class _Sizer:
 
 
 class EpochSource:
-    def __init__(self, session: Session, epoch: int, *, chunk_cap: int) -> None:
+    def __init__(self, session: Session, epoch: int, *, chunk_cap: int, start: int = 0) -> None:
         self.s = session
         self.epoch = epoch
+        self.start = start  # the first position of the whole order this epoch gives
         self._sizer = _Sizer(min(FIRST_CHUNK, session.options.window), chunk_cap)
         self._limiter = anyio.CapacityLimiter(1)
 
@@ -119,7 +120,7 @@ class EpochSource:
             async for assets in pages:
                 mine = []
                 for asset in assets:
-                    if shard.holds(index):
+                    if index >= self.start and shard.holds(index):
                         mine.append(Listed(index, asset.id, asset))
                     index += 1
                 for chunk in self._split(mine):
@@ -133,7 +134,7 @@ class EpochSource:
     async def _from_order(self) -> AsyncIterator[list[Listed]]:
         s = self.s
         key = shuffle_key(s.options.seed, self.epoch) if s.options.shuffle else None
-        cursor = await self._store(s.order.cursor, key, s.shard)
+        cursor = await self._store(s.order.cursor, key, s.shard, self.start)
         try:
             while batch := await self._store(cursor.take, self._sizer.take()):
                 ids = [asset_id for _, asset_id in batch]
