@@ -9,9 +9,9 @@ from __future__ import annotations
 import click
 
 from engine.cli.progress import format_bytes
-from engine.jobs import PlannedAction
+from engine.pipeline.jobs import PlannedAction
+from engine.pipeline.summary import MirrorSummary
 from engine.safe_text import printable, safe_message
-from engine.summary import MirrorSummary
 
 __all__ = ["print_plan_line", "print_summary", "summary_lines"]
 
