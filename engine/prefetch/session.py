@@ -206,6 +206,7 @@ class Session:
             "shuffle": o.shuffle,
             "seed": o.seed,
             "shard": f"{self.shard.index}/{self.shard.count}",
+            "equal_shards": o.equal_shards,
             "concurrency": s.limits.concurrency,
         }
 
