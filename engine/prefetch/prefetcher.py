@@ -76,6 +76,7 @@ class Prefetcher:
         shuffle: bool | Maybe = UNSET,
         seed: int | Maybe = UNSET,
         on_failure: FailurePolicy | Maybe = UNSET,
+        equal_shards: Literal["pad", "drop"] | Maybe | None = UNSET,
         shard: Shard | tuple[int, int] | None = None,
         clock: Callable[[], float] = time.time,
         cancel_grace: float = CANCEL_GRACE,
@@ -89,6 +90,7 @@ class Prefetcher:
             "shuffle": shuffle,
             "seed": seed,
             "on_failure": on_failure,
+            "equal_shards": equal_shards,
         }
         base = options if options is not None else PrefetchOptions()
         changes = {k: v for k, v in given.items() if v is not UNSET}
