@@ -104,7 +104,9 @@ def test_equal_shards_have_one_size(total, count, equal, base, shuffled):
     try:
         whole = _read(store, key, Share())
         rest = [item for item in whole if item[0] >= base]
-        shares = [_read(store, key, Share(Shard(i, count), base=base, equal=equal)) for i in range(count)]
+        shares = [
+            _read(store, key, Share(Shard(i, count), base=base, equal=equal)) for i in range(count)
+        ]
         sizes = {len(items) for items in shares}
         assert len(sizes) == 1
         real = [item for items in shares for item in items if item[0] < total]
