@@ -8,6 +8,7 @@ These need the ``torch`` extra (torch and torchdata); they are skipped without i
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections import Counter
 from pathlib import Path
@@ -27,6 +28,17 @@ needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="the torch extra is not 
 def _asset_id(item):
     assert item.path is not None and item.path.stat().st_size == item.size
     return item.asset_id
+
+
+def _logged(log: Path, item):
+    """The transform, noting each item it was given (workers append to one file)."""
+    with log.open("a") as fh:
+        fh.write(item.asset_id + "\n")
+    return _asset_id(item)
+
+
+def _given(log: Path) -> Counter:
+    return Counter(log.read_text().split())
 
 
 def _id_and_epoch(item):
@@ -52,11 +64,12 @@ def test_the_torch_extra_is_installed():
     assert torch.__version__.startswith("2.13.0")
 
 
-def _dataset(settings, **prefetch):
+def _dataset(settings, log: Path, **prefetch):
     from engine.prefetch import PrefetchDataset
 
+    transform = functools.partial(_logged, log)
     return PrefetchDataset(
-        settings, transform=_asset_id, window=8, shuffle=True, seed=11, **prefetch
+        settings, transform=transform, window=8, shuffle=True, seed=11, **prefetch
     )
 
 
@@ -78,22 +91,31 @@ def test_a_stateful_loader_resumes_mid_epoch_without_repeating_or_refetching(
 ):
     from torchdata.stateful_dataloader import StatefulDataLoader
 
+    log = tmp_path / "given.log"
     with Emulator(assets=60, seed=91, large_share=0.0, empty_share=0.0).in_thread() as emu:
         order = listing(emu)
         settings = settings_for(emu, tmp_path / "d")
-        first_ds = _dataset(settings)
+        # prefetch_factor 1: a worker prepares at most one batch the loader has not yielded.
+        loading = {"prefetch_factor": 1} if workers else {}
+        first_ds = _dataset(settings, log)
         first_ds.set_epoch(2)
-        loader = StatefulDataLoader(first_ds, batch_size=5, num_workers=workers)
-        first, state = _stop_after(loader, 3)
-        assert len(first) == 15
+        loader = StatefulDataLoader(first_ds, batch_size=5, num_workers=workers, **loading)
+        first, state = _stop_after(loader, 6)
+        assert len(first) == 30
 
-        second_ds = _dataset(settings)
+        second_ds = _dataset(settings, log)
         second_ds.set_epoch(2)
-        resumed = StatefulDataLoader(second_ds, batch_size=5, num_workers=workers)
+        resumed = StatefulDataLoader(second_ds, batch_size=5, num_workers=workers, **loading)
         resumed.load_state_dict(state)
         rest = _flat(resumed)
         assert Counter(first + rest) == Counter(order)  # each asset exactly once
         _downloaded_once(emu, order)
+        # The resumed dataset did not go through the items already yielded again (a loader
+        # fast-forwarding a dataset without state would have: 30 of them). Only the batches
+        # the first loader's workers had prepared but not yielded come twice.
+        given = _given(log)
+        assert set(given) == set(order)
+        assert given.total() - len(order) <= workers * 5
 
 
 @needs_torch
@@ -103,18 +125,24 @@ def test_two_workers_resumed_on_one(tmp_path: Path):
     from engine.prefetch import merge_states
     from engine.prefetch.torch_dataset import worker_states
 
+    log = tmp_path / "given.log"
     with Emulator(assets=60, seed=92, large_share=0.0, empty_share=0.0).in_thread() as emu:
         order = listing(emu)
         settings = settings_for(emu, tmp_path / "d")
-        loader = StatefulDataLoader(_dataset(settings), batch_size=4, num_workers=2)
-        first, state = _stop_after(loader, 5)
-        assert len(first) == 20
+        loader = StatefulDataLoader(
+            _dataset(settings, log), batch_size=4, num_workers=2, prefetch_factor=1
+        )
+        first, state = _stop_after(loader, 9)
+        assert len(first) == 36
 
-        dataset = _dataset(settings)
+        dataset = _dataset(settings, log)
         dataset.load_state_dict(merge_states(worker_states(state)))
         rest = _flat(StatefulDataLoader(dataset, batch_size=4, num_workers=1))
         assert Counter(first + rest) == Counter(order)
         _downloaded_once(emu, order)
+        given = _given(log)
+        assert set(given) == set(order)
+        assert given.total() - len(order) <= 2 * 4  # the batches prepared, not yielded
 
 
 @needs_torch
