@@ -51,9 +51,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.sharedctypes
-import multiprocessing.util
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -145,12 +143,6 @@ class SharedEpoch:
             self._shared = state["shared"]
         else:
             self._shared = multiprocessing.sharedctypes.RawValue("q", state["value"])
-
-
-def _close(ref: weakref.ref[Prefetcher]) -> None:
-    prefetcher = ref()
-    if prefetcher is not None:
-        prefetcher.close()
 
 
 class PrefetchDataset(IterableDataset[T], Generic[T]):
@@ -255,17 +247,10 @@ class PrefetchDataset(IterableDataset[T], Generic[T]):
         else:
             epoch = prefetcher.epoch(self.epoch)
         self._current = prefetcher
-        return self._items(prefetcher, epoch, in_worker=info is not None)
+        return self._items(prefetcher, epoch)
 
-    def _items(
-        self, prefetcher: Prefetcher, epoch: EpochIterator, *, in_worker: bool
-    ) -> Iterator[T]:
+    def _items(self, prefetcher: Prefetcher, epoch: EpochIterator) -> Iterator[T]:
+        # A worker that stops closes this generator as its loop returns: the session closes.
         with prefetcher:
-            if in_worker:
-                # A worker process ends without closing this generator: close the session
-                # first, so what landed is recorded and nothing is cut without need.
-                multiprocessing.util.Finalize(
-                    prefetcher, _close, args=(weakref.ref(prefetcher),), exitpriority=100
-                )
             for item in epoch:
                 yield self.transform(item) if self.transform is not None else item  # type: ignore[misc]
