@@ -141,3 +141,10 @@ def test_states_are_checked():
     other = EpochProgress(5, Share(Shard(1, 2)), 0, False).state()
     with pytest.raises(ValueError, match="one epoch"):
         merge_states([state, other])
+
+
+def test_the_resume_arithmetic_is_pure():
+    """It is loaded where no I/O is wanted (a checkpoint merge): it loads none."""
+    from tests.test_pure_modules import test_importing_a_pure_module_loads_no_io
+
+    test_importing_a_pure_module_loads_no_io("engine.prefetch.resume")
