@@ -199,3 +199,64 @@ def test_every_rank_gets_the_same_number_of_batches(tmp_path: Path, equal: str):
             assert sum(seen.values()) == 4 * 33
         else:
             assert sum(seen.values()) == 4 * 32 and max(seen.values()) == 1
+
+
+_RANK = """
+import pickle, sys
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from engine.prefetch import PrefetchDataset
+
+store, rank, settings_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+with open(settings_file, "rb") as fh:
+    settings = pickle.load(fh)
+dataset = PrefetchDataset(settings, window=8)  # rank and world size from torch.distributed
+assert (dataset.rank, dataset.world_size) == (rank, 2)
+batches = 0
+for batch in DataLoader(dataset, batch_size=32, num_workers=2, collate_fn=len):
+    total = torch.tensor([batch])
+    dist.all_reduce(total)  # what DDP does each step: a rank with a batch more waits here
+    batches += 1
+dist.barrier()
+print(batches)
+dist.destroy_process_group()
+"""
+
+
+@needs_torch
+@pytest.mark.slow
+def test_two_gloo_ranks_on_loopback_step_together(tmp_path: Path):
+    """Two processes of a gloo job (on loopback), each a DataLoader with 2 workers over 129
+    assets, batch 32: every step's all_reduce is met by the other rank, and both end."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    with Emulator(assets=129, seed=95, large_share=0.0).in_thread() as emu:
+        settings_file = tmp_path / "settings.pickle"
+        settings_file.write_bytes(pickle.dumps(settings_for(emu, tmp_path / "d")))
+        env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": os.getcwd()}
+        store = tmp_path / "store"
+        ranks = [
+            subprocess.Popen(
+                [sys.executable, "-c", _RANK, str(store), str(rank), str(settings_file)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for rank in range(2)
+        ]
+        try:
+            outputs = [process.communicate(timeout=120) for process in ranks]
+        finally:
+            for process in ranks:
+                process.kill()
+        for process, (_, err) in zip(ranks, outputs, strict=True):
+            assert process.returncode == 0, err[-2000:]
+        counts = [int(out.split()[-1]) for out, _ in outputs]
+        assert counts == [4, 4]  # 33 items per worker (padded): 2 batches each
