@@ -60,6 +60,11 @@ class Prefetcher:
     its fields (see it for their meaning). ``shard``: ``(index, count)``: this process takes the
     epoch order's positions ``k`` with ``k % count == index`` (the torch adapter sets it per
     DataLoader worker). ``clock``: epoch seconds for URL expiry (tests move it).
+
+    Mid-epoch resume: :meth:`state_dict` says where the consumer stands (plain data: a
+    checkpoint can hold it); a new prefetcher given it by :meth:`load_state_dict` yields the
+    rest of that epoch, nothing the consumer took before, without asking the storage for it
+    again. ``equal_shards``: see :class:`~engine.prefetch.PrefetchOptions`.
     """
 
     def __init__(

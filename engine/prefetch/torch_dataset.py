@@ -21,8 +21,8 @@ are (use ``batch_size=None`` or a ``collate_fn`` that accepts them).
 
 Order: with ``batch_size=None`` a loader that takes from its workers in turn gives the epoch's
 order item by item; with batches, each batch is consecutive items of one worker's share (with
-``num_workers`` W and batch B, batch 0 holds positions 0, W, 2W... of the order): the epoch's
-items come once each, in the order's batches of its shares, not in the order itself.
+``num_workers`` W and batch B, batch 0 holds positions 0, W, 2W... of the order): every item
+comes once, but the epoch's order holds only from one batch to the next, not within the epoch.
 
 Distributed training: ``rank``/``world_size`` come from ``torch.distributed`` when it is
 initialised (else 0 and 1, or give them); the processes split the order first, then their
@@ -37,8 +37,15 @@ Mid-epoch resume: :meth:`PrefetchDataset.state_dict` / :meth:`~PrefetchDataset.l
 which torchdata's ``StatefulDataLoader`` calls in each worker: ``loader.state_dict()`` after
 some batches, and a new loader with the same ``num_workers`` and ``load_state_dict(state)``
 yields the rest of that epoch, nothing already yielded (files fetched ahead are on disk and
-recorded: they are not downloaded again). With another number of workers or ranks:
-``dataset.load_state_dict(merge_states(worker_states(state, ...)))`` on a fresh loader.
+recorded: they are not downloaded again). With another number of workers or ranks, merge the
+worker states of every rank's loader and load the result into the dataset of each rank (its
+loader without ``load_state_dict``)::
+
+    states = [s for loader_state in every_ranks_state for s in worker_states(loader_state)]
+    dataset.load_state_dict(merge_states(states))
+
+A state loaded into the dataset applies to the iterations of its epoch until ``set_epoch``
+moves to another one.
 
 With ``max_bytes`` the prefetcher owns DEST (an exclusive lock: it deletes files), so only one
 worker can use it: ``num_workers`` 0 or 1.
