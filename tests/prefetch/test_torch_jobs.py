@@ -2,8 +2,9 @@
 mid-epoch resume through torchdata's StatefulDataLoader (0 and 2 workers, 2 workers resumed on
 1), persistent workers that follow set_epoch, and equal batch counts on every rank.
 
-These need the ``torch`` extra (torch and torchdata); they are skipped without it, and
-``test_the_torch_extra_is_installed`` says so by failing where the extra is expected.
+These need the ``torch`` extra (torch and torchdata): without it they are skipped, with the
+reason in pytest's summary (``-ra``, on by default here); the pure arithmetic they rest on is
+tested without torch in ``test_resume_state.py`` and ``test_resume.py``.
 """
 
 from __future__ import annotations
@@ -58,10 +59,13 @@ def _downloaded_once(emu: Emulator, order: list[str]) -> None:
 def test_the_torch_extra_is_installed():
     if not HAVE_TORCH:
         pytest.skip("torch or torchdata not importable: the adapter's job tests did not run")
+    import importlib.metadata
+
     import torch
     import torchdata  # noqa: F401
 
     assert torch.__version__.startswith("2.13.0")
+    assert importlib.metadata.version("torchdata") == "0.11.0"  # the extra's pin
 
 
 def _dataset(settings, log: Path, **prefetch):
