@@ -61,3 +61,23 @@ def test_two_shards_resumed_as_one(tmp_path: Path):
             rest = [item.asset_id for item in prefetcher]
         assert Counter(first + rest) == Counter(order)
         assert emu.counters.storage_requests == len(order)
+
+
+def test_a_resume_under_a_disk_budget_fetches_nothing_it_evicted(tmp_path: Path):
+    """Issue 12: a fast-forward re-downloaded what the budget had evicted, just to skip it. A
+    resumed epoch starts at the next position: what the consumer took is not fetched again."""
+    with Emulator(
+        assets=40, seed=73, large_share=0.0, empty_share=0.0, min_size=2000, max_size=4000
+    ).in_thread() as emu:
+        order = listing(emu)
+        settings = settings_for(emu, tmp_path / "d")
+        budget = {"max_bytes": 30_000, "window": 4, "window_bytes": None}
+        with Prefetcher(settings, **budget) as prefetcher:
+            first = _take(prefetcher, 25)
+            state = prefetcher.state_dict()
+            assert prefetcher.stats.evicted > 0  # what was taken early is gone from disk
+        with Prefetcher(settings, **budget) as prefetcher:
+            prefetcher.load_state_dict(state)
+            rest = [item.asset_id for item in prefetcher]
+        assert Counter(first + rest) == Counter(order)
+        assert emu.counters.storage_requests == len(order)
