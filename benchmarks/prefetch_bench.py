@@ -1,7 +1,7 @@
 """Prefetcher vs mirror-then-read, on one emulated version, in one run.
 
     .venv/bin/python -m benchmarks.prefetch_bench [--assets 2000] [--size 128KiB] [--nginx]
-        [--window 64] [--concurrency 32] [--step-ms 0] [--repeat 3]
+        [--window 64] [--concurrency 32] [--step-ms 0] [--repeat 3] [--url-ttl 21600]
 
 A training loop wants its first sample early and then a steady stream. Both ways of feeding it
 run against the same emulated version (loopback only), into fresh folders, in turns:
@@ -130,7 +130,7 @@ def _platform(args: argparse.Namespace, work: Path) -> Iterator[Emulator]:
         "large_share": 0.0,
         "empty_share": 0.0,
         "nasty_filenames": False,
-        "url_ttl": 6 * 3600.0,
+        "url_ttl": args.url_ttl,
     }
     if not args.nginx:
         with EmulatorThread(Emulator(**spec), use_uvloop=True) as emu:
@@ -162,9 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-ms", type=float, default=0.0, help="simulated step per item")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--nginx", action="store_true", help="serve the bytes with nginx")
+    parser.add_argument("--url-ttl", type=float, default=6 * 3600.0, help="signed URL life (s)")
     args = parser.parse_args(argv)
     if not 1 <= args.assets <= 200_000 or not 1 <= args.repeat <= 20:
         parser.error("--assets in 1..200000, --repeat in 1..20")
+    if not 1 <= args.url_ttl <= 7 * 86400:
+        parser.error("--url-ttl in 1..604800 seconds")
     step_s = args.step_ms / 1000
 
     work = Path(tempfile.mkdtemp(prefix="assetsync-prefetch-bench-"))
@@ -176,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{len(order)} assets, {total_bytes / 2**20:.1f} MiB, window {args.window}, "
                 f"concurrency {args.concurrency}, step {args.step_ms:g} ms, "
-                f"storage {'nginx' if args.nginx else 'emulator'}, {args.repeat} rounds"
+                f"storage {'nginx' if args.nginx else 'emulator'}, URLs live {args.url_ttl:g} s, "
+                f"{args.repeat} rounds"
             )
             for round_ in range(args.repeat):
                 for side in ("prefetch", "mirror") if round_ % 2 == 0 else ("mirror", "prefetch"):

@@ -12,7 +12,8 @@
 Modules: :mod:`~engine.prefetch.prefetcher` (the public class), :mod:`~engine.prefetch.epoch`
 (one epoch: planner, fetchers, consumer), :mod:`~engine.prefetch.window` (pure: look-ahead,
 priority, disk budget), :mod:`~engine.prefetch.split` (pure: shuffle and worker split),
-:mod:`~engine.prefetch.order` (the epoch order on disk), :mod:`~engine.prefetch.source`,
+:mod:`~engine.prefetch.order` (the epoch order on disk), :mod:`~engine.prefetch.resume` (pure: a
+shard's positions, and where a stopped epoch resumes), :mod:`~engine.prefetch.source`,
 :mod:`~engine.prefetch.session` (what the epochs share, over one run of
 :mod:`engine.pipeline`), :mod:`~engine.prefetch.budget` (evictions),
 :mod:`~engine.prefetch.locking` (one download of an object at a time across processes),
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
         load_prefetch_options,
     )
     from engine.prefetch.prefetcher import EpochIterator, Prefetcher
+    from engine.prefetch.resume import merge_states
     from engine.prefetch.split import Shard, shard_for
     from engine.prefetch.torch_dataset import PrefetchDataset
 
@@ -53,6 +55,7 @@ __all__ = [
     "Shard",
     "load_prefetch_config",
     "load_prefetch_options",
+    "merge_states",
     "shard_for",
 ]
 
@@ -69,6 +72,7 @@ _LAZY = {
     "load_prefetch_options": "engine.prefetch.options",
     "EpochIterator": "engine.prefetch.prefetcher",
     "Prefetcher": "engine.prefetch.prefetcher",
+    "merge_states": "engine.prefetch.resume",
     "Shard": "engine.prefetch.split",
     "shard_for": "engine.prefetch.split",
     # The torch extra: imported only when asked for; the core never imports torch.

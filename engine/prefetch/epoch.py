@@ -53,6 +53,7 @@ from engine.pipeline.metadata import fetch_page_annotations
 from engine.pipeline.planning import ContentPlan
 from engine.prefetch.budget import COLD_MIN, BudgetKeeper
 from engine.prefetch.items import AssetUnavailable, PrefetchItem
+from engine.prefetch.resume import Share
 from engine.prefetch.source import EpochSource, Listed
 from engine.prefetch.window import SlotState, Start, Window
 from engine.state_folder import StateFolder
@@ -89,14 +90,15 @@ class _Entry:
 
 
 class EpochRun:
-    """One epoch, from position ``start`` of its order on (0: the whole epoch)."""
+    """One epoch: the items of ``share`` (default: the session's shard of the whole epoch; a
+    resumed epoch: what is left of it)."""
 
-    def __init__(self, session: Session, number: int, *, start: int = 0) -> None:
+    def __init__(self, session: Session, number: int, *, share: Share | None = None) -> None:
         s = session
         o = s.options
         self.s = session
         self.number = number
-        self.start = start
+        self.share = share if share is not None else Share(s.shard, equal=o.equal_shards)
         budget = s.books is not None
         # With a budget, plan no further than the window: files found on disk are protected
         # from registration on, and must not crowd the budget from beyond the look-ahead.
@@ -356,7 +358,7 @@ class EpochRun:
     # -- the planner -------------------------------------------------------------------------
 
     async def _planner(self) -> None:
-        source = EpochSource(self.s, self.number, chunk_cap=self.chunk_cap, start=self.start)
+        source = EpochSource(self.s, self.number, chunk_cap=self.chunk_cap, share=self.share)
         try:
             await self.s.writer.flush()  # plan against everything earlier epochs recorded
             async with contextlib.aclosing(source.chunks()) as chunks:

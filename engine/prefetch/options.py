@@ -77,6 +77,10 @@ class PrefetchOptions(BaseSettings):
     first. ``hold``: how many of the last items yielded stay protected from eviction (the
     consumer may still be reading them). ``shuffle``/``seed``: a shuffled order per epoch.
     ``on_failure``: "raise", "skip" (with a warning) or "yield" (an item with ``error`` set).
+    ``equal_shards``: every shard of the order yields the same number of items, as distributed
+    training needs: "pad" (repeat the order's first items, like ``DistributedSampler``), "drop"
+    (leave out the last few), or None (shares may differ by one). It lists the whole version
+    before the first item, as a shuffled order does.
     """
 
     model_config = SettingsConfigDict(
@@ -91,6 +95,12 @@ class PrefetchOptions(BaseSettings):
     shuffle: bool = False
     seed: int = 0
     on_failure: FailurePolicy = "raise"
+    equal_shards: Literal["pad", "drop"] | None = None
+
+    @field_validator("equal_shards", mode="before")
+    @classmethod
+    def _none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
 
     @field_validator("window_bytes", "max_bytes", mode="before")
     @classmethod

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from itertools import islice
 
 from engine.errors import UsageError
-from engine.prefetch.split import Shard, rank
+from engine.prefetch.resume import ShareScan
+from engine.prefetch.split import rank
 
 __all__ = ["OrderCursor", "OrderStore"]
 
@@ -75,46 +76,64 @@ class OrderStore:
         self.count += len(added)
         return added
 
-    def cursor(self, key: bytes | None, shard: Shard, start: int = 0) -> OrderCursor:
-        """The epoch's order (``key``: shuffled by it; None: as stored), this shard's share of
-        its positions from ``start`` on (a resumed epoch skips what came before, by arithmetic:
-        the order is a function of the key and the ids)."""
+    def _ordered(self, key: bytes | None, offset: int, limit: int = -1) -> sqlite3.Cursor:
         if key is None:
-            cur = self._conn.execute(
-                "SELECT asset_id FROM ids ORDER BY pos LIMIT -1 OFFSET ?", (start,)
+            return self._conn.execute(
+                "SELECT asset_id FROM ids ORDER BY pos LIMIT ? OFFSET ?", (limit, offset)
             )
-        else:
-            cur = self._conn.execute(
-                "SELECT asset_id FROM ids ORDER BY assetsync_rank(?, asset_id), pos "
-                "LIMIT -1 OFFSET ?",
-                (key, start),
-            )
-        return OrderCursor(cur, shard, start)
+        return self._conn.execute(
+            "SELECT asset_id FROM ids ORDER BY assetsync_rank(?, asset_id), pos LIMIT ? OFFSET ?",
+            (key, limit, offset),
+        )
+
+    def cursor(self, key: bytes | None, scan: ShareScan) -> OrderCursor:
+        """The epoch's order (``key``: shuffled by it; None: as stored), the share's items from
+        ``scan.start`` on (a resumed epoch skips what came before by arithmetic: the order is a
+        function of the key and the ids), then its padded items if it has any."""
+        return OrderCursor(self, key, scan)
+
+    def id_at(self, key: bytes | None, position: int) -> str | None:
+        row = self._ordered(key, position, 1).fetchone()
+        return None if row is None else str(row[0])
 
 
 class OrderCursor:
-    """Reads an order back in chunks: ``(index in the whole order, asset id)`` pairs."""
+    """Reads an order back in chunks: ``(index in the whole order, asset id)`` pairs (a padded
+    item's index is past the order's end)."""
 
-    def __init__(self, cursor: sqlite3.Cursor, shard: Shard, start: int = 0) -> None:
-        self._cursor = cursor
-        self._shard = shard
-        self._index = start
+    def __init__(self, store: OrderStore, key: bytes | None, scan: ShareScan) -> None:
+        self._store = store
+        self._key = key
+        self._scan = scan
+        self._cursor = store._ordered(key, scan.start)
+        self._index = scan.start
         self._done = False
+        self._pads: list[tuple[int, int]] | None = None
 
     def take(self, count: int) -> list[tuple[int, str]]:
-        """Up to ``count`` more of this shard's items; empty at the end."""
+        """Up to ``count`` more of this share's items; empty at the end."""
         out: list[tuple[int, str]] = []
+        step = self._scan.share.shard.count
         while len(out) < count and not self._done:
-            rows = self._cursor.fetchmany(max(count - len(out), 1) * self._shard.count)
+            rows = [] if self._scan.exhausted else self._cursor.fetchmany((count - len(out)) * step)
             if not rows:
                 self._done = True
                 break
             for (asset_id,) in rows:
-                if self._shard.holds(self._index):
+                if self._scan.wants(self._index):
                     out.append((self._index, asset_id))
                 self._index += 1
+        if self._done and len(out) < count:
+            if self._pads is None:
+                self._pads = self._scan.pads()
+            while self._pads and len(out) < count:
+                index, repeated = self._pads.pop(0)
+                asset_id = self._store.id_at(self._key, repeated)
+                if asset_id is not None:
+                    out.append((index, asset_id))
         return out
 
     def close(self) -> None:
         self._done = True
+        self._pads = []
         self._cursor.close()

@@ -32,6 +32,7 @@ from engine.errors import primary_error
 from engine.prefetch.epoch import CANCEL_GRACE, EpochRun
 from engine.prefetch.items import PrefetchItem, PrefetchStats
 from engine.prefetch.options import FailurePolicy, Order, PrefetchOptions
+from engine.prefetch.resume import EpochProgress, ResumeState, Share
 from engine.prefetch.session import Session
 from engine.prefetch.split import Shard
 from engine.settings import Settings
@@ -59,6 +60,11 @@ class Prefetcher:
     its fields (see it for their meaning). ``shard``: ``(index, count)``: this process takes the
     epoch order's positions ``k`` with ``k % count == index`` (the torch adapter sets it per
     DataLoader worker). ``clock``: epoch seconds for URL expiry (tests move it).
+
+    Mid-epoch resume: :meth:`state_dict` says where the consumer stands (plain data: a
+    checkpoint can hold it); a new prefetcher given it by :meth:`load_state_dict` yields the
+    rest of that epoch, nothing the consumer took before, without asking the storage for it
+    again. ``equal_shards``: see :class:`~engine.prefetch.PrefetchOptions`.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class Prefetcher:
         shuffle: bool | Maybe = UNSET,
         seed: int | Maybe = UNSET,
         on_failure: FailurePolicy | Maybe = UNSET,
+        equal_shards: Literal["pad", "drop"] | Maybe | None = UNSET,
         shard: Shard | tuple[int, int] | None = None,
         clock: Callable[[], float] = time.time,
         cancel_grace: float = CANCEL_GRACE,
@@ -88,6 +95,7 @@ class Prefetcher:
             "shuffle": shuffle,
             "seed": seed,
             "on_failure": on_failure,
+            "equal_shards": equal_shards,
         }
         base = options if options is not None else PrefetchOptions()
         changes = {k: v for k, v in given.items() if v is not UNSET}
@@ -100,6 +108,8 @@ class Prefetcher:
         self._session: Session | None = None
         self._current: EpochRun | None = None
         self._next_epoch = 0
+        self._resume: ResumeState | None = None
+        self._progress: EpochProgress | None = None
         self._stats = PrefetchStats()
         self._runner: Any = None  # engine.prefetch.sync.SyncRunner while entered with `with`
 
@@ -155,17 +165,64 @@ class Prefetcher:
         (inside ``async with``) or ``for`` (inside ``with``)."""
         if number is not None and number < 0:
             raise ValueError("epochs are numbered from 0")
+        resume, self._resume = self._resume, None
+        if resume is not None and number not in (None, resume.epoch):
+            resume = None  # another epoch than the one the state was taken in: from its start
         if number is None:
-            number = self._next_epoch
+            number = resume.epoch if resume is not None else self._next_epoch
         self._next_epoch = number + 1
-        return EpochIterator(self, number)
+        o = self.options
+        share = Share(self.shard, equal=o.equal_shards)
+        finished = False
+        if resume is not None:
+            share = resume.share_for(self.shard, o.equal_shards)
+            finished = resume.finished
+        progress = EpochProgress(number, share, o.seed, o.shuffle, finished=finished)
+        self._progress = progress
+        return EpochIterator(self, number, progress)
 
-    async def _start(self, number: int) -> EpochRun:
+    # -- mid-epoch resume ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the consumer stands in the current epoch (after the items it took), as plain
+        data: load it into a new prefetcher (:meth:`load_state_dict`) to yield the rest of that
+        epoch, nothing it took again. The state of one shard: merge every shard's with
+        :func:`~engine.prefetch.merge_states` to resume with another split."""
+        if self._progress is not None:
+            return self._progress.state()
+        o = self.options
+        if self._resume is not None:
+            r = self._resume
+            progress = EpochProgress(
+                r.epoch,
+                r.share_for(self.shard, o.equal_shards),
+                o.seed,
+                o.shuffle,
+                finished=r.finished,
+            )
+            return progress.state()
+        return EpochProgress(self._next_epoch, Share(self.shard), o.seed, o.shuffle).state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The next epoch iterated (or ``epoch(n)`` of the state's epoch) resumes where
+        ``state`` stands: a state of this shard (same index and count), or a merged one."""
+        parsed = ResumeState.parse(state)
+        o = self.options
+        if (parsed.seed, parsed.shuffle) != (o.seed, o.shuffle):
+            raise ValueError(
+                f"the state was taken with shuffle={parsed.shuffle} seed={parsed.seed}, this "
+                f"prefetcher has shuffle={o.shuffle} seed={o.seed}: its order would differ"
+            )
+        parsed.share_for(self.shard, o.equal_shards)  # refuses another shard's state now
+        self._resume = parsed
+        self._progress = None
+
+    async def _start(self, number: int, share: Share) -> EpochRun:
         session = self._session
         if session is None:
             raise RuntimeError("open the prefetcher first: async with Prefetcher(...) as p")
         await self._stop_current()
-        run = EpochRun(session, number)
+        run = EpochRun(session, number, share=share)
         session.on_progress = run.on_progress
         session.stats.epochs += 1
         self._current = run
@@ -224,23 +281,50 @@ class EpochIterator:
     (opened with ``with``, or not opened: then a session is opened for this epoch alone).
     ``aclose()`` / leaving ``async with`` stops the epoch at once."""
 
-    def __init__(self, prefetcher: Prefetcher, number: int) -> None:
+    def __init__(self, prefetcher: Prefetcher, number: int, progress: EpochProgress) -> None:
         self.prefetcher = prefetcher
         self.number = number
+        self.progress = progress
         self._run: EpochRun | None = None
 
     def __aiter__(self) -> EpochIterator:
         return self
 
     async def __anext__(self) -> PrefetchItem:
+        if self.progress.finished:
+            raise StopAsyncIteration  # resumed from a state taken after the epoch's end
         if self._run is None:
-            self._run = await self.prefetcher._start(self.number)
-        return await self._run.next()
+            self._run = await self.prefetcher._start(self.number, self.progress.share)
+        try:
+            return self._took(await self._run.next())
+        except StopAsyncIteration:
+            self._ended()
+            raise
 
     def next_ready(self) -> PrefetchItem | None:
         """On the loop: the next item if it is there now (see :meth:`EpochRun.next_ready`);
         ``None`` when it must be awaited (also before the epoch has started)."""
-        return None if self._run is None else self._run.next_ready()
+        if self._run is None:
+            return None
+        try:
+            item = self._run.next_ready()
+        except StopAsyncIteration:
+            self._ended()
+            raise
+        return None if item is None else self._took(item)
+
+    def _total(self) -> int | None:
+        order = self._run.s.order if self._run is not None else None
+        return order.count if order is not None and order.complete else None
+
+    def _took(self, item: PrefetchItem) -> PrefetchItem:
+        self.progress.took(item.index, self._total())
+        return item
+
+    def _ended(self) -> None:
+        total = self._total()
+        if total is not None:
+            self.progress.finish(total)
 
     async def aclose(self) -> None:
         if self._run is not None:

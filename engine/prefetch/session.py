@@ -206,6 +206,7 @@ class Session:
             "shuffle": o.shuffle,
             "seed": o.seed,
             "shard": f"{self.shard.index}/{self.shard.count}",
+            "equal_shards": o.equal_shards,
             "concurrency": s.limits.concurrency,
         }
 
@@ -316,6 +317,9 @@ class Session:
         stack, self._stack = self._stack, None
         if stack is None:
             return
-        if exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+        # A consumer leaving its loop early (``break`` closes the generator: GeneratorExit) or
+        # a cancelled caller stopped the session; neither is a failure of the run.
+        stopped = (anyio.get_cancelled_exc_class(), GeneratorExit)
+        if exc is not None and not isinstance(exc, stopped):
             self._fatal = True
         await stack.__aexit__(exc_type, exc, tb)

@@ -27,6 +27,7 @@ import anyio
 import anyio.to_thread
 
 from engine.platform import models
+from engine.prefetch.resume import Share, ShareScan
 from engine.prefetch.split import shuffle_key
 
 if TYPE_CHECKING:
@@ -60,10 +61,10 @@ class _Sizer:
 
 
 class EpochSource:
-    def __init__(self, session: Session, epoch: int, *, chunk_cap: int, start: int = 0) -> None:
+    def __init__(self, session: Session, epoch: int, *, chunk_cap: int, share: Share) -> None:
         self.s = session
         self.epoch = epoch
-        self.start = start  # the first position of the whole order this epoch gives
+        self.share = share  # the positions this prefetcher yields (a resumed epoch: the rest)
         self._sizer = _Sizer(min(FIRST_CHUNK, session.options.window), chunk_cap)
         self._limiter = anyio.CapacityLimiter(1)
 
@@ -72,7 +73,7 @@ class EpochSource:
 
     async def chunks(self) -> AsyncGenerator[list[Listed], None]:
         s = self.s
-        if not s.order.complete and not s.options.shuffle:
+        if not s.order.complete and not s.options.shuffle and self.share.equal is None:
             async for chunk in self._stream_listing():
                 yield chunk
             return
@@ -114,13 +115,13 @@ class EpochSource:
         s.saw_first([])
 
     async def _stream_listing(self) -> AsyncIterator[list[Listed]]:
-        shard = self.s.shard
+        scan = ShareScan(self.share)
         index = 0
         async with contextlib.aclosing(self._pages()) as pages:
             async for assets in pages:
                 mine = []
                 for asset in assets:
-                    if index >= self.start and shard.holds(index):
+                    if index >= scan.start and scan.wants(index):
                         mine.append(Listed(index, asset.id, asset))
                     index += 1
                 for chunk in self._split(mine):
@@ -134,7 +135,8 @@ class EpochSource:
     async def _from_order(self) -> AsyncIterator[list[Listed]]:
         s = self.s
         key = shuffle_key(s.options.seed, self.epoch) if s.options.shuffle else None
-        cursor = await self._store(s.order.cursor, key, s.shard, self.start)
+        scan = ShareScan(self.share, s.order.count)
+        cursor = await self._store(s.order.cursor, key, scan)
         try:
             while batch := await self._store(cursor.take, self._sizer.take()):
                 ids = [asset_id for _, asset_id in batch]

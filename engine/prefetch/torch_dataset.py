@@ -15,11 +15,37 @@
 Each DataLoader worker runs its own :class:`~engine.prefetch.Prefetcher` on the shared DEST
 (a shared lock: see :mod:`engine.prefetch.locking`) over its share of the epoch's order:
 positions ``k`` with ``k % (workers x world_size) == its index`` (:func:`shard_for`), so every
-asset goes to exactly one worker, and a loader that takes from its workers in turn keeps the
-order. ``transform`` runs in the worker, on the item whose file is on disk, and turns it into
-what the loader collates (tensors); without it items are yielded as they are (use
-``batch_size=None`` or a ``collate_fn`` that accepts them). ``rank``/``world_size`` split the
-order between the processes of a distributed job first.
+asset goes to exactly one worker. ``transform`` runs in the worker, on the item whose file is on
+disk, and turns it into what the loader collates (tensors); without it items are yielded as they
+are (use ``batch_size=None`` or a ``collate_fn`` that accepts them).
+
+Order: with ``batch_size=None`` a loader that takes from its workers in turn gives the epoch's
+order item by item; with batches, each batch is consecutive items of one worker's share (with
+``num_workers`` W and batch B, batch 0 holds positions 0, W, 2W... of the order): every item
+comes once, but the epoch's order holds only from one batch to the next, not within the epoch.
+
+Distributed training: ``rank``/``world_size`` come from ``torch.distributed`` when it is
+initialised (else 0 and 1, or give them); the processes split the order first, then their
+workers. Every worker of every rank then yields the same number of items (``equal_shards``:
+``"pad"`` by default with several ranks, repeating the order's first items like
+``DistributedSampler``; or ``"drop"``), so every rank gets the same number of batches.
+
+``set_epoch`` reaches the workers through shared memory, so persistent workers
+(``persistent_workers=True``) get each epoch's order too.
+
+Mid-epoch resume: :meth:`PrefetchDataset.state_dict` / :meth:`~PrefetchDataset.load_state_dict`,
+which torchdata's ``StatefulDataLoader`` calls in each worker: ``loader.state_dict()`` after
+some batches, and a new loader with the same ``num_workers`` and ``load_state_dict(state)``
+yields the rest of that epoch, nothing already yielded (files fetched ahead are on disk and
+recorded: they are not downloaded again). With another number of workers or ranks, merge the
+worker states of every rank's loader and load the result into the dataset of each rank (its
+loader without ``load_state_dict``)::
+
+    states = [s for loader_state in every_ranks_state for s in worker_states(loader_state)]
+    dataset.load_state_dict(merge_states(states))
+
+A state loaded into the dataset applies to the iterations of its epoch until ``set_epoch``
+moves to another one.
 
 With ``max_bytes`` the prefetcher owns DEST (an exclusive lock: it deletes files), so only one
 worker can use it: ``num_workers`` 0 or 1.
@@ -29,8 +55,11 @@ This module imports torch; the rest of :mod:`engine.prefetch` never does.
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.sharedctypes
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -38,11 +67,19 @@ from torch.utils.data import IterableDataset, get_worker_info
 from engine.errors import UsageError
 from engine.prefetch.items import PrefetchItem
 from engine.prefetch.options import PrefetchOptions
-from engine.prefetch.prefetcher import Prefetcher
+from engine.prefetch.prefetcher import EpochIterator, Prefetcher
+from engine.prefetch.resume import ResumeState
 from engine.prefetch.split import Shard, shard_for
 from engine.settings import Settings
 
-__all__ = ["PrefetchDataset", "check_workers", "worker_shard"]
+__all__ = [
+    "PrefetchDataset",
+    "SharedEpoch",
+    "check_workers",
+    "distributed_rank",
+    "worker_shard",
+    "worker_states",
+]
 
 T = TypeVar("T")
 
@@ -63,12 +100,65 @@ def check_workers(options: PrefetchOptions, num_workers: int) -> None:
         )
 
 
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process in ``torch.distributed`` if it is initialised,
+    else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def worker_states(loader_state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The dataset states of each worker in a ``StatefulDataLoader.state_dict()`` (for
+    :func:`~engine.prefetch.merge_states`, with those of the other ranks)."""
+    if "_snapshot" in loader_state:  # worker processes
+        workers = loader_state["_snapshot"]["_worker_snapshots"].values()
+        states = [worker.get("dataset_state") for worker in workers]
+    else:  # num_workers=0
+        states = [loader_state.get("dataset_state")]
+    if any(not isinstance(state, dict) for state in states):
+        raise ValueError("not the state of a StatefulDataLoader over a PrefetchDataset")
+    return states
+
+
+class SharedEpoch:
+    """An epoch number in shared memory: set in the main process, read by DataLoader workers at
+    each iteration (persistent workers keep the copy of the dataset they started with)."""
+
+    def __init__(self, value: int = 0) -> None:
+        self._shared: Any = multiprocessing.sharedctypes.RawValue("q", value)
+
+    @property
+    def value(self) -> int:
+        return int(self._shared.value)
+
+    @value.setter
+    def value(self, value: int) -> None:
+        self._shared.value = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Shared memory crosses only to a process being started (a spawned worker); any other
+        # pickle (a checkpoint of the dataset, a copy) takes the number.
+        if multiprocessing.context.get_spawning_popen() is not None:
+            return {"shared": self._shared}
+        return {"value": self.value}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "shared" in state:
+            self._shared = state["shared"]
+        else:
+            self._shared = multiprocessing.sharedctypes.RawValue("q", state["value"])
+
+
 class PrefetchDataset(IterableDataset[T], Generic[T]):
     """Every asset of the version (or of ``asset_ids``), once per epoch, split between workers.
 
     ``prefetch`` keywords go to :class:`~engine.prefetch.Prefetcher` (``window``, ``shuffle``,
-    ``seed``, ``max_bytes``, ``on_failure``...). The dataset pickles (spawned workers get a
-    copy): settings, options and ids only; each worker opens its own session when it iterates.
+    ``seed``, ``max_bytes``, ``on_failure``, ``equal_shards``...). The dataset pickles (spawned
+    workers get a copy): settings, options and ids only; each worker opens its own session when
+    it iterates.
     """
 
     def __init__(
@@ -78,12 +168,20 @@ class PrefetchDataset(IterableDataset[T], Generic[T]):
         transform: Callable[[PrefetchItem], T] | None = None,
         asset_ids: Iterable[str] | None = None,
         options: PrefetchOptions | None = None,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
         clock: Callable[[], float] = time.time,
         **prefetch: Any,
     ) -> None:
         super().__init__()
+        if rank is None or world_size is None:
+            found_rank, found_world = distributed_rank()
+            rank = found_rank if rank is None else rank
+            world_size = found_world if world_size is None else world_size
+        shard_for(0, 1, rank, world_size)  # checks rank and world_size now, not in a worker
+        given = options.equal_shards if options is not None else None
+        if world_size > 1 and "equal_shards" not in prefetch and given is None:
+            prefetch["equal_shards"] = "pad"  # a rank with a batch more hangs the others
         self.settings = settings
         self.transform = transform
         self.asset_ids = list(asset_ids) if asset_ids is not None else None
@@ -92,12 +190,22 @@ class PrefetchDataset(IterableDataset[T], Generic[T]):
         self.world_size = world_size
         self.clock = clock
         self.prefetch = prefetch
-        self.epoch = 0
-        shard_for(0, 1, rank, world_size)  # checks rank and world_size now, not in a worker
+        self._epoch = SharedEpoch(0)
+        self._pending: dict[str, Any] | None = None  # a loaded state, for the next iteration
+        self._current: Prefetcher | None = None  # this copy's last iteration
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch the next iteration gives (its shuffled order); call it before each one."""
-        self.epoch = epoch
+        """The epoch the next iteration gives (its shuffled order); call it before each one,
+        as with ``DistributedSampler``. Workers read it when they start an iteration."""
+        if epoch < 0:
+            raise ValueError("epochs are numbered from 0")
+        self._epoch.value = epoch
+        if self._pending is not None and self._pending.get("epoch") != epoch:
+            self._pending = None  # a state of another epoch: that one is over
 
     def prefetcher(self, shard: Shard) -> Prefetcher:
         return Prefetcher(
@@ -109,11 +217,47 @@ class PrefetchDataset(IterableDataset[T], Generic[T]):
             **self.prefetch,
         )
 
+    # -- mid-epoch resume (torchdata's Stateful protocol) ------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this copy's iteration stands (in a worker: that worker's share), after the
+        items it yielded; before any iteration, where the next one starts."""
+        if self._current is not None:
+            return self._current.state_dict()
+        prefetcher = self.prefetcher(worker_shard(self.rank, self.world_size))
+        if self._pending is not None:
+            prefetcher.load_state_dict(self._pending)
+        else:
+            prefetcher.epoch(self.epoch)
+        return prefetcher.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The next iteration resumes where ``state`` stands: one worker's state (what
+        ``StatefulDataLoader`` hands each worker), or a merged one
+        (:func:`~engine.prefetch.merge_states`) for any number of workers and ranks."""
+        ResumeState.parse(state)  # a clear error here rather than in a worker
+        self._pending = dict(state)
+        self._current = None
+
+    # -- iteration -----------------------------------------------------------------------------
+
     def __iter__(self) -> Iterator[T]:
+        # Set up now (the loader calls iter() before asking for a state): the state of a
+        # worker that has yielded nothing yet is this iteration's start.
         info = get_worker_info()
-        shard = worker_shard(self.rank, self.world_size)
-        prefetcher = self.prefetcher(shard)
+        prefetcher = self.prefetcher(worker_shard(self.rank, self.world_size))
         check_workers(prefetcher.options, info.num_workers if info is not None else 0)
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            prefetcher.load_state_dict(pending)
+            epoch = prefetcher.epoch()
+        else:
+            epoch = prefetcher.epoch(self.epoch)
+        self._current = prefetcher
+        return self._items(prefetcher, epoch)
+
+    def _items(self, prefetcher: Prefetcher, epoch: EpochIterator) -> Iterator[T]:
+        # A worker that stops closes this generator as its loop returns: the session closes.
         with prefetcher:
-            for item in prefetcher.epoch(self.epoch):
+            for item in epoch:
                 yield self.transform(item) if self.transform is not None else item  # type: ignore[misc]
