@@ -47,6 +47,7 @@ class Cell:
     """The runs of one tool at one level."""
 
     walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)  # user + sys of the tool's process tree
     problems: list[str] = field(default_factory=list)
     settings: str = ""
 
@@ -64,6 +65,7 @@ def _record(cell: Cell, runs: list[ToolRun]) -> None:
     cell.settings = run.settings
     if run.ok and run.wall is not None:
         cell.walls.append(run.wall)
+        cell.cpus.append(run.cpu or 0.0)
     else:
         cell.problems.append(f"{run.status}: {run.reason[:200]}")
 
@@ -124,14 +126,15 @@ def profile(args: argparse.Namespace) -> dict[tuple[str, int], Cell]:
 def _table(cells: dict[tuple[str, int], Cell], files: int, levels: Sequence[int]) -> None:
     names = list(dict.fromkeys(name for name, _ in cells))
     print()
-    print("| tool | " + " | ".join(f"files/s at {n}" for n in levels) + " |")
+    print("| tool | " + " | ".join(f"files/s at {n} (CPU)" for n in levels) + " |")
     print("|---|" + "---|" * len(levels))
     for name in names:
         row = []
         for level in levels if name != "assetsync (defaults)" else (0,):
             cell = cells.get((name, level))
             rate = cell.files_per_s(files) if cell else None
-            row.append("-" if rate is None else f"{rate:,.0f}")
+            cpu = f", {statistics.median(cell.cpus):.2f} s CPU" if cell and cell.cpus else ""
+            row.append("-" if rate is None else f"{rate:,.0f}{cpu}")
             if cell and cell.problems:
                 row[-1] += f" ({len(cell.problems)} failed: {cell.problems[0][:60]})"
         print(f"| {name} | " + " | ".join(row) + " |")
