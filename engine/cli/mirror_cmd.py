@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
 import click
 
 from engine.cli.boundary import emit_json, json_option, verbose_option
 from engine.cli.common import EXIT_CODES_HELP, run_async, setup_logging
-from engine.cli.output import print_plan_line, print_summary
-from engine.cli.progress import make_progress
-from engine.errors import primary_error
-from engine.mirroring import mirror
-from engine.pipeline.jobs import PlannedAction
-from engine.pipeline.summary import LiveCounters, MirrorSummary
-from engine.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from engine.pipeline.jobs import PlannedAction
+    from engine.pipeline.summary import MirrorSummary
+    from engine.settings import Settings
+
+# The pipeline, the HTTP clients and pydantic are imported when the command runs, not when the
+# command line is built: `assetsync mirror --help` and a usage error cost a fraction of a run.
 
 __all__ = ["mirror_command", "run_mirror"]
 
@@ -29,6 +29,8 @@ def _flag(value: bool) -> bool | None:
 
 def settings_from_options(options: dict[str, Any]) -> Settings:
     """Command-line values over ``ASSETSYNC_*`` over the TOML file over defaults."""
+    from engine.settings import load_settings
+
     limits = {k: options.get(k) for k in ("concurrency", "per_host") if options.get(k) is not None}
     transfer: dict[str, Any] = {}
     if options.get("segments") is not None:
@@ -59,6 +61,14 @@ async def run_mirror(
     settings: Settings, *, json_output: bool, quiet: bool, verbose: int
 ) -> MirrorSummary:
     """Run one mirror with the display a terminal or a log file wants."""
+    import anyio
+
+    from engine.cli.output import print_plan_line
+    from engine.cli.progress import make_progress
+    from engine.errors import primary_error
+    from engine.mirroring import mirror
+    from engine.pipeline.summary import LiveCounters
+
     counters = LiveCounters()
     progress = make_progress(counters, quiet=quiet or (json_output and not sys.stderr.isatty()))
 
@@ -131,6 +141,8 @@ def mirror_command(**options: Any) -> None:
 
     Incremental: unchanged assets cost no storage request; interrupted downloads resume.
     """
+    from engine.cli.output import print_summary
+
     json_output = bool(options.pop("json_output"))
     quiet = bool(options.pop("quiet"))
     verbose = int(options.pop("verbose"))

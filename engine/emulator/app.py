@@ -10,6 +10,7 @@ gateway, before the application looks at the token.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Awaitable, Callable
@@ -61,6 +62,10 @@ class Context:
     external: ExternalStorage | None = None
     clock_offset: float = 0.0
     activity: StorageActivity = field(default_factory=StorageActivity)
+    # Seconds every API answer, and every storage answer's first byte, waits (0: none): the
+    # round trips of a platform and an object store that are not on loopback.
+    api_latency: float = 0.0
+    storage_latency: float = 0.0
 
     def now(self) -> float:
         return self.clock() + self.clock_offset
@@ -124,6 +129,8 @@ def api_endpoint(kind: str) -> Callable[[Handler], Callable[[web.Request], Await
         async def endpoint(request: web.Request) -> web.StreamResponse:
             ctx = request.app[CONTEXT]
             ctx.counters.hit(kind)
+            if ctx.api_latency > 0:
+                await asyncio.sleep(ctx.api_latency)
             rule = ctx.faults.status_rule(kind)
             if rule is not None:
                 return _fault_answer(rule)

@@ -192,6 +192,18 @@ async def _serve(emulator: Emulator, as_json: bool) -> None:
 @click.option("--stall-seconds", type=float, default=30.0, show_default=True)
 @click.option("--fault", "fault_specs", multiple=True, help="key=value,... of a FaultRule.")
 @click.option(
+    "--api-latency",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Seconds each API answer waits (a remote platform's round trip).",
+)
+@click.option(
+    "--storage-latency",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Seconds each storage answer waits before its first byte (an object store's).",
+)
+@click.option(
     "--loop",
     "loop_name",
     type=click.Choice(["asyncio", "uvloop"]),
@@ -224,6 +236,8 @@ def emulator_command(**options: Any) -> None:
         public_url=options["public_url"],
         faults=faults,
         cache_assets=options["cache_assets"],
+        api_latency=options["api_latency"],
+        storage_latency=options["storage_latency"],
     )
     with asyncio.Runner(loop_factory=_loop_factory(options["loop_name"])) as runner:
         runner.run(_serve(emulator, options["json_output"]))

@@ -53,7 +53,10 @@ class Emulator:
     URLs), ``fault_seed`` (RNG of probabilistic faults), ``faults`` (rules active from start),
     ``cache_assets`` (keep derived records and annotations of that many assets, not only the
     recent ones: for benchmarks that list a large version twice) and ``ssl_context`` (serve API
-    and storage over HTTPS, as real object stores do: tests of the TLS client paths).
+    and storage over HTTPS, as real object stores do: tests of the TLS client paths),
+    ``api_latency`` and ``storage_latency`` (seconds each API answer, and each storage answer's
+    first byte, waits: a remote platform and object store, for benchmarks; 0, the default:
+    none; an external storage's answers are not the emulator's to delay).
     """
 
     def __init__(
@@ -83,11 +86,15 @@ class Emulator:
         faults: Iterable[FaultRule] = (),
         cache_assets: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        api_latency: float = 0.0,
+        storage_latency: float = 0.0,
     ) -> None:
         if signing not in (*STYLES, "mixed"):
             raise ValueError(f"signing must be one of s3, gcs, azure, mixed (got {signing!r})")
         if assets < 0:
             raise ValueError("assets must be >= 0")
+        if api_latency < 0 or storage_latency < 0:
+            raise ValueError("latencies must be >= 0")
         spec = GeneratorSpec(
             seed=seed,
             assets=assets,
@@ -132,6 +139,8 @@ class Emulator:
             control_secret=self.control_secret,
             clock=clock,
             external=external_storage,
+            api_latency=api_latency,
+            storage_latency=storage_latency,
         )
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

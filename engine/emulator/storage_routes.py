@@ -16,6 +16,7 @@ handler is tracked by :class:`~engine.emulator.activity.StorageActivity` (for ``
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from xml.sax.saxutils import escape
@@ -134,6 +135,8 @@ async def storage_object(request: web.Request) -> web.StreamResponse:
     ctx.counters.hit("storage")
     ctx.activity.begin()
     try:
+        if ctx.storage_latency > 0:
+            await asyncio.sleep(ctx.storage_latency)  # an object store's time to first byte
         return await _answer(request, ctx)
     finally:
         ctx.activity.end()

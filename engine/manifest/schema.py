@@ -148,6 +148,18 @@ TEMP_TABLES = (
         kind     TEXT NOT NULL CHECK (kind IN ('asset', 'data')),
         name     TEXT NOT NULL
     )""",
+    # A version's annotations, fetched once for the whole run (not page by page) and read back
+    # per listing page: the bulk answers arrive in no listing order, and holding them in RAM
+    # would grow with the version. A heap indexed once staging ends, as staged_tags. ``body``
+    # is the annotation as the API sent it (marshal: an exact round trip, NaN and big integers
+    # included, and only this connection ever reads it); NULL with ``reason``: unreadable.
+    """CREATE TEMP TABLE IF NOT EXISTS staged_annotations (
+        run_id   INTEGER NOT NULL,
+        asset_id TEXT NOT NULL,
+        seq      INTEGER NOT NULL,
+        body     BLOB,
+        reason   TEXT
+    )""",
     """CREATE TEMP TABLE IF NOT EXISTS seen (
         run_id   INTEGER NOT NULL,
         asset_id TEXT NOT NULL,
@@ -168,6 +180,11 @@ STAGED_TAGS_INDEX = (
     " ON staged_tags (run_id, asset_id, kind, name)"  # covering: lookups never read the heap
 )
 DROP_STAGED_TAGS_INDEX = "DROP INDEX IF EXISTS temp.staged_tags_by_asset"
+STAGED_ANNOTATIONS_INDEX = (
+    "CREATE INDEX IF NOT EXISTS temp.staged_annotations_by_asset"
+    " ON staged_annotations (run_id, asset_id, seq)"
+)
+DROP_STAGED_ANNOTATIONS_INDEX = "DROP INDEX IF EXISTS temp.staged_annotations_by_asset"
 
 MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _V1),)
 

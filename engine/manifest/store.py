@@ -14,6 +14,7 @@ claiming a file that is not there.
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import socket
 import sqlite3
@@ -42,8 +43,10 @@ from engine.manifest.records import (
 )
 from engine.manifest.sanitize import safe_api_url, safe_options
 from engine.manifest.schema import (
+    DROP_STAGED_ANNOTATIONS_INDEX,
     DROP_STAGED_TAGS_INDEX,
     MIGRATIONS,
+    STAGED_ANNOTATIONS_INDEX,
     STAGED_TAGS_INDEX,
     TEMP_TABLES,
     Migration,
@@ -130,6 +133,7 @@ class Manifest:
         self.schema_version = schema_version
         self.read_only = read_only
         self._staging_indexed = False
+        self._annotations_indexed = False
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -280,6 +284,7 @@ class Manifest:
             run_id = cursor.lastrowid
             assert run_id is not None
             conn.execute("DELETE FROM staged_tags WHERE run_id <> ?", (run_id,))
+            conn.execute("DELETE FROM staged_annotations WHERE run_id <> ?", (run_id,))
             conn.execute("DELETE FROM seen WHERE run_id <> ?", (run_id,))
             conn.execute("DELETE FROM in_version WHERE run_id <> ?", (run_id,))
             conn.execute(
@@ -297,6 +302,7 @@ class Manifest:
                 (time.time(), outcome, dump_json(dict(counts)), run_id),
             )
             conn.execute("DELETE FROM staged_tags WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM staged_annotations WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM seen WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM in_version WHERE run_id = ?", (run_id,))
 
@@ -354,6 +360,59 @@ class Manifest:
                     found[asset_id][0 if kind == "asset" else 1].append(name)
         return {k: (tuple(sorted(set(a))), tuple(sorted(set(d)))) for k, (a, d) in found.items()}
 
+    # -- annotation staging ------------------------------------------------------------------
+
+    def stage_annotations(
+        self,
+        run_id: int,
+        annotations: Iterable[tuple[int, dict[str, Any]]],
+        unreadable: Mapping[str, str],
+    ) -> None:
+        """Record ``(seq, annotation)`` pairs (as the API sent them, each with a string
+        ``asset_id``) and the assets whose annotations could not be read, with why."""
+        with self._write("stage annotations", scratch=True) as conn:
+            if self._annotations_indexed:
+                conn.execute(DROP_STAGED_ANNOTATIONS_INDEX)
+                self._annotations_indexed = False
+            conn.executemany(
+                "INSERT INTO staged_annotations (run_id, asset_id, seq, body) VALUES (?,?,?,?)",
+                ((run_id, a["asset_id"], seq, marshal.dumps(a)) for seq, a in annotations),
+            )
+            conn.executemany(
+                "INSERT INTO staged_annotations (run_id, asset_id, seq, reason) VALUES (?,?,-1,?)",
+                ((run_id, asset_id, why) for asset_id, why in unreadable.items()),
+            )
+
+    def staged_annotations(
+        self, run_id: int, asset_ids: Sequence[str]
+    ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+        """Every staged annotation of these assets in staging order (an empty list for an asset
+        with none), and the assets whose annotations could not be read, with why."""
+        ids = list(dict.fromkeys(asset_ids))
+        found: dict[str, list[tuple[int, bytes]]] = {asset_id: [] for asset_id in ids}
+        unreadable: dict[str, str] = {}
+        if not self._annotations_indexed:
+            with self._write("index staged annotations", scratch=True) as conn:
+                conn.execute(STAGED_ANNOTATIONS_INDEX)
+            self._annotations_indexed = True
+        with self._read("read staged annotations") as conn:
+            sql = (
+                "SELECT asset_id, seq, body, reason FROM staged_annotations"
+                " WHERE run_id = ? AND asset_id IN ({marks})"
+            )
+            for query, params in self._lists.chunks(sql, ids):
+                for asset_id, seq, body, reason in conn.execute(query, (run_id, *params)):
+                    if body is None:
+                        unreadable.setdefault(asset_id, reason or "unreadable")
+                    else:
+                        found[asset_id].append((seq, body))
+        out: dict[str, list[dict[str, Any]]] = {}
+        for asset_id, rows in found.items():
+            rows.sort()
+            # marshal: written by this connection from the API's parsed JSON (see the schema).
+            out[asset_id] = [marshal.loads(body) for _, body in rows]  # noqa: S302
+        return out, unreadable
+
     def stage_in_version(self, run_id: int, asset_ids: Iterable[str]) -> None:
         """Record that ``asset_ids`` are in the version (one page of its unfiltered id
         listing), so :meth:`unseen` can tell an asset a filter left out from one that is gone.
@@ -367,6 +426,7 @@ class Manifest:
     def clear_staging(self, run_id: int) -> None:
         with self._write("clear staged tags", scratch=True) as conn:
             conn.execute("DELETE FROM staged_tags WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM staged_annotations WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM seen WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM in_version WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM in_version WHERE run_id = ?", (run_id,))

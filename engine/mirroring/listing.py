@@ -43,7 +43,7 @@ from engine.errors import AuthError, EngineError
 from engine.pipeline.commit import Ledger, Page
 from engine.pipeline.freshness import UrlFreshener
 from engine.pipeline.jobs import AssetJob, Outcome, PlannedAction, transfer_job
-from engine.pipeline.metadata import PageAnnotations, TagStaging, fetch_page_annotations
+from engine.pipeline.metadata import AnnotationStaging, PageAnnotations, TagStaging
 from engine.pipeline.planning import ContentPlan, PagePlanner
 from engine.pipeline.run import Run
 from engine.pipeline.summary import LiveCounters
@@ -141,6 +141,7 @@ class ListingPipeline:
         )
         self.ledger = Ledger(self.planner, self.writer, dry_run=run.transferer is None)
         self.tags = TagStaging(run.client, self.dv, run.db, run.run_id)
+        self.annotations = AnnotationStaging(run.client, self.dv, run.db, run.run_id)
         self._queue = _JobQueue()
         self._page_slots = anyio.Semaphore(PAGES_IN_FLIGHT)
         self._listed: set[str] = set()  # asset ids of the pages in flight
@@ -160,6 +161,9 @@ class ListingPipeline:
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._stage_tags)
+                    # A filtered listing takes a part of the version: its pages ask for theirs.
+                    self.annotations.version_wide &= query is None
+                    tg.start_soon(self.annotations.run)
                     tg.start_soon(self._lister, query, pages_tx)
                     tg.start_soon(self._content, pages_rx, meta_tx)
                     async with meta_rx:
@@ -273,7 +277,7 @@ class ListingPipeline:
                 ids = page.content.order
                 # One page's annotations (a few requests) while its files download.
                 try:
-                    annotations = await fetch_page_annotations(self.client, self.dv, ids)
+                    annotations = await self.annotations.page(ids)
                 except AuthError:
                     raise
                 except EngineError as exc:

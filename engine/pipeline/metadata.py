@@ -7,8 +7,16 @@ asset per kind. Instead:
   ``q`` (``tags.name = "…"``) and stream the ids into the manifest's staging table, so the cost
   grows with the number of tags and pages, and memory holds one page of ids;
 * data tags: the same through the datalake's tag list and ``data.tags.name = "…"``;
-* annotations: per listing page, the annotation ids of the page's assets, then the bulk ``XGET``
-  in chunks: a constant number of requests per page.
+* annotations (:class:`AnnotationStaging`): the version's annotation ids in one request (no
+  asset filter, so the request line stays short), then the bulk ``XGET`` 1000 ids at a time,
+  a few at once, each answer streamed into the manifest's staging table; each listing page then
+  reads its assets' annotations back. Requests grow with annotations / 1000, and memory holds the
+  ids and the chunks in flight, never the annotations. Where that cannot be used (a filtered
+  listing, which would fetch the whole version's annotations for a part of it; a dry run into an
+  empty DEST, which has no manifest; an id list larger than ``api_max_body``; a malformed
+  annotation whose asset cannot be told) it falls back to the page path
+  (:func:`fetch_page_annotations`): per listing page, the annotation ids of the page's assets (50
+  assets a request, as the SDK), then the bulk ``XGET``.
 
 What cannot be read is reported, not raised, where a part of the work can go on without it:
 
@@ -24,6 +32,7 @@ What cannot be read is reported, not raised, where a part of the work can go on 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +43,14 @@ from engine.errors import AuthError, EngineError, PlatformError, primary_error
 from engine.manifest import Manifest
 from engine.pipeline.writer import ManifestAccess
 from engine.platform import PlatformClient, models
+from engine.platform.client import MAX_IDS_PER_REQUEST
 from engine.platform.per_item import AnnotationAnswer
 from engine.platform.query import DATA_TAGS, TAGS, tag_filter
 
 __all__ = [
+    "ANNOTATION_CHUNKS_AT_ONCE",
     "DATALAKE_CANDIDATES",
+    "AnnotationStaging",
     "PageAnnotations",
     "TagStager",
     "TagStaging",
@@ -46,6 +58,13 @@ __all__ = [
     "fetch_page_annotations",
     "group_annotations",
 ]
+
+log = logging.getLogger("engine.pipeline")
+
+# Bulk annotation chunks fetched or being staged at once: enough to hide an API's latency (50 ms
+# a request: 150 chunks for 100,000 assets in about 2 s), few enough that the parsed answers
+# held stay small (each is 1000 annotations).
+ANNOTATION_CHUNKS_AT_ONCE = 4
 
 # Assets whose data is asked for the datalake id before data tags are given up for the run.
 DATALAKE_CANDIDATES = 3
@@ -221,3 +240,98 @@ def group_annotations(asset_ids: Sequence[str], answer: AnnotationAnswer) -> Pag
             shapes.append(annotation)  # exactly what the API sent
     unreadable = {a: why for a, why in answer.unreadable.items() if a in grouped}
     return PageAnnotations(grouped, unreadable)
+
+
+class AnnotationStaging:
+    """A run's annotations, fetched once for the whole version and read back page by page.
+
+    :meth:`run` (a background task from the run's start) stages them (see the module docstring)
+    and sets ``ready``; :meth:`page` gives a listing page's annotations, from the staging once
+    it is ready, or through the page path when the staging cannot be used. ``version_wide``
+    False (a filtered listing) and a run without a manifest take the page path from the start.
+
+    Raises only :class:`~engine.errors.AuthError` from :meth:`run` (the run stops); any other
+    failure of the staging (a request failing after its retries included) sends the pages down
+    the page path, where a failure concerns that page's assets only.
+    """
+
+    def __init__(
+        self,
+        client: PlatformClient,
+        dataset_version: str,
+        db: ManifestAccess,
+        run_id: int,
+        *,
+        version_wide: bool = True,
+    ) -> None:
+        self._client = client
+        self._dv = dataset_version
+        self._db = db
+        self._run_id = run_id
+        self.version_wide = version_wide and db.manifest is not None
+        self.ready = anyio.Event()
+        self.staged = 0  # annotations staged (for tests and figures)
+        self.fallback_reason: str | None = None
+
+    async def run(self) -> None:
+        try:
+            if self.version_wide:
+                await self._stage()
+        except AuthError:
+            self.version_wide = False
+            raise
+        except EngineError as exc:
+            self.version_wide = False
+            self.fallback_reason = str(exc)
+            log.info("annotations are fetched page by page: %s", exc)
+        finally:
+            self.ready.set()
+
+    async def _stage(self) -> None:
+        manifest = self._db.manifest
+        assert manifest is not None
+        ids = await self._client.annotation_ids(self._dv, None)
+        # Unique ids, in the API's order; the list is bounded by api_max_body (32 MiB: some
+        # 850,000 UUIDs), beyond which the request fails with AnswerTooLarge: the page path.
+        ids = list(dict.fromkeys(ids))
+        chunks = [ids[i : i + MAX_IDS_PER_REQUEST] for i in range(0, len(ids), MAX_IDS_PER_REQUEST)]
+        del ids
+        limiter = anyio.CapacityLimiter(ANNOTATION_CHUNKS_AT_ONCE)
+
+        async def stage_chunk(index: int, chunk: list[str]) -> None:
+            # The slot is held until the chunk is staged, not only fetched: answers come faster
+            # than one SQLite thread stages them, and parsed answers waiting for it piled up
+            # (a 100,000-asset rerun peaked at 388 MB).
+            async with limiter:
+                answer = await self._client.annotation_dicts(self._dv, chunk)
+                if answer.unattributed is not None:
+                    # Whose annotations are incomplete cannot be told for the whole version:
+                    # the page path confines it to the page that meets it.
+                    raise PlatformError(
+                        f"a malformed annotation: {answer.unattributed}", status=200
+                    )
+                base = index * MAX_IDS_PER_REQUEST
+                rows = [(base + n, a) for n, a in enumerate(answer.annotations)]
+                await self._db.call(
+                    manifest.stage_annotations, self._run_id, rows, answer.unreadable
+                )
+                self.staged += len(rows)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for index, chunk in enumerate(chunks):
+                    tg.start_soon(stage_chunk, index, chunk)
+        except BaseExceptionGroup as group:
+            raise primary_error(group) from None
+
+    async def page(self, asset_ids: Sequence[str]) -> PageAnnotations:
+        """Every annotation of these assets, grouped by asset (API order); raises
+        :class:`~engine.errors.EngineError` when they cannot be fetched (page path only)."""
+        await self.ready.wait()
+        manifest = self._db.manifest
+        if not self.version_wide or manifest is None:
+            return await fetch_page_annotations(self._client, self._dv, asset_ids)
+        by_asset, unreadable = await self._db.call(
+            manifest.staged_annotations, self._run_id, asset_ids
+        )
+        return PageAnnotations(by_asset, unreadable)
