@@ -27,6 +27,7 @@ through the ``XGET`` listing by ids, one request for up to :data:`MAX_IDS` URLs:
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -69,6 +70,7 @@ class UrlFreshener:
         self.refreshed = 0
         self._in_flight: anyio.Event | None = None
         self._covered: set[int] = set()  # ids (id()) of the jobs the batch in flight refreshes
+        self._waiting: dict[int, AssetJob] = {}  # jobs in ready(), by id()
         self._next_batch = float("-inf")  # anyio time
         self._starts: deque[float] = deque(maxlen=_PACE_SAMPLES)  # URL-clock times
 
@@ -81,15 +83,19 @@ class UrlFreshener:
         not be refreshed in a batch (the transfer core then refreshes it itself). ``upcoming``:
         the jobs the caller will start next, in order; those not usable soon join a batch."""
         self._starts.append(self.clock())
-        while not self.usable(job):
-            if self._in_flight is not None:
-                covered = id(job) in self._covered
-                await self._in_flight.wait()
-                if covered:
-                    return
-                continue
-            await self._batch(job, upcoming)
-            return
+        self._waiting[id(job)] = job
+        try:
+            while not self.usable(job):
+                if self._in_flight is not None:
+                    covered = id(job) in self._covered
+                    await self._in_flight.wait()
+                    if covered:
+                        return
+                    continue
+                await self._batch(job, upcoming)
+                return
+        finally:
+            del self._waiting[id(job)]
 
     def _batch_size(self, job: AssetJob) -> int:
         """How many URLs to refresh with ``job``'s: those that will start while a fresh URL
@@ -109,7 +115,9 @@ class UrlFreshener:
         batch = [job]
         seen = {id(job)}
         size = self._batch_size(job)
-        for other in upcoming:
+        # Jobs other fetchers took while a batch was in flight wait here, out of the caller's
+        # queue: they join this batch first, or each would make a batch of its own after it.
+        for other in itertools.chain(list(self._waiting.values()), upcoming):
             if len(batch) >= size:
                 break
             if id(other) not in seen and not self.usable(other, ahead=self.batch_window):

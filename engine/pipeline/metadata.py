@@ -275,6 +275,12 @@ class AnnotationStaging:
 
     async def run(self) -> None:
         try:
+            manifest = self._db.manifest
+            if self.version_wide and manifest and not await self._db.call(manifest.count_assets):
+                # A first mirror: its pages ask for their own annotations, so downloads and
+                # commits never wait for the whole version's to be staged (a pause that grows
+                # with the version); the version-wide path pays off on reruns.
+                self.version_wide = False
             if self.version_wide:
                 await self._stage()
         except AuthError:

@@ -53,13 +53,23 @@ async def test_rerun_requests_grow_with_assets_over_1000_and_annotations_stay_ex
         annotations = _annotation_count(emu)
         assert annotations > 1000  # more than one bulk chunk
 
-        # 1. An id list larger than api_max_body (64 KiB: ~1,700 UUIDs) takes the page path
-        # (pages of 50, so that a listing page fits in it).
-        first = await mirror(settings_for(emu, dest, api_max_body=64 * 1024, page_size=50))
+        # 1. A first mirror (an empty manifest) asks each page's annotations, 50 assets a
+        # request, and never the whole version's: its downloads must not wait for them.
+        first = await mirror(settings_for(emu, dest))
         assert first.outcome == "ok", first
+        # Pages of 1000, 1000 and 100 assets: 20 + 20 + 2 requests.
+        assert emu.counters.requests["annotation_ids"] == math.ceil(ASSETS / 50)
+        assert_mirror_matches(emu, dest)
+        _assert_annotations_exact(emu, dest)
+
+        # 1b. A rerun whose id list is larger than api_max_body (64 KiB: ~1,700 UUIDs) takes
+        # the page path (pages of 50, so that a listing page fits in it).
+        emu.counters.reset()
+        capped = await mirror(settings_for(emu, dest, api_max_body=64 * 1024, page_size=50))
+        assert capped.outcome == "ok", capped
+        assert capped.downloaded == 0
         # The version-wide request (refused at the cap), then 50 assets a request per page.
         assert emu.counters.requests["annotation_ids"] == 1 + math.ceil(ASSETS / 50)
-        assert_mirror_matches(emu, dest)
         _assert_annotations_exact(emu, dest)
 
         # 2. The no-change rerun: one id request, a bulk request per 1000 annotations.
