@@ -110,6 +110,10 @@ class AssetShard:
 
     Not :class:`engine.prefetch.split.Shard`, which splits one epoch's *order* by position between
     data-loader workers and ranks; this one splits the *version* by asset id between machines.
+    They compose: a node keeps the listed assets its shard holds, the epoch order of those is
+    the version's order with the others left out (the shuffle key is per asset), and that order
+    is split by position between the node's ranks and workers. Every asset goes to one node,
+    then to one worker.
     """
 
     index: int = 0
