@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 
 from engine.errors import LocalStorageError, TransientTransferError, UsageError
+from engine.state_folder import SIDECAR_SUFFIX
 from engine.transfer.partial import storage_error
 
 __all__ = ["check_rel_path", "place", "write_and_place"]
@@ -187,7 +188,7 @@ def _create_exclusive(dir_fd: int, name: str) -> int:
     if leftover:
         os.ftruncate(fd, 0)
         with contextlib.suppress(OSError):
-            os.unlink(name + ".state", dir_fd=dir_fd)  # a dead download's sidecar
+            os.unlink(name + SIDECAR_SUFFIX, dir_fd=dir_fd)  # a dead download's sidecar
     return fd
 
 
