@@ -48,6 +48,7 @@ from engine.errors import UsageError
 __all__ = [
     "COUNT_VARIABLE",
     "MAX_SHARDS",
+    "WHOLE",
     "AssetShard",
     "DetectedShard",
     "detect_shard",
@@ -150,6 +151,9 @@ class AssetShard:
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 
+
+# The whole version: one shard of one (a run without --shard).
+WHOLE = AssetShard()
 
 Source = Literal["given", "kubernetes", "slurm"]
 

@@ -23,7 +23,7 @@ from kubernetes_validate import utils as k8s_utils
 
 from engine.sharding import COUNT_VARIABLE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "config" / "k8s"
 SLURM_SCRIPT = ROOT / "config" / "slurm" / "mirror-array.sbatch"
 JOBS = ("indexed-job-shared.yaml", "indexed-job-local.yaml")
