@@ -23,6 +23,7 @@ runs the engine's event loop on a background thread (:mod:`engine.prefetch.sync`
 from __future__ import annotations
 
 import enum
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -35,6 +36,7 @@ from engine.prefetch.options import FailurePolicy, Order, PrefetchOptions
 from engine.prefetch.session import Session
 from engine.prefetch.split import Shard
 from engine.settings import Settings
+from engine.sharding import WHOLE, AssetShard, resolve_shard
 
 __all__ = ["EpochIterator", "Prefetcher"]
 
@@ -59,6 +61,10 @@ class Prefetcher:
     its fields (see it for their meaning). ``shard``: ``(index, count)``: this process takes the
     epoch order's positions ``k`` with ``k % count == index`` (the torch adapter sets it per
     DataLoader worker). ``clock``: epoch seconds for URL expiry (tests move it).
+    ``machine_shard``: this node's shard of the version, as ``mirror --shard`` takes it
+    (an :class:`~engine.sharding.AssetShard`, ``"K/N"`` or ``"auto"``): only its assets are
+    listed or taken from ``asset_ids`` (:class:`~engine.prefetch.order.OrderStore`), then split
+    by ``shard`` between the node's ranks and workers. ``PrefetchDataset`` passes it on.
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class Prefetcher:
         shard: Shard | tuple[int, int] | None = None,
         clock: Callable[[], float] = time.time,
         cancel_grace: float = CANCEL_GRACE,
+        machine_shard: AssetShard | str | None = None,
     ) -> None:
         given = {
             "window": window,
@@ -94,6 +101,13 @@ class Prefetcher:
         self.options = PrefetchOptions(**{**base.model_dump(), **changes}) if changes else base
         self.settings = settings
         self.shard = shard if isinstance(shard, Shard) else Shard(*(shard or (0, 1)))
+        self.machine = (
+            machine_shard
+            if isinstance(machine_shard, AssetShard)
+            else resolve_shard(machine_shard, os.environ).shard
+            if machine_shard is not None
+            else WHOLE
+        )
         self._asset_ids = asset_ids
         self._clock = clock
         self._grace = cancel_grace
@@ -119,6 +133,7 @@ class Prefetcher:
             asset_ids=self._asset_ids,
             shard=self.shard,
             clock=self._clock,
+            machine=self.machine,
         )
         await session.__aenter__()
         session.on_error = self._wake
