@@ -3,6 +3,8 @@ every listed asset reaches exactly one shard, and which one does not depend on t
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -28,7 +30,7 @@ def _pages(listed: list[str], cuts: list[int]) -> list[ListingPage]:
     bounds = sorted({0, len(listed), *(c % (len(listed) + 1) for c in cuts)})
     return [
         ListingPage([_asset(a) for a in listed[lo:hi]], count=len(listed), next_cursor="c")
-        for lo, hi in zip(bounds, bounds[1:], strict=False)
+        for lo, hi in pairwise(bounds)
     ]
 
 
