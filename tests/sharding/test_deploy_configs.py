@@ -265,7 +265,7 @@ def test_the_shared_layout_puts_every_shard_in_one_dest(slurm_env, tmp_path):
     shards = set()
     for task in range(8):
         vars_ = {**env, **slurm_vars(task, 0, 7, 1)}
-        done = run_script({**vars_, "ASSETSYNC_LAYOUT": "shared", "ASSETSYNC_DEST": shared})
+        done = run_script({**vars_, "ASSETSYNC_SHARD_DESTS": "shared", "ASSETSYNC_DEST": shared})
         assert done.returncode == 0, done.stderr
         got = json.loads(done.stdout)
         dests.add(got["args"][got["args"].index("--dest") + 1])
@@ -277,8 +277,8 @@ def test_the_shared_layout_puts_every_shard_in_one_dest(slurm_env, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"ASSETSYNC_LAYOUT": "shared"}, "ASSETSYNC_LAYOUT=shared needs ASSETSYNC_DEST"),
-        ({"ASSETSYNC_LAYOUT": "nfs"}, "ASSETSYNC_LAYOUT must be local or shared"),
+        ({"ASSETSYNC_SHARD_DESTS": "shared"}, "ASSETSYNC_SHARD_DESTS=shared needs ASSETSYNC_DEST"),
+        ({"ASSETSYNC_SHARD_DESTS": "nfs"}, "ASSETSYNC_SHARD_DESTS must be local or shared"),
         ({"ASSETSYNC_DATASET_VERSION": ""}, "set ASSETSYNC_DATASET_VERSION"),
         ({"ASSETSYNC_TOKEN_FILE": "/nonexistent/token"}, "no readable token file"),
     ],
