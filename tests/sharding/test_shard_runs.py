@@ -110,6 +110,20 @@ def _export(dest: Path) -> dict[str, dict[str, Any]]:
     return {row["asset_id"]: {k: v for k, v in row.items() if k not in _VOLATILE} for row in rows}
 
 
+def _status(dest: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        [*ASSETSYNC, "status", "--dest", str(dest), "--json"],
+        env=command_env(None),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    payload = json.loads(done.stdout)
+    assert isinstance(payload, dict)
+    return payload
+
+
 def _single_machine(emu: Emulator, dest: Path) -> dict[str, dict[str, Any]]:
     done = subprocess.run(
         _args(emu, dest), env=command_env(emu.token), capture_output=True, text=True, timeout=180
@@ -156,6 +170,9 @@ def test_shards_into_a_dest_each_make_one_mirror_fetching_every_object_once(
     emu.counters.reset()
     single = _single_machine(emu, tmp_path / "single")
     assert union == single
+    # status names a node's shard; a DEST mirrored whole has no shards to list.
+    assert [part["shard"] for part in _status(dests[1])["shards"]] == [f"1/{COUNT}"]
+    assert "shards" not in _status(tmp_path / "single")
 
 
 def test_shards_into_one_shared_dest_make_one_mirror(emu: Emulator, tmp_path: Path) -> None:
@@ -174,16 +191,7 @@ def test_shards_into_one_shared_dest_make_one_mirror(emu: Emulator, tmp_path: Pa
 
     rows = _export(dest)
     _assert_files_match(dest, rows)
-    status = json.loads(
-        subprocess.run(
-            [*ASSETSYNC, "status", "--dest", str(dest), "--json"],
-            env=command_env(None),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-    )
+    status = _status(dest)
     assert status["assets"] == len(rows) == len(list(emu.dataset.asset_ids()))
     assert [part["shard"] for part in status["shards"]] == [f"{k}/{COUNT}" for k in range(COUNT)]
     assert sum(part["assets"] for part in status["shards"]) == len(rows)
@@ -357,18 +365,3 @@ def test_auto_without_an_orchestrator_is_exit_2(emu: Emulator, tmp_path: Path) -
     assert code == 2
     assert "no shard in the environment" in err
     assert not (tmp_path / "d").exists()
-
-
-def test_status_of_a_whole_version_dest_has_no_shards(emu: Emulator, tmp_path: Path) -> None:
-    dest = tmp_path / "single"
-    _single_machine(emu, dest)
-    status = subprocess.run(
-        [*ASSETSYNC, "status", "--dest", str(dest), "--json"],
-        env=command_env(None),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    payload = json.loads(status.stdout)
-    assert "shards" not in payload and payload["assets"] == 60
