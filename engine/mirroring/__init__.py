@@ -75,6 +75,13 @@ async def mirror(
         run.counts = lambda: _counts(counters, run.transferer)
         pipeline = ListingPipeline(run, counters, clock=clock, plan_sink=plan_sink)
         result = await _unwrap(pipeline.run(tags_filter(settings.tags, settings.data_tags)))
+        if _shares_names(run, shard):
+            result.warnings.append(
+                f"shard {shard} shares {run.dest} with other shards under --layout name: two "
+                "assets of the same file name in different shards claim one path, as no shard "
+                "sees the others' names; use --layout id (or a DEST per shard) unless the "
+                "version's file names are unique"
+            )
         if settings.delete or settings.delete_excluded:
             deletion = await _delete(run, result, counters)
         run.outcome = outcome = _outcome(settings, result, counters)
@@ -103,6 +110,15 @@ async def mirror(
         failures=tuple(counters.failures),
         error=result.listing_error,
         warnings=tuple(result.warnings),
+    )
+
+
+def _shares_names(run: Run, shard: AssetShard) -> bool:
+    """Another shard of this N keeps its manifest in this DEST, and files are named by name."""
+    if shard.is_whole or run.settings.layout != "name":
+        return False
+    return any(
+        files.shard.count == shard.count and files.shard != shard for files in run.state.manifests()
     )
 
 

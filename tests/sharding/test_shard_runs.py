@@ -163,6 +163,7 @@ def test_shards_into_a_dest_each_make_one_mirror_fetching_every_object_once(
         assert all(shard_of(asset_id, COUNT) == k for asset_id in rows)
         assert summaries[k]["downloaded"] == len(rows) > 0
         assert summaries[k]["shard"]["index"] == k
+        assert summaries[k]["warnings"] == []
         _assert_files_match(dest, rows)
         assert not set(union) & set(rows)
         union.update(rows)
@@ -177,8 +178,10 @@ def test_shards_into_a_dest_each_make_one_mirror_fetching_every_object_once(
 
 def test_shards_into_one_shared_dest_make_one_mirror(emu: Emulator, tmp_path: Path) -> None:
     dest = tmp_path / "shared"
-    _run_shards(emu, [dest])
+    summaries = _run_shards(emu, [dest])
     _assert_each_object_sent_once(emu)
+    for summary in summaries:  # names could collide between shards: each run says so
+        assert any("use --layout id" in warning for warning in summary["warnings"])
 
     state = StateFolder(dest)
     found = state.manifests()
