@@ -22,6 +22,8 @@ import anyio.to_thread
 
 from engine.manifest import AssetRow, AssetState, Manifest
 from engine.pipeline.lock import DestLock
+from engine.sharding import AssetShard
+from engine.state_folder import ShardFiles, StateFolder
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -101,10 +103,29 @@ async def verify(
     on_checked: Callable[[VerifyReport], None] | None = None,
     lock_stale_after: float = 6 * 3600.0,
 ) -> VerifyReport:
-    """Check every ``ok`` file of DEST's manifest; mark the bad ones for the next mirror."""
+    """Check every ``ok`` file of DEST's manifests; mark the bad ones for the next mirror.
+
+    A DEST mirrored in shards has a manifest per shard: each is checked under its shard's lock
+    (so a shard's mirror and its verify never overlap), the reports added up."""
     report = VerifyReport()
-    with DestLock(dest, stale_after=lock_stale_after, create=False):
-        manifest = await anyio.to_thread.run_sync(lambda: Manifest.open(dest, create=False))
+    found = StateFolder(dest).manifests() or [StateFolder(dest).shard_files(AssetShard())]
+    for files in found:
+        await _verify_one(dest, files, report, workers, on_checked, lock_stale_after)
+    return report
+
+
+async def _verify_one(
+    dest: Path,
+    files: ShardFiles,
+    report: VerifyReport,
+    workers: int,
+    on_checked: Callable[[VerifyReport], None] | None,
+    lock_stale_after: float,
+) -> None:
+    with DestLock(dest, stale_after=lock_stale_after, create=False, path=files.lock):
+        manifest = await anyio.to_thread.run_sync(
+            lambda: Manifest.open(dest, create=False, path=files.manifest)
+        )
         limiter = anyio.CapacityLimiter(workers)
         try:
             all_rows = manifest.iter_rows(page_size=500)
@@ -132,4 +153,3 @@ async def verify(
                     on_checked(report)
         finally:
             await anyio.to_thread.run_sync(manifest.close)
-    return report

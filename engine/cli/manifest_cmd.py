@@ -13,7 +13,8 @@ from engine.cli.boundary import emit_json, json_option
 from engine.cli.common import run_async
 from engine.cli.progress import format_bytes
 from engine.errors import UsageError
-from engine.manifest import Manifest
+from engine.manifest import Manifest, RunRecord
+from engine.manifest.combined import dest_status, open_manifests
 from engine.safe_text import printable
 from engine.verify import verify
 
@@ -30,44 +31,67 @@ def _when(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
 
+def _run_json(last: RunRecord | None) -> dict[str, Any] | None:
+    if last is None:
+        return None
+    return {
+        "started_at": last.started_at,
+        "finished_at": last.finished_at,
+        "outcome": last.outcome,
+        "counts": last.counts,
+    }
+
+
+def _run_text(last: RunRecord | None) -> str:
+    if last is None:
+        return "never synced"
+    outcome = printable(last.outcome or "running (or killed)")
+    return (
+        f"started {_when(last.started_at)}, finished {_when(last.finished_at)}, outcome {outcome}"
+    )
+
+
 @click.command("status")
 @_dest_option
 @json_option("One JSON object on stdout (also on errors).")
 def status_command(dest: Path, json_output: bool) -> None:
-    """What DEST holds, from which version, when it was last synced and how that went."""
-    with Manifest.open(dest, create=False) as manifest:
-        status = manifest.status()
+    """What DEST holds, from which version, when it was last synced and how that went.
+    A DEST mirrored in shards (--shard) is read as one, with a line per shard."""
+    status = dest_status(dest)
     last = status.last_run
+    versions = status.dataset_versions
     if json_output:
         payload: dict[str, Any] = {
             "dest": str(dest),
-            "dataset_version": status.dataset_version,
+            "dataset_version": versions[0] if len(versions) == 1 else (versions or None),
             "assets": status.assets,
             "states": status.states,
             "total_bytes": status.total_bytes,
             "runs": status.runs,
-            "last_run": None
-            if last is None
-            else {
-                "started_at": last.started_at,
-                "finished_at": last.finished_at,
-                "outcome": last.outcome,
-                "counts": last.counts,
-            },
+            "last_run": _run_json(last),
         }
+        if status.shards:
+            payload["shards"] = [
+                {
+                    "shard": part.shard,
+                    "assets": part.status.assets,
+                    "states": part.status.states,
+                    "total_bytes": part.status.total_bytes,
+                    "last_run": _run_json(part.status.last_run),
+                }
+                for part in status.shards
+            ]
         emit_json(payload)
         return
     states = ", ".join(f"{k} {v}" for k, v in status.states.items() if v)
-    version = printable(status.dataset_version or "-")
+    version = printable(", ".join(versions) or "-")
     click.echo(f"{printable(str(dest))}: dataset version {version}")
     click.echo(f"  {status.assets} assets ({states or 'none'}), {format_bytes(status.total_bytes)}")
-    if last is None:
-        click.echo("  never synced")
-    else:
-        outcome = printable(last.outcome or "running (or killed)")
+    click.echo("  never synced" if last is None else f"  last run: {_run_text(last)}")
+    for part in status.shards:
         click.echo(
-            f"  last run: started {_when(last.started_at)}, finished {_when(last.finished_at)}, "
-            f"outcome {outcome}"
+            f"  shard {part.shard}: {part.status.assets} assets, "
+            f"last run {_run_text(part.status.last_run)}"
         )
 
 
@@ -121,13 +145,15 @@ def manifest_group() -> None:
     "--output", "-o", type=click.Path(path_type=Path), help="Write here instead of stdout."
 )
 def export_command(dest: Path, fmt: Literal["jsonl", "json"], output: Path | None) -> None:
-    """One object per asset: ids, filename, path, size, sha256, tags, data tags, annotations."""
-    with Manifest.open(dest, create=False) as manifest:
+    """One object per asset: ids, filename, path, size, sha256, tags, data tags, annotations.
+    A DEST mirrored in shards (--shard) is exported as one, in asset id order."""
+    with open_manifests(dest) as opened:
+        manifests = [manifest for _, manifest in opened]
         if output is None:
-            manifest.export(sys.stdout, fmt)
+            Manifest.export_together(manifests, sys.stdout, fmt)
             return
         try:
             with output.open("w", encoding="utf-8") as fh:
-                manifest.export(fh, fmt)
+                Manifest.export_together(manifests, fh, fmt)
         except OSError as exc:
             raise UsageError(f"cannot write {output}: {exc.strerror}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,6 +11,7 @@ import click
 
 from engine.cli.boundary import emit_json, json_option, verbose_option
 from engine.cli.common import EXIT_CODES_HELP, run_async, setup_logging
+from engine.sharding import AssetShard, DetectedShard, resolve_shard
 
 if TYPE_CHECKING:
     from engine.pipeline.jobs import PlannedAction
@@ -58,7 +60,13 @@ def settings_from_options(options: dict[str, Any]) -> Settings:
 
 
 async def run_mirror(
-    settings: Settings, *, json_output: bool, quiet: bool, verbose: int
+    settings: Settings,
+    *,
+    json_output: bool,
+    quiet: bool,
+    verbose: int,
+    shard: AssetShard | None = None,
+    reshard: bool = False,
 ) -> MirrorSummary:
     """Run one mirror with the display a terminal or a log file wants."""
     import anyio
@@ -69,6 +77,7 @@ async def run_mirror(
     from engine.mirroring import mirror
     from engine.pipeline.summary import LiveCounters
 
+    shard = shard or AssetShard()
     counters = LiveCounters()
     progress = make_progress(counters, quiet=quiet or (json_output and not sys.stderr.isatty()))
 
@@ -77,13 +86,21 @@ async def run_mirror(
             print_plan_line(action)
 
     if progress is None or settings.dry_run:
-        return await mirror(settings, counters=counters, plan_sink=on_plan)
+        return await mirror(
+            settings, counters=counters, plan_sink=on_plan, shard=shard, reshard=reshard
+        )
     try:
         with progress:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(progress.run)
                 try:
-                    summary = await mirror(settings, counters=counters, plan_sink=on_plan)
+                    summary = await mirror(
+                        settings,
+                        counters=counters,
+                        plan_sink=on_plan,
+                        shard=shard,
+                        reshard=reshard,
+                    )
                 finally:
                     tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
@@ -93,6 +110,17 @@ async def run_mirror(
             raise
         raise error from None
     return summary
+
+
+def _with_shard(data: dict[str, Any], detected: DetectedShard | None) -> dict[str, Any]:
+    if detected is not None:
+        data["shard"] = {
+            "index": detected.shard.index,
+            "count": detected.shard.count,
+            "source": detected.source,
+            "detail": detected.detail,
+        }
+    return data
 
 
 @click.command("mirror", epilog=EXIT_CODES_HELP)
@@ -134,6 +162,19 @@ async def run_mirror(
 @click.option(
     "--data-tag", "data_tags", multiple=True, help="Only assets with this data tag (repeatable)."
 )
+@click.option(
+    "--shard",
+    "shard_spec",
+    metavar="K/N|auto",
+    help="Mirror only shard K of N (0-based; by asset id): one of N machines. auto: from a "
+    "Kubernetes Indexed Job (JOB_COMPLETION_INDEX, ASSETSYNC_SHARD_COUNT) or a Slurm array.",
+)
+@click.option(
+    "--reshard",
+    is_flag=True,
+    help="DEST was mirrored with another shard count: adopt this shard's recorded assets "
+    "from the old shards' manifests instead of refusing.",
+)
 @verbose_option()
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def mirror_command(**options: Any) -> None:
@@ -146,13 +187,26 @@ def mirror_command(**options: Any) -> None:
     json_output = bool(options.pop("json_output"))
     quiet = bool(options.pop("quiet"))
     verbose = int(options.pop("verbose"))
+    shard_spec = options.pop("shard_spec")
+    reshard = bool(options.pop("reshard"))
     setup_logging(verbose)
+    detected = resolve_shard(shard_spec, os.environ) if shard_spec is not None else None
     settings = settings_from_options(options)
+    if detected is not None:
+        # Said before anything runs, so a cluster's log shows which part this process took.
+        click.echo(f"assetsync: {detected.describe()}", err=True)
     summary = run_async(
-        lambda: run_mirror(settings, json_output=json_output, quiet=quiet, verbose=verbose)
+        lambda: run_mirror(
+            settings,
+            json_output=json_output,
+            quiet=quiet,
+            verbose=verbose,
+            shard=detected.shard if detected is not None else None,
+            reshard=reshard,
+        )
     )
     if json_output:
-        emit_json(summary.to_json())
+        emit_json(_with_shard(summary.to_json(), detected))
     else:
         print_summary(summary, quiet=quiet)
     sys.exit(summary.exit_code)

@@ -11,13 +11,16 @@ written exactly as it was recorded, without a decode and re-encode.
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, Literal, Protocol
 
-__all__ = ["EXPORT_FIELDS", "TextSink", "export"]
+__all__ = ["EXPORT_FIELDS", "TextSink", "export", "export_many"]
 
 _PAGE = 500
 _FLUSH_CHARS = 64 * 1024  # write in slabs: fewer calls into the file object
@@ -91,7 +94,7 @@ def _iso(epoch: float | None) -> str | None:
 
 def _objects(
     assets: sqlite3.Cursor, tag_scan: sqlite3.Cursor, annotation_scan: sqlite3.Cursor
-) -> Iterator[str]:
+) -> Iterator[tuple[str, str]]:
     tags = _Groups(tag_scan)
     annotations = _Groups(annotation_scan)
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -127,16 +130,12 @@ def _objects(
             for raw, escaped in _LINE_BREAKS:
                 if raw in line:  # rare; str.translate would cost more than the whole line
                     line = line.replace(raw, escaped)
-        yield line
+        yield asset_id, line
 
 
-def export(conn: sqlite3.Connection, fh: TextSink, fmt: Literal["jsonl", "json"]) -> int:
-    """Write every asset to ``fh`` as JSON Lines or as one JSON array; return the count."""
-    if fmt not in ("jsonl", "json"):
-        raise ValueError(f"export format must be 'jsonl' or 'json', not {fmt!r}")
-    count = 0
-    buffer: list[str] = []
-    size = 0
+@contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[Iterator[tuple[str, str]]]:
+    """One manifest's objects by asset id, read in one snapshot (one read transaction)."""
     conn.execute("BEGIN")  # deferred: a read transaction, one snapshot for the three scans
     scans = [conn.cursor() for _ in range(3)]
     try:
@@ -144,9 +143,34 @@ def export(conn: sqlite3.Connection, fh: TextSink, fmt: Literal["jsonl", "json"]
             scan.execute(sql)
             for scan, sql in zip(scans, (_ASSETS, _TAGS, _ANNOTATIONS), strict=True)
         )
+        yield _objects(assets, tags, annotations)
+    finally:
+        for scan in scans:
+            scan.close()
+        conn.execute("COMMIT")
+
+
+def export(conn: sqlite3.Connection, fh: TextSink, fmt: Literal["jsonl", "json"]) -> int:
+    """Write every asset to ``fh`` as JSON Lines or as one JSON array; return the count."""
+    return export_many([conn], fh, fmt)
+
+
+def export_many(
+    conns: Sequence[sqlite3.Connection], fh: TextSink, fmt: Literal["jsonl", "json"]
+) -> int:
+    """:func:`export` of several manifests (the shards of one DEST) as one, merged in asset id
+    order: one page of each in memory."""
+    if fmt not in ("jsonl", "json"):
+        raise ValueError(f"export format must be 'jsonl' or 'json', not {fmt!r}")
+    count = 0
+    buffer: list[str] = []
+    size = 0
+    with ExitStack() as stack:
+        streams = [stack.enter_context(_snapshot(conn)) for conn in conns]
+        merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=itemgetter(0))
         if fmt == "json":
             buffer.append("[")
-        for text in _objects(assets, tags, annotations):
+        for _, text in merged:
             if fmt == "json":
                 text = ("\n" if count == 0 else ",\n") + text
             else:
@@ -161,8 +185,4 @@ def export(conn: sqlite3.Connection, fh: TextSink, fmt: Literal["jsonl", "json"]
         if fmt == "json":
             buffer.append("\n]\n" if count else "]\n")
         fh.write("".join(buffer))
-    finally:
-        for scan in scans:
-            scan.close()
-        conn.execute("COMMIT")
     return count

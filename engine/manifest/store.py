@@ -20,8 +20,8 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +30,7 @@ from typing import Any, Literal, Self
 from engine.digests import path_key
 from engine.errors import ManifestError
 from engine.manifest import export as _export
+from engine.manifest.adoption import adopt_rows
 from engine.manifest.db import InLists, connect, set_pragmas, translate
 from engine.manifest.jsontext import dump_json
 from engine.manifest.records import (
@@ -146,6 +147,7 @@ class Manifest:
         read_only: bool = False,
         busy_timeout: float = 30.0,
         migrations: Sequence[Migration] = MIGRATIONS,
+        path: Path | None = None,
     ) -> Manifest:
         """Open DEST's manifest, creating and migrating it as needed.
 
@@ -157,10 +159,11 @@ class Manifest:
         Raises :class:`~engine.errors.UsageError` when DEST is not a directory or (without
         ``create``) holds no manifest, and :class:`~engine.errors.ManifestError` for a file that
         is not a manifest, is damaged, or has a newer schema; such a file is never modified.
-        ``migrations`` exists for tests and is the schema's full history otherwise.
+        ``migrations`` exists for tests and is the schema's full history otherwise. ``path``:
+        another manifest of DEST's state folder (a shard's, :meth:`StateFolder.shard_files`).
         """
         dest = Path(dest)
-        path = StateFolder(dest).manifest
+        path = StateFolder(dest).manifest if path is None else Path(path)
         mode: Literal["rwc", "rw", "ro"] = "ro" if read_only else ("rwc" if create else "rw")
         conn = connect(dest, path, mode=mode, busy_timeout=busy_timeout)
         try:
@@ -630,10 +633,31 @@ class Manifest:
 
     # -- reports -------------------------------------------------------------------------------
 
+    def adopt(self, source: Path, holds: Callable[[str], bool]) -> tuple[int, int]:
+        """Move the rows of the assets ``holds`` accepts from the manifest file ``source`` into
+        this one (:mod:`engine.manifest.adoption`): (adopted, left in ``source``)."""
+        with self._lock:
+            conn = self._connection()
+            if self.read_only:
+                raise ManifestError(f"the manifest {self.path} is open read-only: cannot adopt")
+            try:
+                return adopt_rows(conn, source, holds)
+            except sqlite3.Error as exc:
+                raise translate(exc, source, "move its rows to another shard") from exc
+
     def export(self, fh: _export.TextSink, fmt: Literal["jsonl", "json"] = "jsonl") -> int:
         """Write one JSON object per asset to ``fh``, streamed; returns how many."""
         with self._read("export the manifest") as conn:
             return _export.export(conn, fh, fmt)
+
+    @staticmethod
+    def export_together(
+        manifests: Sequence[Manifest], fh: _export.TextSink, fmt: Literal["jsonl", "json"] = "jsonl"
+    ) -> int:
+        """:meth:`export` of several manifests (a DEST's shards) as one, in asset id order."""
+        with ExitStack() as stack:
+            conns = [stack.enter_context(m._read("export the manifest")) for m in manifests]
+            return _export.export_many(conns, fh, fmt)
 
     def status(self) -> ManifestStatus:
         with self._read("read the status") as conn:

@@ -28,13 +28,15 @@ from engine.pipeline.run import Run, RunSpec, open_run
 from engine.pipeline.summary import LiveCounters, MirrorSummary, Outcome
 from engine.platform.query import tags_filter
 from engine.settings import Settings
+from engine.sharding import WHOLE, AssetShard
 from engine.transfer import Transferer
 
 __all__ = ["mirror"]
 
 
-def _run_options(settings: Settings) -> dict[str, Any]:
+def _run_options(settings: Settings, shard: AssetShard) -> dict[str, Any]:
     return {
+        "shard": str(shard),
         "layout": settings.layout,
         "delete": settings.delete,
         "delete_excluded": settings.delete_excluded,
@@ -51,19 +53,35 @@ async def mirror(
     counters: LiveCounters | None = None,
     plan_sink: Callable[[PlannedAction], None] | None = None,
     clock: Callable[[], float] = time.time,
+    shard: AssetShard = WHOLE,
+    reshard: bool = False,
 ) -> MirrorSummary:
     """Mirror ``settings.dataset_version`` into ``settings.dest`` and return what happened.
 
     Raises :class:`~engine.errors.EngineError` subclasses for what stops a run before or during
     it (usage, authentication, lock, full disk); failures of single assets are in the summary.
+    ``shard``: mirror only the assets of this shard (:mod:`engine.sharding`), with the shard's
+    own manifest and lock; ``reshard``: see :mod:`engine.pipeline.resharding`.
     """
     counters = counters or LiveCounters()
-    spec = RunSpec(options=_run_options(settings), dry_run=settings.dry_run)
+    spec = RunSpec(
+        options=_run_options(settings, shard),
+        dry_run=settings.dry_run,
+        shard=shard,
+        reshard=reshard,
+    )
     deletion = DeletionReport(0, 0, "")
     async with open_run(settings, spec, on_progress=counters.on_progress, clock=clock) as run:
         run.counts = lambda: _counts(counters, run.transferer)
         pipeline = ListingPipeline(run, counters, clock=clock, plan_sink=plan_sink)
         result = await _unwrap(pipeline.run(tags_filter(settings.tags, settings.data_tags)))
+        if _shares_names(run, shard):
+            result.warnings.append(
+                f"shard {shard} shares {run.dest} with other shards under --layout name: two "
+                "assets of the same file name in different shards claim one path, as no shard "
+                "sees the others' names; use --layout id (or a DEST per shard) unless the "
+                "version's file names are unique"
+            )
         if settings.delete or settings.delete_excluded:
             deletion = await _delete(run, result, counters)
         run.outcome = outcome = _outcome(settings, result, counters)
@@ -92,6 +110,15 @@ async def mirror(
         failures=tuple(counters.failures),
         error=result.listing_error,
         warnings=tuple(result.warnings),
+    )
+
+
+def _shares_names(run: Run, shard: AssetShard) -> bool:
+    """Another shard of this N keeps its manifest in this DEST, and files are named by name."""
+    if shard.is_whole or run.settings.layout != "name":
+        return False
+    return any(
+        files.shard.count == shard.count and files.shard != shard for files in run.state.manifests()
     )
 
 

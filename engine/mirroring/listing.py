@@ -40,6 +40,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from engine.errors import AuthError, EngineError
+from engine.mirroring.shard_filter import own_assets
 from engine.pipeline.commit import Ledger, Page
 from engine.pipeline.freshness import UrlFreshener
 from engine.pipeline.jobs import AssetJob, Outcome, PlannedAction, transfer_job
@@ -220,6 +221,7 @@ class ListingPipeline:
                 ):
                     if page.items:
                         self.tags.saw_first([asset.data.id for asset in page.items])
+                    page = own_assets(page, self.run_ctx.shard)
                     if page.count is not None:
                         self.counters.total = max(page.count, self.counters.listed + page.size)
                     self.counters.listed += page.size

@@ -148,10 +148,13 @@ class DestLock:
         create: bool = True,
         clock: Callable[[], float] = time.time,
         heartbeat_every: float | None = None,
+        path: Path | None = None,
     ) -> None:
         if stale_after <= 0:
             raise ValueError("stale_after must be positive")
         self.dest = Path(dest)
+        # Another lock of DEST's state folder: a shard's (StateFolder.shard_files).
+        self._path = StateFolder(self.dest).lock if path is None else Path(path)
         self.stale_after = stale_after
         self._create = create
         self._clock = clock
@@ -163,7 +166,7 @@ class DestLock:
 
     @property
     def path(self) -> Path:
-        return StateFolder(self.dest).lock
+        return self._path
 
     @property
     def held(self) -> bool:
@@ -188,7 +191,7 @@ class DestLock:
             raise RuntimeError("lock already held by this object")
         folder = StateFolder(self.dest)
         folder.create(create_dest=self._create)
-        path = folder.lock
+        path = self._path
         for _ in range(5):  # only repeats if someone replaced the file under us
             fd = self._open(path)
             try:

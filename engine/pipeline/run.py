@@ -9,8 +9,12 @@ platform has answered:
    names (:mod:`engine.preflight`);
 3. DEST and its state folder created, and DEST's lock taken — exclusive (a mirror, a prefetcher
    that deletes files) or shared (prefetchers together), :class:`~engine.errors.LockHeldError`
-   when busy; a dry run does neither;
-4. the manifest opened and checked: it mirrors this version, with this layout;
+   when busy; a dry run does neither. A mirror of shard ``K/N`` takes its shard's lock instead,
+   and uses its shard's manifest (:meth:`StateFolder.shard_files`), so the shards of one DEST
+   run side by side;
+4. the manifest opened and checked: it mirrors this version, with this layout, and DEST holds
+   no manifest of another shard count (:mod:`engine.pipeline.resharding`: refused, or with
+   ``reshard`` this shard's rows adopted from them);
 5. a run row begun (``assetsync status`` shows it), and the transfer core started.
 
 Closing, whatever happened: the run row finished with its outcome and counts, then everything
@@ -35,6 +39,7 @@ from engine.destination import check_destination
 from engine.errors import UsageError
 from engine.manifest import Manifest
 from engine.pipeline.lock import DestLock
+from engine.pipeline.resharding import adopt_old_shards, old_shards, refuse_change
 from engine.pipeline.sessions import open_sessions
 from engine.pipeline.sharing import SharedDestLock, claims_locked
 from engine.pipeline.summary import Outcome
@@ -42,7 +47,8 @@ from engine.pipeline.writer import ManifestAccess
 from engine.platform import PlatformClient
 from engine.preflight import check_platform
 from engine.settings import Settings
-from engine.state_folder import StateFolder
+from engine.sharding import WHOLE, AssetShard
+from engine.state_folder import ShardFiles, StateFolder
 from engine.transfer import ProgressEvent, Transferer
 from engine.transfer.http1 import StorageHttp
 
@@ -53,11 +59,15 @@ __all__ = ["Run", "RunSpec", "open_run"]
 class RunSpec:
     """What kind of run to open. ``options`` are recorded with the run (``layout`` is checked
     against the manifest's last run); ``shared``: DEST's lock held shared, next to other
-    prefetchers (:mod:`engine.pipeline.sharing`), else exclusive."""
+    prefetchers (:mod:`engine.pipeline.sharing`), else exclusive. ``shard``: the part of the
+    version this run mirrors, with its own manifest and lock; ``reshard``: adopt this shard's
+    rows from the manifests of another shard count instead of refusing."""
 
     options: Mapping[str, Any]
     dry_run: bool = False
     shared: bool = False
+    shard: AssetShard = WHOLE
+    reshard: bool = False
 
 
 @dataclass(slots=True)
@@ -78,6 +88,8 @@ class Run:
     # interrupted (cancelled) or failed.
     outcome: Outcome | None = None
     counts: Callable[[], dict[str, int | float]] = field(default=dict)
+    # The part of the version this run mirrors (engine.sharding); the whole of it by default.
+    shard: AssetShard = WHOLE
 
     @property
     def writable(self) -> bool:
@@ -100,18 +112,20 @@ def check_settings(settings: Settings) -> tuple[str, Path]:
     return settings.dataset_version, dest
 
 
-def _open_manifest(state: StateFolder, dry_run: bool, shared: bool) -> Manifest | None:
+def _open_manifest(
+    state: StateFolder, files: ShardFiles, dry_run: bool, shared: bool
+) -> Manifest | None:
     if dry_run:
-        if not state.manifest.exists():
+        if not files.manifest.exists():
             return None
-        return Manifest.open(state.dest, create=False, read_only=True)
+        return Manifest.open(state.dest, create=False, read_only=True, path=files.manifest)
     if shared:
         # Prefetchers sharing a fresh DEST (DataLoader workers) open it at the same moment; the
         # manifest's compatibility check reads the schema in several statements, which a
         # concurrent first migration can interleave with: create and migrate one at a time.
         with claims_locked(state):
-            return Manifest.open(state.dest)
-    return Manifest.open(state.dest)
+            return Manifest.open(state.dest, path=files.manifest)
+    return Manifest.open(state.dest, path=files.manifest)
 
 
 def check_manifest(manifest: Manifest | None, settings: Settings, dataset_version: str) -> None:
@@ -146,6 +160,7 @@ async def open_run(
     assert settings.token is not None
     dry_run = spec.dry_run
     state = StateFolder(dest)
+    files = state.shard_files(spec.shard)
     async with AsyncExitStack() as stack:
         api, storage = await stack.enter_async_context(open_sessions(settings))
         t = settings.transfer
@@ -165,15 +180,29 @@ async def open_run(
             lock: DestLock | SharedDestLock = (
                 SharedDestLock(dest)
                 if spec.shared
-                else DestLock(dest, stale_after=settings.lock_stale_after)
+                else DestLock(dest, stale_after=settings.lock_stale_after, path=files.lock)
             )
             lock.acquire()
             stack.callback(lock.release)
-        manifest = await anyio.to_thread.run_sync(_open_manifest, state, dry_run, spec.shared)
+        old = [] if spec.shared else await anyio.to_thread.run_sync(old_shards, state, spec.shard)
+        if old and not spec.reshard:
+            raise refuse_change(dest, spec.shard, old)
+        manifest = await anyio.to_thread.run_sync(
+            _open_manifest, state, files, dry_run, spec.shared
+        )
         db = ManifestAccess(manifest)
         if manifest is not None:
             stack.push_async_callback(_close_manifest, manifest)
         await db.call(check_manifest, manifest, settings, dv)
+        if old and manifest is not None and not manifest.read_only:
+            await db.call(
+                adopt_old_shards,
+                manifest,
+                state,
+                spec.shard,
+                old,
+                stale_after=settings.lock_stale_after,
+            )
         run_id = 0
         if manifest is not None and not manifest.read_only:
             run_id = await db.call(manifest.begin_run, dv, settings.api_url, dict(spec.options))
@@ -183,6 +212,7 @@ async def open_run(
                 Transferer(storage, t, state.path, on_progress=on_progress, clock=clock)
             )
         run = Run(settings, dv, dest, state, client, storage, manifest, db, run_id, transferer)
+        run.shard = spec.shard
         try:
             yield run
         except anyio.get_cancelled_exc_class():

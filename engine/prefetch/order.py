@@ -20,6 +20,7 @@ from itertools import islice
 from engine.errors import UsageError
 from engine.prefetch.resume import ShareScan
 from engine.prefetch.split import rank
+from engine.sharding import WHOLE, AssetShard
 
 __all__ = ["OrderCursor", "OrderStore"]
 
@@ -27,7 +28,13 @@ _INSERT_BATCH = 1000
 
 
 class OrderStore:
-    def __init__(self) -> None:
+    """``machine``: the node's shard of the version (``--shard``, :mod:`engine.sharding`): the
+    one place a prefetcher leaves out the other nodes' assets, listed or given. The epoch's
+    order is then this node's, and its positions are split between the node's ranks and
+    workers (:class:`~engine.prefetch.split.Shard`)."""
+
+    def __init__(self, machine: AssetShard = WHOLE) -> None:
+        self.machine = machine
         # "": a private temporary database on disk (SQLite deletes it on close).
         self._conn = sqlite3.connect("", check_same_thread=False, isolation_level=None)
         self._conn.create_function("assetsync_rank", 2, rank, deterministic=True)
@@ -61,6 +68,8 @@ class OrderStore:
                 for asset_id in batch:
                     if not isinstance(asset_id, str) or not asset_id:
                         raise UsageError(f"asset ids are non-empty strings, not {asset_id!r}")
+                    if not self.machine.holds(asset_id):
+                        continue
                     if self._conn.execute(
                         f"{verb} INTO ids (pos, asset_id) VALUES (?, ?)",
                         (self.count + len(added), asset_id),

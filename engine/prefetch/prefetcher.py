@@ -23,6 +23,7 @@ runs the engine's event loop on a background thread (:mod:`engine.prefetch.sync`
 from __future__ import annotations
 
 import enum
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -36,6 +37,7 @@ from engine.prefetch.resume import EpochProgress, ResumeState, Share
 from engine.prefetch.session import Session
 from engine.prefetch.split import Shard
 from engine.settings import Settings
+from engine.sharding import WHOLE, AssetShard, resolve_shard
 
 __all__ = ["EpochIterator", "Prefetcher"]
 
@@ -65,6 +67,11 @@ class Prefetcher:
     checkpoint can hold it); a new prefetcher given it by :meth:`load_state_dict` yields the
     rest of that epoch, nothing the consumer took before, without asking the storage for it
     again. ``equal_shards``: see :class:`~engine.prefetch.PrefetchOptions`.
+
+    ``machine_shard``: this node's shard of the version, as ``mirror --shard`` takes it
+    (an :class:`~engine.sharding.AssetShard`, ``"K/N"`` or ``"auto"``): only its assets are
+    listed or taken from ``asset_ids`` (:class:`~engine.prefetch.order.OrderStore`), then split
+    by ``shard`` between the node's ranks and workers. ``PrefetchDataset`` passes it on.
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class Prefetcher:
         shard: Shard | tuple[int, int] | None = None,
         clock: Callable[[], float] = time.time,
         cancel_grace: float = CANCEL_GRACE,
+        machine_shard: AssetShard | str | None = None,
     ) -> None:
         given = {
             "window": window,
@@ -102,6 +110,13 @@ class Prefetcher:
         self.options = PrefetchOptions(**{**base.model_dump(), **changes}) if changes else base
         self.settings = settings
         self.shard = shard if isinstance(shard, Shard) else Shard(*(shard or (0, 1)))
+        self.machine = (
+            machine_shard
+            if isinstance(machine_shard, AssetShard)
+            else resolve_shard(machine_shard, os.environ).shard
+            if machine_shard is not None
+            else WHOLE
+        )
         self._asset_ids = asset_ids
         self._clock = clock
         self._grace = cancel_grace
@@ -129,6 +144,7 @@ class Prefetcher:
             asset_ids=self._asset_ids,
             shard=self.shard,
             clock=self._clock,
+            machine=self.machine,
         )
         await session.__aenter__()
         session.on_error = self._wake

@@ -44,6 +44,7 @@ from engine.prefetch.order import OrderStore
 from engine.prefetch.split import Shard
 from engine.prefetch.window import DiskBooks
 from engine.settings import Settings
+from engine.sharding import WHOLE, AssetShard
 from engine.state_folder import StateFolder
 from engine.transfer import ProgressEvent
 
@@ -90,12 +91,14 @@ class Session:
         asset_ids: Iterable[str] | None,
         shard: Shard,
         clock: Callable[[], float] = time.time,
+        machine: AssetShard = WHOLE,
     ) -> None:
         if asset_ids is not None and (settings.tags or settings.data_tags):
             raise UsageError("give either asset ids or a tag filter, not both")
         self.settings = settings
         self.options = options
         self.shard = shard
+        self.machine = machine
         self.clock = clock
         self.explicit = asset_ids is not None
         self._asset_ids = asset_ids
@@ -133,7 +136,7 @@ class Session:
         settings = self.settings
         budget = self.options.max_bytes
         # The order first: bad explicit ids are refused before anything is asked or created.
-        self.order = OrderStore()
+        self.order = OrderStore(self.machine)
         stack.callback(self.order.close)
         if self._asset_ids is not None:
             await anyio.to_thread.run_sync(self._stage_ids, self._asset_ids)
@@ -207,6 +210,7 @@ class Session:
             "seed": o.seed,
             "shard": f"{self.shard.index}/{self.shard.count}",
             "equal_shards": o.equal_shards,
+            "machine_shard": str(self.machine),
             "concurrency": s.limits.concurrency,
         }
 
