@@ -107,7 +107,10 @@ async def start_fresh(ctx: Context, partial: Partial, ranged: bool) -> Fresh:
                 if validator.size == _UNBOUNDED:
                     found.append(await _drain(ctx, partial, response, url, validator, backoff))
                     return
-                if validator.size <= options.chunk_size and not partial.exists:
+                # Read whole only if this answer carries the whole object (a chunk_size set
+                # above segment_size leaves objects in between to the segments).
+                whole = not ranged or validator.size <= seg
+                if validator.size <= options.chunk_size and whole and not partial.exists:
                     body = await _read_small(ctx, response, url, validator.size)
                     found.append(Fresh(validator=validator, body=body))
                     return
