@@ -109,6 +109,11 @@ class TransferOptions(_Frozen):
     url_margin: float = Field(30.0, ge=0)
     unknown_url_lifetime: float = Field(300.0, gt=0)
     fsync: bool = True
+    # How a group-commit barrier makes the small files placed since the last one durable
+    # (engine.transfer.durability): "files" (fdatasync each, fsync each folder: bounded by our
+    # own data) or "syncfs" (one syncfs(2) of DEST's file system: fewest syscalls, but it
+    # flushes whatever else is dirty there too). Unused when fsync is off.
+    barrier: Literal["files", "syncfs"] = "files"
     # Bytes. A server announcing a larger object is refused for that object, up front; a body
     # of unannounced length stops (that object fails) when it passes this. 1 TiB: a whole day
     # of 4K video at 100 Mbit/s, far beyond any asset of a vision dataset; object stores

@@ -15,6 +15,14 @@ Flow of one fetch::
     check size → fsync (setting) → rename into place under dest_root (no symlink followed)
     → drop the sidecar
 
+Durability (``transfer.fsync``, on by default) comes two ways. A caller that records files
+only after a barrier says so with ``group_commit=True``: small objects are then written and
+renamed without fsync, and :meth:`Transferer.sync_placed` makes them durable together
+(:mod:`engine.transfer.durability`); their results say ``awaits_barrier``. Otherwise every file
+is durable when :meth:`Transferer.fetch` returns (fsync of the file before its rename, of its
+folder after). Objects above ``chunk_size`` are always synced before their rename: their fsync
+is a small part of their cost, and it happens while their hash is finished.
+
 Every request goes through :meth:`Context.with_retries`: the URL is made valid for
 ``url_margin`` first; a refused URL is refreshed (a freshly obtained one being refused is
 permanent); connection errors, resets, stalls, 5xx and 429 back off exponentially with jitter or
@@ -49,6 +57,7 @@ from engine.settings import TransferOptions
 from engine.signed_urls import SignedUrl
 from engine.transfer.context import Context
 from engine.transfer.disk_room import DiskGuard
+from engine.transfer.durability import PlacedFiles
 from engine.transfer.first import start_fresh
 from engine.transfer.http1 import StorageHttp
 from engine.transfer.partial import Partial, PartialDir, ResumeState, Validator, storage_error
@@ -90,7 +99,11 @@ class ObjectRef:
 @dataclass(frozen=True, slots=True)
 class TransferResult:
     """A file in place. ``bytes_downloaded`` came over the network in this fetch (all
-    attempts); ``bytes_resumed`` were already on disk from an earlier attempt or process."""
+    attempts); ``bytes_resumed`` were already on disk from an earlier attempt or process.
+
+    ``awaits_barrier``: the file is in place but not yet durable: it becomes so when the next
+    :meth:`Transferer.sync_placed` returns, and must not be recorded before (only with
+    ``group_commit=True`` and ``fsync`` on)."""
 
     rel_path: PurePosixPath
     size: int
@@ -105,6 +118,7 @@ class TransferResult:
     resumed: bool
     segmented: bool
     restarts: int = 0
+    awaits_barrier: bool = False
 
 
 class Transferer:
@@ -116,6 +130,11 @@ class Transferer:
     through aiohttp, see :mod:`engine.transfer.http1`). ``state_dir`` holds partial files
     (``state_dir/partial``) and should be on the file system of the destinations so that
     placement is a rename (otherwise it is a copy).
+
+    ``group_commit``: the caller records a file whose result ``awaits_barrier`` only after a
+    later :meth:`sync_placed` returned (see there). Without it, with ``options.fsync`` on,
+    every file is durable when :meth:`fetch` returns, at one fsync of the file and one of its
+    folder each.
     """
 
     def __init__(
@@ -125,6 +144,8 @@ class Transferer:
         state_dir: Path,
         on_progress: Callable[[ProgressEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        group_commit: bool = False,
     ) -> None:
         t = options.timeouts
         self._owns_http = not isinstance(http, StorageHttp)
@@ -157,13 +178,20 @@ class Transferer:
         self._pumps = ThreadSlots(_PUMP_THREADS, "assetsync-pump")
         # Jitter needs randomness, not a fresh generator (seeding one costs) per fetch.
         self._rng = random.Random()
+        # Small objects placed since the last barrier (group commit with fsync on), else None.
+        self._placed = (
+            PlacedFiles(options.barrier, self._io) if group_commit and options.fsync else None
+        )
         self._dests: dict[Path, DestDirs] = {}
         self._last_dest: DestDirs | None = None
 
     def close(self) -> None:
-        """Release the writer threads and the descriptors (idempotent)."""
+        """Release the writer threads and the descriptors (idempotent). Files placed since the
+        last :meth:`sync_placed` stay where they are, not made durable."""
         self._io.shutdown(wait=True)
         self._pumps.shutdown()
+        if self._placed is not None:
+            self._placed.close()
         for dirs in self._dests.values():
             dirs.close()
         self._dests.clear()
@@ -171,6 +199,35 @@ class Transferer:
         self._partial_dir.close()
         if self._owns_http:
             self.http.close()
+
+    async def sync_placed(self) -> int:
+        """The durability barrier of group commit: returns once every file whose
+        :meth:`fetch` returned (with ``awaits_barrier``) before this call is durable — its
+        bytes, its inode and its folder's entry on stable storage — and says how many files
+        this call made so. One worker-thread hop for all of them (``transfer.barrier``:
+        fdatasync of each file and fsync of each folder, or one ``syncfs`` of DEST's file
+        system). Without group commit, or with fsync off, there is nothing to do: returns 0.
+
+        The contract a caller builds on: record (commit a manifest row for) a file whose result
+        ``awaits_barrier`` only after a ``sync_placed()`` called after that ``fetch`` returned
+        has returned. A process killed at any moment then leaves no file recorded without its
+        bytes; a power cut leaves unrecorded files possibly short, which the next run fetches
+        again since nothing vouches for them.
+
+        Barriers run one at a time in the order called; a cancelled one leaves its files to the
+        next. Raises :class:`~engine.errors.LocalStorageError` (or ``DiskFullError``) when
+        the file system reports a write-back error: the files it covered must not be recorded,
+        and every later barrier raises too (the kernel reports such an error once, so no later
+        barrier could vouch for them).
+        """
+        if self._placed is None:
+            return 0
+        return await self._placed.sync()
+
+    @property
+    def awaiting_barrier(self) -> int:
+        """Files placed since the last barrier began, not yet durable."""
+        return self._placed.pending if self._placed is not None else 0
 
     def _dest_dirs(self, dest_root: Path) -> DestDirs:
         last = self._last_dest
@@ -272,14 +329,14 @@ class Transferer:
                     digest = fresh.digest
                     if fresh.body is not None:
                         self._disk.charge(validator.size)
-                        digest = await self._place_small(
+                        digest, pending = await self._place_small(
                             partial, fresh.body, validator.size, dirs, parts
                         )
                         # Read whole and written in one go: its bytes count once they are in place.
                         ctx.emit("start", 0, 0, validator.size)
                         if ctx.emit_bytes is not None and validator.size:
                             ctx.emit_bytes(validator.size, validator.size, validator.size)
-                        return self._result(ctx, validator, digest, rel_path, 0, 1)
+                        return self._result(ctx, validator, digest, rel_path, 0, 1, pending)
                 if job is not None:
                     resumed = job.resumed_bytes
                     ctx.emit("start", 0, resumed, job.size)
@@ -302,7 +359,7 @@ class Transferer:
                 f"{partial.path}: {on_disk} bytes on disk, {validator.size} expected"
             )
         await self._place(partial, dirs, parts, synced=job is not None and job.synced)
-        return self._result(ctx, validator, digest, rel_path, resumed, workers)
+        return self._result(ctx, validator, digest, rel_path, resumed, workers, False)
 
     @staticmethod
     def _result(
@@ -312,6 +369,7 @@ class Transferer:
         rel_path: PurePosixPath,
         resumed: int,
         workers: int,
+        awaits_barrier: bool,
     ) -> TransferResult:
         return TransferResult(
             rel_path=rel_path,
@@ -327,6 +385,7 @@ class Transferer:
             resumed=resumed > 0,
             segmented=workers > 1,
             restarts=ctx.restarts,
+            awaits_barrier=awaits_barrier,
         )
 
     async def _place_small(
@@ -336,17 +395,19 @@ class Transferer:
         size: int,
         dirs: DestDirs,
         parts: tuple[str, ...],
-    ) -> str:
-        """Hash, write and place a small object received whole; returns the SHA-256.
+    ) -> tuple[str, bool]:
+        """Hash, write and place a small object received whole; returns the SHA-256 and
+        whether the file awaits a barrier.
 
         On the event loop, without an ``await`` between creating the file and renaming it: a
         small write to the page cache costs less than a thread hop (85-100 µs against 110-163 µs
         for 64 KiB, and a tenth of the GIL hand-offs, measured for issue 13). Only a file that
-        must be durable on its own (fsync) goes to a worker thread, since an fsync on the loop
-        would hold up every other transfer."""
+        must be durable on its own (fsync without group commit) goes to a worker thread, since
+        an fsync on the loop would hold up every other transfer."""
         dir_fd = partial.dir_fd
         name = partial.name
-        if self.options.fsync:
+        placed = self._placed
+        if placed is None and self.options.fsync:
             walk = dirs.walk(parts)
             try:
                 # The hash too: on the loop, hashlib's release of the GIL would hand it to
@@ -355,7 +416,7 @@ class Transferer:
                     self._io,
                     lambda: write_and_place(dir_fd, name, body, size, dirs, parts, walk),
                 )
-                return digest
+                return digest, False
             finally:
                 walk.close_owned()
         digest = sha256_of(body)
@@ -377,9 +438,12 @@ class Transferer:
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=dir_fd)
             raise
+        if placed is not None:
+            placed.add(fd, walk, parts[-1])  # it closes fd and the walk's own descriptors
+            return digest, True
         os.close(fd)
         walk.close_owned()
-        return digest
+        return digest, False
 
     def _workers(self, job: Job) -> int:
         if not job.ranged or job.size < self.options.segment_threshold:

@@ -22,7 +22,7 @@ the manifest and the partial folder, which are held open the same way.
 
 Durability (``fsync=True``) syncs the file before the rename, and after it the folder and every
 folder in which a subfolder was created, so a crash leaves either the old state or the whole new
-file.
+file. Group commit (:mod:`engine.transfer.durability`) moves those syncs to a barrier instead.
 """
 
 from __future__ import annotations

@@ -18,12 +18,22 @@ pytestmark = pytest.mark.anyio
 
 
 def _transferers(h: Harness) -> list[Transferer]:
-    """Each way a small file is placed: on the event loop (no fsync) and in a worker thread
-    (fsync of each file)."""
-    return [h.transferer(fast_options(fsync=False)), h.transferer(fast_options(fsync=True))]
+    """Each way a small file is placed: on the event loop (no fsync, and group commit) and
+    in a worker thread (fsync of each file)."""
+    return [
+        h.transferer(fast_options(fsync=False)),
+        Transferer(
+            h.session,
+            fast_options(fsync=True),
+            h.state_dir,
+            clock=h.emu.now,
+            group_commit=True,
+        ),
+        h.transferer(fast_options(fsync=True)),
+    ]
 
 
-@pytest.mark.parametrize("way", [0, 1], ids=["loop", "fsync-thread"])
+@pytest.mark.parametrize("way", [0, 1, 2], ids=["loop", "group-commit", "fsync-thread"])
 async def test_a_kept_folder_replaced_by_a_symlink_is_not_followed(
     tmp_path: Path, way: int
 ) -> None:
@@ -47,10 +57,11 @@ async def test_a_kept_folder_replaced_by_a_symlink_is_not_followed(
         with pytest.raises(LocalStorageError, match="symlink"):
             await h.fetch(t, third, rel="sub/deep/c.bin")
         assert os.listdir(h.dest / "elsewhere") == []
+        await t.sync_placed()
         t.close()
 
 
-@pytest.mark.parametrize("way", [0, 1], ids=["loop", "fsync-thread"])
+@pytest.mark.parametrize("way", [0, 1, 2], ids=["loop", "group-commit", "fsync-thread"])
 async def test_a_kept_folder_removed_mid_run_is_made_again(tmp_path: Path, way: int) -> None:
     async with harness(tmp_path) as h:
         t = _transferers(h)[way]
@@ -62,6 +73,7 @@ async def test_a_kept_folder_removed_mid_run_is_made_again(tmp_path: Path, way: 
         h.check(result, second)
         assert os.listdir(h.dest / "sub") == ["b.bin"]
         assert os.listdir(moved) == ["a.bin"]  # nothing followed the old descriptor
+        await t.sync_placed()
         t.close()
 
 
