@@ -39,6 +39,7 @@ a claimed size takes constant memory (:class:`~engine.transfer.ranges.SegmentPla
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -184,6 +185,10 @@ class Transferer:
         )
         self._dests: dict[Path, DestDirs] = {}
         self._last_dest: DestDirs | None = None
+        # The loop every fetch runs on, taken once: asyncio.get_running_loop() costs a getpid.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
 
     def close(self) -> None:
         """Release the writer threads and the descriptors (idempotent). Files placed since the
@@ -260,6 +265,9 @@ class Transferer:
         Raises only :class:`~engine.errors.EngineError` subclasses."""
         parts = check_rel_path(rel_path)
         options = self.options
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         urls = UrlSource(
             url,
             refresh,
@@ -271,6 +279,7 @@ class Transferer:
         ctx = Context(
             asset_id=ref.asset_id,
             data_id=ref.data_id,
+            loop=loop,
             session=self.http,
             options=options,
             read_timeout=self._timeout,
@@ -410,11 +419,12 @@ class Transferer:
         if placed is None and self.options.fsync:
             walk = dirs.walk(parts)
             try:
-                # The hash too: on the loop, hashlib's release of the GIL would hand it to
-                # the writer threads (measured: 21 futex calls a file against 9).
+                # The hash too: here writer threads wait for the GIL, and hashlib on the loop
+                # (which releases it for large updates) would hand it over once more per file.
                 digest = await in_thread(
                     self._io,
                     lambda: write_and_place(dir_fd, name, body, size, dirs, parts, walk),
+                    self._loop,
                 )
                 return digest, False
             finally:
@@ -476,7 +486,7 @@ class Transferer:
                         partial.sync()
                     place(partial.dir_fd, partial.name, dirs, parts, fsync=True, walk=walk)
 
-                await in_thread(self._io, sync_and_place)
+                await in_thread(self._io, sync_and_place, self._loop)
             else:
                 # A few syscalls on page-cache metadata: cheaper than a hop to a thread.
                 place(partial.dir_fd, partial.name, dirs, parts, fsync=False, walk=walk)

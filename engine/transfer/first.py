@@ -16,7 +16,6 @@ fails, permanently for this run); one that does not fit above the disk reserve t
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from engine.signed_urls import SignedUrl, redact
 from engine.transfer.body import slow_body
 from engine.transfer.context import Context
 from engine.transfer.http1 import HttpError, Response
-from engine.transfer.min_rate import TooSlow
+from engine.transfer.min_rate import RateFloor, TooSlow
 from engine.transfer.partial import Partial, Validator
 from engine.transfer.ranges import (
     RangeMismatch,
@@ -206,8 +205,10 @@ async def _read_small(ctx: Context, response: Response, url: SignedUrl, size: in
     content = response.content
     chunks: list[bytes] = []
     remaining = size
-    loop = asyncio.get_running_loop()
-    floor = ctx.rate_floor(loop.time())
+    loop = ctx.loop
+    # Made once a second read is needed (a small body usually comes in one): its windows are
+    # measured between arrivals, so starting at the first one changes nothing.
+    floor: RateFloor | None = None
     try:
         while remaining > 0:
             data = await content.read(remaining)
@@ -218,8 +219,11 @@ async def _read_small(ctx: Context, response: Response, url: SignedUrl, size: in
             chunks.append(data)
             remaining -= len(data)
             ctx.received += len(data)
-            if floor is not None and remaining:
-                floor.feed(len(data), loop.time())
+            if remaining:
+                if floor is None:
+                    floor = ctx.rate_floor(loop.time())
+                if floor is not None:
+                    floor.feed(len(data), loop.time())
     except (HttpError, OSError, TimeoutError) as exc:
         raise translate(exc, url, "body") from None
     except TooSlow as exc:
@@ -266,7 +270,7 @@ async def _drain(
     content = response.content
     limit = ctx.options.max_object_size
     charge = ctx.disk.charge
-    loop = asyncio.get_running_loop()
+    loop = ctx.loop
     floor = ctx.rate_floor(loop.time())
     try:
         while True:
