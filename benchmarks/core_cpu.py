@@ -27,6 +27,8 @@ mode under ``perf stat`` with the kernel's syscall tracepoints (counted without 
 calls, unlike strace), minus a child of the same mode that fetches nothing: syscalls per file
 of the fetches alone.
 
+``--size``: another file size (the default is the suite's ``small`` corpus, 64 KiB).
+
 ``--base DIR``: the same modes (those it supports) also run with the engine of another checkout,
 e.g. ``git archive <commit> | tar -x -C DIR``, alternating with this one's: before and after
 a change, measured under the same load. This script is copied into ``DIR/benchmarks/`` for
@@ -266,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--files", type=int, default=2000, help="N files of 64 KiB (2000)")
+    p.add_argument("--files", type=int, default=2000, help="N files (2000)")
+    p.add_argument("--size", type=int, default=64 * KIB, help="bytes per file (64 KiB)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, alternating modes (3)")
     p.add_argument("--concurrency", type=int, default=32, help="fetches in flight (32)")
     p.add_argument("--batch", type=int, default=256, help="files per barrier (256)")
@@ -291,13 +294,17 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.base / "engine" / "transfer").is_dir():
             p.error(f"--base {args.base}: not a checkout of this project")
         shutil.copyfile(Path(__file__), args.base / "benchmarks" / "core_cpu.py")
-        modes += [f"{m}@base" for m in modes if m in ("nofsync", "fsync")]
+        grouped = (args.base / "engine" / "transfer" / "durability.py").exists()
+        modes += [f"{m}@base" for m in modes if grouped or not m.startswith("group-")]
 
     from engine.emulator.nginx import NginxServer
 
-    corpus = build(
-        CorpusSpec("small", args.files, 64 * KIB, 1, f"{args.files} x 64 KiB"), args.work
-    )
+    # The suite's (and per_file_cpu's) spelling: a corpus is rebuilt when its spec differs.
+    if args.size == 64 * KIB:
+        spec = CorpusSpec("small", args.files, args.size, 1, f"{args.files:,} x 64 KiB")
+    else:
+        spec = CorpusSpec("sized", args.files, args.size, 1, f"{args.files:,} x {args.size:,} B")
+    corpus = build(spec, args.work)
     warm(corpus)
     dest_root = Path(tempfile.mkdtemp(prefix="core-cpu-", dir=args.dest_root or args.work))
     runs = Runs(dest_root)
@@ -305,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     perf: dict[str, dict[str, float]] = {}
     print(f"# core_cpu {time.strftime('%Y-%m-%d %H:%M:%S')}; load average before: {_loadavg()}")
     print(
-        f"# {args.files} x 64 KiB, concurrency {args.concurrency}, batch {args.batch}, "
+        f"# {args.files} x {args.size} B, concurrency {args.concurrency}, batch {args.batch}, "
         f"DEST under {dest_root}"
     )
     try:
