@@ -19,9 +19,9 @@ from engine._version import __version__
 if TYPE_CHECKING:
     from engine.errors import EngineError
     from engine.mirroring import mirror
+    from engine.pipeline.summary import Failure, MirrorSummary
     from engine.prefetch import Prefetcher, PrefetchItem
     from engine.settings import Settings, load_settings
-    from engine.summary import Failure, MirrorSummary
 
 __all__ = [
     "EngineError",
@@ -37,8 +37,8 @@ __all__ = [
 
 _LAZY = {
     "EngineError": "engine.errors",
-    "Failure": "engine.summary",
-    "MirrorSummary": "engine.summary",
+    "Failure": "engine.pipeline.summary",
+    "MirrorSummary": "engine.pipeline.summary",
     "Settings": "engine.settings",
     "load_settings": "engine.settings",
     "mirror": "engine.mirroring",

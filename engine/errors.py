@@ -187,24 +187,44 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
 
 
+def _severity(exc: EngineError) -> int:
+    # Lower explains more. The local disk first: nothing else can go on, and the error it stands
+    # beside is usually the teardown it caused. Then what no retry fixes (a refused token, a
+    # 404, a size that does not match) over what one may: a sibling's connection reset merely
+    # came along. Among retryable errors, "the object changed" first: it must discard the bytes
+    # kept, where a plain retry would resume onto them.
+    if isinstance(exc, LocalStorageError):
+        return 0
+    if not exc.retryable:
+        return 1
+    if isinstance(exc, ObjectChanged):
+        return 2
+    return 3
+
+
 def primary_error(exc: BaseException) -> BaseException:
     """The error an exception group stands for, or ``exc`` itself when it is not a group.
 
     Task groups wrap whatever their tasks raised, nested as deep as the task groups were. The
     caller wants the one error that explains the failure:
 
-    1. the first :class:`EngineError` among the leaves (it carries the exit code, and the other
-       leaves are errors that merely came along as the group was torn down);
+    1. the :class:`EngineError` among the leaves that explains most (it carries the exit code,
+       and the other leaves are errors that merely came along as the group was torn down): a
+       local storage error, else one no retry fixes, else an :class:`ObjectChanged`, else any;
+       the first of its kind in the group's order;
     2. else, if a leaf is not an :class:`Exception` (a cancellation, ``KeyboardInterrupt``,
-       ``SystemExit``), the group unchanged: those must propagate as they are;
+       ``SystemExit``, a generator's ``GeneratorExit``), the group unchanged, or that leaf when
+       it is the only one: those must propagate as they are;
     3. else the first leaf: a bug, which surfaces as itself with its own traceback.
     """
     if not isinstance(exc, BaseExceptionGroup):
         return exc
     leaves = _leaves(exc)
-    for leaf in leaves:
-        if isinstance(leaf, EngineError):
-            return leaf
-    if not leaves or any(not isinstance(leaf, Exception) for leaf in leaves):
+    ours = [leaf for leaf in leaves if isinstance(leaf, EngineError)]
+    if ours:
+        return min(ours, key=_severity)  # min keeps the first of equal severity
+    if not leaves:
         return exc
+    if any(not isinstance(leaf, Exception) for leaf in leaves):
+        return leaves[0] if len(leaves) == 1 else exc
     return leaves[0]

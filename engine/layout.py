@@ -30,7 +30,7 @@ component take the variant instead. "First" is decided by the manifest: :func:`a
 resolves one listing page at a time against a lookup of the paths the manifest already records
 (plus the page's own earlier claims), and keeps an asset's recorded path as long as it is still
 a form of its candidate, so paths are stable from one run to the next and the scheduler never
-holds more than a page. Keys are :func:`engine.manifest.digests.path_key` (canonical caseless).
+holds more than a page. Keys are :func:`engine.digests.path_key` (canonical caseless).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
 
-from engine.manifest.digests import path_key
+from engine.digests import path_key
+from engine.state_folder import STATE_DIR
 
 __all__ = [
     "MAX_COMPONENT_BYTES",
@@ -61,7 +62,6 @@ __all__ = [
     "variant",
 ]
 
-STATE_DIR = ".assetsync"
 MAX_COMPONENT_BYTES = 255
 MAX_DEPTH = 32
 MAX_PATH_BYTES = 1024

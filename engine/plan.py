@@ -1,10 +1,14 @@
 """Pure planning: what to do with each listed asset, and whether a run may delete.
 
-No I/O and no async here. The scheduler gathers the facts (the listed asset, its manifest row, what
-``stat`` said about the local file, digests of the tags and annotations it fetched) and asks
-:func:`decide`; after a complete listing it asks :func:`deletion_verdict`. Keeping the decisions
-pure lets them be tested exhaustively (see ``tests/test_plan.py``), the way rclone keeps
-``NeedTransfer`` apart from the transfer machinery.
+No I/O and no async here. The pipeline's planner (:mod:`engine.pipeline.planning`) gathers the
+facts (the listed asset, its manifest row, what ``lstat`` said about the local file, digests of
+the tags and annotations it fetched) and asks :func:`decide`: once when the page is listed (no
+metadata yet: download or not), and again for the files it keeps once their tags and
+annotations are in (update the metadata or skip). The prefetcher asks it too, of a file another
+process may have put in place. After a complete listing the mirror asks
+:func:`deletion_verdict`. Keeping the decisions pure lets them be tested exhaustively (see
+``tests/test_plan.py``), the way rclone keeps ``NeedTransfer`` apart from the transfer
+machinery.
 """
 
 from __future__ import annotations
@@ -18,10 +22,8 @@ __all__ = [
     "DeletionVerdict",
     "LocalFile",
     "StoredAsset",
-    "content_decision",
     "decide",
     "deletion_verdict",
-    "metadata_changed",
 ]
 
 
@@ -59,7 +61,7 @@ class Decision:
     metadata_changed: bool
 
 
-def content_decision(
+def _content_reason(
     *, data_id: str, object_name: str, stored: StoredAsset | None, local: LocalFile | None
 ) -> str | None:
     """Why this asset's file must be downloaded, or ``None`` when the file on disk is current.
@@ -83,7 +85,7 @@ def content_decision(
     return None
 
 
-def metadata_changed(
+def _metadata_changed(
     stored: StoredAsset | None, tags_digest: str | None, annotations_digest: str | None
 ) -> bool:
     """Whether the tags or annotations differ from what the manifest holds (a ``None`` digest:
@@ -104,9 +106,11 @@ def decide(
     tags_digest: str | None,
     annotations_digest: str | None,
 ) -> Decision:
-    """Decide one asset: :func:`content_decision`, then :func:`metadata_changed`."""
-    changed = metadata_changed(stored, tags_digest, annotations_digest)
-    reason = content_decision(data_id=data_id, object_name=object_name, stored=stored, local=local)
+    """Decide one asset: download its file (``reason`` says why), else update its metadata if a
+    digest given differs from the stored one, else skip it. A ``None`` digest: not known (yet),
+    not compared; with both ``None`` the answer is only whether the file must be downloaded."""
+    changed = _metadata_changed(stored, tags_digest, annotations_digest)
+    reason = _content_reason(data_id=data_id, object_name=object_name, stored=stored, local=local)
     if reason is not None:
         return Decision(Action.DOWNLOAD, reason, changed)
     if changed:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from engine.errors import NotFoundError, UsageError
-from engine.metadata import DATALAKE_CANDIDATES, datalake_of
+from engine.pipeline.metadata import DATALAKE_CANDIDATES, datalake_of
 from engine.platform import PlatformClient, models
 from engine.signed_urls import redact
 

@@ -18,6 +18,14 @@ A URL of another style, or one whose expiry cannot be read, is treated as valid 
 lifetime from when it was obtained: guessing short is safe (an early refresh costs one API call),
 guessing long is not (a request fails and is retried).
 
+Freshness, the one rule (:func:`usable`): a URL is used for a request about to start while the
+life it has left is at least ``min(margin, LIFE_SHARE x its lifetime)``, its lifetime being what
+it had left when it was obtained. A one-hour URL is refreshed once it has less than the margin
+(30 s by default) left, as always; a URL the platform signs for 10 s is used for its first 5 s
+instead of being "stale" from the moment it arrives (which made the prefetcher re-sign its queue
+before every download: 159 signings per asset at 10 s). The mirror's batches, the prefetcher's
+and each request of the transfer core all ask this one function.
+
 :func:`redact` keeps only the query values known to be harmless (dates, lifetimes, algorithm
 names, Azure's permission fields); every other value — signatures, credentials, session tokens
 and anything this module does not know — is replaced. Unknown parameters are redacted rather than
@@ -33,18 +41,26 @@ from typing import Literal
 from urllib.parse import parse_qsl, quote, urlsplit
 
 __all__ = [
+    "LIFE_SHARE",
     "REDACTED",
     "SignedUrl",
     "Style",
     "expires_at",
+    "needed_life",
     "redact",
     "scrub",
     "style_of",
+    "usable",
 ]
 
 Style = Literal["s3", "gcs", "azure", "nginx", "unknown"]
 
 REDACTED = "REDACTED"
+
+# The share of a URL's lifetime it must still have for a request to start with it (capped by the
+# margin). A half: a URL is used until it has aged as long as it has left, so the reserve kept
+# against clock skew and the request's own latency is never smaller than the time it was held.
+LIFE_SHARE = 0.5
 
 # S3 SigV4 and GCS V4 grant at most 7 days; a lifetime beyond ten years is garbage, not a promise.
 _MAX_LIFETIME = 10 * 365 * 86400
@@ -246,6 +262,11 @@ class SignedUrl:
         """Seconds left before expiry at ``now`` (negative once expired)."""
         return self.expires_at - now
 
+    @property
+    def lifetime(self) -> float:
+        """The life it had left when it was obtained (seconds)."""
+        return self.expires_at - self.obtained_at
+
     @classmethod
     def parse(cls, url: str, obtained_at: float, unknown_lifetime: float) -> SignedUrl:
         when = expires_at(url, obtained_at=obtained_at, unknown_lifetime=unknown_lifetime)
@@ -262,3 +283,14 @@ class SignedUrl:
         )
 
     __str__ = __repr__
+
+
+def needed_life(lifetime: float, margin: float) -> float:
+    """The life a URL of this ``lifetime`` must have left for a request to start with it."""
+    return min(margin, LIFE_SHARE * lifetime)
+
+
+def usable(url: SignedUrl, now: float, margin: float) -> bool:
+    """Whether a request may start with ``url`` at ``now``: it has at least
+    ``min(margin, LIFE_SHARE * url.lifetime)`` seconds left (see the module docstring)."""
+    return url.valid_for(now) >= needed_life(url.lifetime, margin)

@@ -20,8 +20,8 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from engine.lock import DestLock
 from engine.manifest import AssetRow, AssetState, Manifest
+from engine.pipeline.lock import DestLock
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 

@@ -7,7 +7,16 @@ import asyncio
 import anyio
 import pytest
 
-from engine.errors import AuthError, LockHeldError, UsageError, primary_error
+from engine.errors import (
+    AuthError,
+    DiskFullError,
+    LockHeldError,
+    ObjectChanged,
+    PermanentTransferError,
+    TransientTransferError,
+    UsageError,
+    primary_error,
+)
 
 
 def test_not_a_group_is_itself() -> None:
@@ -51,3 +60,25 @@ async def test_what_a_task_group_raises() -> None:
         await nested()
     error = primary_error(info.value)
     assert isinstance(error, UsageError) and str(error) == "from a task"
+
+
+def test_what_explains_the_failure_wins_over_what_came_along() -> None:
+    """One ranking for every task group (it was the segment downloader's own): the local disk,
+    then what no retry fixes, then a changed object, then a transient error."""
+    reset = TransientTransferError("reset")
+    changed = ObjectChanged("changed")
+    gone = PermanentTransferError("404")
+    full = DiskFullError("ENOSPC")
+    assert primary_error(ExceptionGroup("g", [reset, changed])) is changed
+    assert primary_error(ExceptionGroup("g", [reset, changed, gone])) is gone
+    assert primary_error(ExceptionGroup("g", [reset, ExceptionGroup("h", [gone, full])])) is full
+    # Of two that explain as much, the first.
+    auth, held = AuthError("refused"), LockHeldError("held")
+    assert primary_error(ExceptionGroup("g", [reset, auth, held])) is auth
+
+
+def test_a_lone_interrupt_or_generator_exit_is_itself() -> None:
+    """A group holding nothing but one BaseException stands for it (a generator closed inside
+    a task group's exit must see its GeneratorExit, not a group)."""
+    for leaf in (KeyboardInterrupt(), GeneratorExit()):
+        assert primary_error(BaseExceptionGroup("g", [leaf])) is leaf

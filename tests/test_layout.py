@@ -11,6 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from engine.digests import path_key
 from engine.layout import (
     MAX_COMPONENT_BYTES,
     MAX_DEPTH,
@@ -24,7 +25,6 @@ from engine.layout import (
     short_id,
     variant,
 )
-from engine.manifest.digests import path_key
 
 AID = "0190c8a5-1234-7abc-8def-0123456789ab"
 BID = "0190c8a5-1234-7abc-8def-fedcba987654"

@@ -1,4 +1,4 @@
-"""engine.lock: real processes contending for DEST/.assetsync/lock."""
+"""engine.pipeline.lock: real processes contending for DEST/.assetsync/lock."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from engine.errors import LockHeldError, UsageError
-from engine.lock import DestLock, LockInfo, read_holder
+from engine.pipeline.lock import DestLock, LockInfo, read_holder
 
 HOLDER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
     from engine.errors import EngineError
-    from engine.lock import DestLock
+    from engine.pipeline.lock import DestLock
     try:
         lock = DestLock(Path(sys.argv[1]), stale_after=float(sys.argv[2]))
         lock.acquire()

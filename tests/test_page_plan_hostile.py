@@ -13,16 +13,17 @@ import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.digests import annotations_digest
 from engine.errors import PlatformError
-from engine.jobs import Outcome, update_for_outcome
 from engine.manifest import Manifest
-from engine.manifest.digests import annotations_digest
-from engine.manifest_access import BatchWriter, ManifestAccess, WriteItem
-from engine.metadata import PageAnnotations, group_annotations
-from engine.page_plan import PagePlanner
+from engine.pipeline.commit import Ledger
+from engine.pipeline.jobs import Outcome
+from engine.pipeline.metadata import PageAnnotations, group_annotations
+from engine.pipeline.planning import PagePlanner
+from engine.pipeline.summary import LiveCounters
+from engine.pipeline.writer import ManifestAccess, ManifestWriter
 from engine.platform.client import parse_answer
 from engine.platform.per_item import annotation_answer, asset_page
-from engine.summary import LiveCounters
 from engine.transfer import TransferResult
 from tests.hostile.payloads import annotation_lists, encode, listing_pages
 
@@ -72,7 +73,9 @@ def test_parsed_pages_plan_settle_and_commit(
         tags_known = data.draw(st.booleans())
         staged = data.draw(_staged)
         oks = data.draw(st.lists(st.booleans(), min_size=len(page.items), max_size=len(page.items)))
-        plans.append((raw, tags_known, staged, oks))
+        # How many downloads end before the page's metadata is in (the rest end after).
+        early = data.draw(st.integers(0, len(page.items)))
+        plans.append((raw, tags_known, staged, oks, early))
 
     async def main(dest: Path) -> None:
         manifest = Manifest.open(dest)
@@ -89,56 +92,81 @@ def test_parsed_pages_plan_settle_and_commit(
                 counters=counters,
                 once_per_run=True,
             )
-            writer = BatchWriter(db, run_id, on_committed=planner.in_flight.release)
-            listed: set[str] = set()
-            planned: set[str] = set()
-            for page, (raw, tags_known, staged, oks) in zip(parsed, plans, strict=True):
-                content = await planner.plan_content(
-                    page.items, rejected=page.rejected, in_flight=listed
-                )
-                # An asset is planned at most once in a run, whatever the listing repeats.
-                assert not planned & set(content.order)
-                assert len(content.order) == len(set(content.order))
-                planned.update(content.order)
-                listed.update(content.order)
-                try:
-                    answer = parse_answer(annotation_answer, raw, "XGET /annotations")
-                except PlatformError as exc:
-                    annotations = PageAnnotations(
-                        {a: [] for a in content.order}, dict.fromkeys(content.order, str(exc))
-                    )
-                else:
-                    annotations = group_annotations(content.order, answer)
-                for asset_annotations in annotations.by_asset.values():
-                    assert annotations_digest(asset_annotations) == annotations_digest(
-                        list(reversed(asset_annotations))
-                    )
-                tags = None
-                if tags_known:
-                    tags = {
-                        asset_id: (tuple(staged[i][0]), tuple(staged[i][1]))
-                        for i, asset_id in enumerate(content.order)
-                        if i in staged
-                    }
-                settled = planner.settle(
-                    content, tags, annotations.by_asset, annotations.unreadable
-                )
-                items: list[WriteItem] = [*settled.updates]
-                if settled.seen:
-                    items.append(list(settled.seen))
-                for job, ok in zip(content.jobs, oks, strict=False):
-                    result = _result(job.rel_path, job.asset.id) if ok else None
-                    items.append(update_for_outcome(Outcome(job, result, None if ok else "x")))
-                await writer.commit(items)
-                listed.difference_update(content.order)
-                for job, ok in zip(content.jobs, oks, strict=False):
-                    row = manifest.row(job.asset.id)
-                    assert row is not None
-                    assert row.last_seen_run == run_id
-                    assert row.state == ("ok" if ok else "failed")
+            writer = ManifestWriter(db, run_id, on_committed=planner.in_flight.release)
+            ledger = Ledger(planner, writer, dry_run=False)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer.run)
+                await pages_through(planner, ledger, writer, manifest, run_id)
+                writer.close()
             assert manifest.check() == []
         finally:
             manifest.close()
+
+    async def pages_through(
+        planner: PagePlanner,
+        ledger: Ledger,
+        writer: ManifestWriter,
+        manifest: Manifest,
+        run_id: int,
+    ) -> None:
+        listed: set[str] = set()
+        planned: set[str] = set()
+        for page, (raw, tags_known, staged, oks, early) in zip(parsed, plans, strict=True):
+            content = await planner.plan_content(
+                page.items, rejected=page.rejected, in_flight=listed
+            )
+            # An asset is planned at most once in a run, whatever the listing repeats.
+            assert not planned & set(content.order)
+            assert len(content.order) == len(set(content.order))
+            planned.update(content.order)
+            listed.update(content.order)
+            try:
+                answer = parse_answer(annotation_answer, raw, "XGET /annotations")
+            except PlatformError as exc:
+                annotations = PageAnnotations(
+                    {a: [] for a in content.order}, dict.fromkeys(content.order, str(exc))
+                )
+            else:
+                annotations = group_annotations(content.order, answer)
+            for asset_annotations in annotations.by_asset.values():
+                assert annotations_digest(asset_annotations) == annotations_digest(
+                    list(reversed(asset_annotations))
+                )
+            tags = None
+            if tags_known:
+                tags = {
+                    asset_id: (tuple(staged[i][0]), tuple(staged[i][1]))
+                    for i, asset_id in enumerate(content.order)
+                    if i in staged
+                }
+            # The production commit rule: some downloads end before the metadata, the
+            # rest after; a file in place is recorded at once either way.
+            state = ledger.open(content)
+            outcomes = [
+                Outcome(
+                    job,
+                    _result(job.rel_path, job.asset.id) if ok else None,
+                    None if ok else "x",
+                )
+                for job, ok in zip(content.jobs, oks, strict=False)
+            ]
+            for outcome in outcomes[:early]:
+                ledger.finished(outcome)
+            await writer.flush()
+            for outcome in outcomes[:early]:
+                row = manifest.row(outcome.job.asset.id)
+                assert (row is not None and row.state == "ok") == (outcome.result is not None)
+            ledger.settle(state, tags, annotations.by_asset, annotations.unreadable)
+            for outcome in outcomes[early:]:
+                ledger.finished(outcome)
+            await writer.flush()
+            assert state.complete or len(outcomes) < len(content.jobs)
+            listed.difference_update(content.order)
+            for job, ok in zip(content.jobs, oks, strict=False):
+                row = manifest.row(job.asset.id)
+                assert row is not None
+                assert row.last_seen_run == run_id
+                assert row.state == ("ok" if ok else "failed")
 
     with tempfile.TemporaryDirectory() as tmp:
         anyio.run(main, Path(tmp) / "dest")

@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 
 from engine.emulator.nginx import secure_link_url
 from engine.emulator.signing import Signer
-from engine.signed_urls import REDACTED, SignedUrl, expires_at, redact, scrub, style_of
+from engine.signed_urls import (
+    LIFE_SHARE,
+    REDACTED,
+    SignedUrl,
+    expires_at,
+    redact,
+    scrub,
+    style_of,
+    usable,
+)
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 EPOCH0 = T0.timestamp()
@@ -249,3 +258,62 @@ def test_signed_url_repr_is_redacted_and_valid_for_counts_down() -> None:
 def test_redact_keeps_a_plain_url() -> None:
     assert redact("https://h/a/b.jpg") == "https://h/a/b.jpg"
     assert redact("https://h/a b.jpg") == "https://h/a b.jpg"
+
+
+# -- the one freshness rule ---------------------------------------------------------------------
+
+_times = st.floats(min_value=0, max_value=1e9, allow_nan=False)
+_lifetimes = st.floats(min_value=1e-3, max_value=7 * 86400.0, allow_nan=False)
+_margins = st.floats(min_value=0, max_value=3600.0, allow_nan=False)
+_ages = st.floats(min_value=0, max_value=8 * 86400.0, allow_nan=False)
+
+
+def _url(obtained: float, lifetime: float) -> SignedUrl:
+    return SignedUrl("https://s/o?X-Amz-Signature=x", obtained, obtained + lifetime)
+
+
+@given(_times, _lifetimes, _margins)
+def test_a_url_just_obtained_is_usable_however_short_lived(
+    obtained: float, lifetime: float, margin: float
+) -> None:
+    assert usable(_url(obtained, lifetime), obtained, margin)
+
+
+@given(_times, _lifetimes, _margins, _ages)
+def test_a_long_lived_url_is_usable_while_it_has_the_margin_left(
+    obtained: float, lifetime: float, margin: float, age: float
+) -> None:
+    assume(lifetime >= margin / LIFE_SHARE)
+    url = _url(obtained, lifetime)
+    now = obtained + age
+    assert usable(url, now, margin) == (url.valid_for(now) >= margin)
+
+
+@given(_times, st.floats(0.001, 0.999), st.floats(0.01, 3600.0), _ages)
+def test_a_short_lived_url_is_usable_for_its_share_of_its_life(
+    obtained: float, short: float, margin: float, age: float
+) -> None:
+    lifetime = short * margin / LIFE_SHARE  # shorter than the margin asks for
+    url = _url(obtained, lifetime)
+    now = obtained + age
+    assert usable(url, now, margin) == (url.valid_for(now) >= LIFE_SHARE * lifetime)
+
+
+@given(_times, _lifetimes, _margins, _ages, _ages)
+def test_time_only_makes_a_url_less_usable(
+    obtained: float, lifetime: float, margin: float, age: float, later: float
+) -> None:
+    url = _url(obtained, lifetime)
+    if usable(url, obtained + age + later, margin):
+        assert usable(url, obtained + age, margin)
+
+
+@given(_times, _lifetimes, _margins, _ages)
+def test_a_usable_url_never_has_less_than_its_reserve_left(
+    obtained: float, lifetime: float, margin: float, age: float
+) -> None:
+    url = _url(obtained, lifetime)
+    now = obtained + age
+    if usable(url, now, margin):
+        assert url.valid_for(now) >= min(margin, LIFE_SHARE * lifetime) >= 0
+        assert margin == 0 or url.valid_for(now) > 0

@@ -19,9 +19,9 @@ from engine.cli.invocation import command_prefix
 from engine.cli.mirror_cmd import run_mirror
 from engine.cli.output import print_summary
 from engine.emulator import Emulator
+from engine.pipeline.summary import MirrorSummary
 from engine.safe_text import printable
 from engine.settings import Settings, load_settings
-from engine.summary import MirrorSummary
 
 __all__ = ["demo_command"]
 

@@ -14,10 +14,10 @@ from engine.cli.common import EXIT_CODES_HELP, run_async, setup_logging
 from engine.cli.output import print_plan_line, print_summary
 from engine.cli.progress import make_progress
 from engine.errors import primary_error
-from engine.jobs import PlannedAction
 from engine.mirroring import mirror
+from engine.pipeline.jobs import PlannedAction
+from engine.pipeline.summary import LiveCounters, MirrorSummary
 from engine.settings import Settings, load_settings
-from engine.summary import LiveCounters, MirrorSummary
 
 __all__ = ["mirror_command", "run_mirror"]
 

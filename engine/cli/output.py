@@ -9,9 +9,9 @@ from __future__ import annotations
 import click
 
 from engine.cli.progress import format_bytes
-from engine.jobs import PlannedAction
+from engine.pipeline.jobs import PlannedAction
+from engine.pipeline.summary import MirrorSummary
 from engine.safe_text import printable, safe_message
-from engine.summary import MirrorSummary
 
 __all__ = ["print_plan_line", "print_summary", "summary_lines"]
 
@@ -47,6 +47,7 @@ def summary_lines(summary: MirrorSummary, *, quiet: bool = False) -> list[str]:
         lines.append(f"  deletions: {safe_message(s.deletion_note)}")
     if s.error:
         lines.append(f"  error: {safe_message(s.error)}")
+    lines += [f"  warning: {safe_message(warning)}" for warning in s.warnings]
     for failure in s.failures:
         lines.append(
             f'  failed: {printable(failure.asset_id)} "{printable(failure.filename)}": '
@@ -54,7 +55,7 @@ def summary_lines(summary: MirrorSummary, *, quiet: bool = False) -> list[str]:
         )
     if s.failed > len(s.failures):
         lines.append(f"  ... and {s.failed - len(s.failures)} more failures")
-    if quiet and s.outcome == "ok":
+    if quiet and s.outcome == "ok" and not s.warnings:
         lines = lines[:1]
     return lines
 

@@ -1,7 +1,8 @@
 """What a user sees while a run goes: a rich progress bar on a terminal, log lines otherwise.
 
-Both read :class:`~engine.summary.LiveCounters` on their own clock (a few times a second for the
-bar, every ``interval`` seconds for cron logs); the pipeline never waits for the display.
+Both read :class:`~engine.pipeline.summary.LiveCounters` on their own clock (a few times a
+second for the bar, every ``interval`` seconds for cron logs); the pipeline never waits for
+the display.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
-from engine.summary import LiveCounters
+from engine.pipeline.summary import LiveCounters
 
 if TYPE_CHECKING:
     from rich.console import Console

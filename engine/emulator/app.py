@@ -68,6 +68,7 @@ class Context:
     def presign(self, record: AssetRecord) -> str:
         """A fresh signed URL for the record's object, valid for the current URL TTL."""
         now = self.now()
+        self.counters.signed()
         if self.external is not None:
             # Imported here: the nginx runner's module needs POSIX-only modules (pwd, grp).
             from engine.emulator.nginx import secure_link_url

@@ -5,7 +5,9 @@ its answer (401, injected faults and expired URLs included). ``storage_bytes`` c
 handed to the transport, so a dropped connection counts what was sent before the drop.
 ``storage_statuses`` counts storage answers by status code (200, 206, 416, 403, injected
 faults...), so a test can tell which path a client took: a resume whose ``If-Range`` no longer
-matched shows up as a 200 among the 206s.
+matched shows up as a 200 among the 206s. ``url_signings`` counts the signed storage URLs the
+API handed out (in listings, ``XGET`` answers and presigned-url answers): what a client's URL
+freshness costs the platform.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Counters:
         self._bytes: Counter[str] = Counter()
         self._storage_bytes = 0
         self._statuses: Counter[int] = Counter()
+        self._signings = 0
 
     def hit(self, kind: str) -> None:
         self._requests[kind] = self._requests.get(kind, 0) + 1
@@ -53,6 +56,10 @@ class Counters:
     def answered(self, status: int) -> None:
         """Storage answered ``status`` (counted when the status is decided)."""
         self._statuses[status] += 1
+
+    def signed(self) -> None:
+        """The API signed one storage URL."""
+        self._signings += 1
 
     def add_storage_bytes(self, data_id: str, count: int) -> None:
         self._storage_bytes += count
@@ -74,6 +81,10 @@ class Counters:
     def storage_bytes(self) -> int:
         return self._storage_bytes
 
+    @property
+    def url_signings(self) -> int:
+        return self._signings
+
     def storage_bytes_for(self, data_id: str) -> int:
         return self._bytes.get(data_id, 0)
 
@@ -87,6 +98,7 @@ class Counters:
         self._bytes.clear()
         self._storage_bytes = 0
         self._statuses.clear()
+        self._signings = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -94,5 +106,6 @@ class Counters:
             "api_requests": self.api_requests,
             "storage_requests": self.storage_requests,
             "storage_bytes": self._storage_bytes,
+            "url_signings": self._signings,
             "storage_statuses": {str(code): n for code, n in sorted(self._statuses.items())},
         }

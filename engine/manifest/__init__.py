@@ -10,13 +10,13 @@
         m.apply(updates, run_id)                # one transaction per batch
         m.finish_run(run_id, "ok", counts)
 
-:mod:`engine.manifest.digests` holds the pure digest and path-key functions the planner and the
+:mod:`engine.digests` holds the pure digest and path-key functions the planner and the
 layout must share with the store.
 """
 
 from __future__ import annotations
 
-from engine.manifest.digests import annotations_digest, canonical_json, path_key, tags_digest
+from engine.digests import annotations_digest, canonical_json, path_key, tags_digest
 from engine.manifest.records import (
     STATES,
     ApplyResult,
@@ -28,11 +28,9 @@ from engine.manifest.records import (
     RunRecord,
 )
 from engine.manifest.schema import MIGRATIONS, Migration
-from engine.manifest.store import MANIFEST_DIR, MANIFEST_NAME, Manifest
+from engine.manifest.store import Manifest
 
 __all__ = [
-    "MANIFEST_DIR",
-    "MANIFEST_NAME",
     "MIGRATIONS",
     "STATES",
     "ApplyResult",

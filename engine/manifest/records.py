@@ -87,7 +87,7 @@ class AssetUpdate:
 class AssetRow:
     """What the manifest remembers of one asset (the planner's and verify's input).
 
-    ``tags_digest`` / ``annotations_digest`` are those of :mod:`engine.manifest.digests`, or
+    ``tags_digest`` / ``annotations_digest`` are those of :mod:`engine.digests`, or
     ``None`` when never recorded. ``last_seen_run`` is the last run whose listing contained it.
     """
 

@@ -26,10 +26,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from engine.digests import path_key
 from engine.errors import ManifestError
 from engine.manifest import export as _export
 from engine.manifest.db import InLists, connect, set_pragmas, translate
-from engine.manifest.digests import path_key
 from engine.manifest.jsontext import dump_json
 from engine.manifest.records import (
     STATES,
@@ -51,11 +51,10 @@ from engine.manifest.schema import (
     migrate,
 )
 from engine.manifest.writes import apply_batch
+from engine.state_folder import StateFolder
 
-__all__ = ["MANIFEST_DIR", "MANIFEST_NAME", "Manifest"]
+__all__ = ["Manifest"]
 
-MANIFEST_DIR = ".assetsync"
-MANIFEST_NAME = "manifest.sqlite"
 # Only these constant column lists and conditions are ever interpolated into SQL.
 _ROW_COLUMNS = ", ".join(f.name for f in fields(AssetRow))
 _ROWS = f"SELECT {_ROW_COLUMNS} FROM assets"  # noqa: S608
@@ -157,7 +156,7 @@ class Manifest:
         ``migrations`` exists for tests and is the schema's full history otherwise.
         """
         dest = Path(dest)
-        path = dest / MANIFEST_DIR / MANIFEST_NAME
+        path = StateFolder(dest).manifest
         mode: Literal["rwc", "rw", "ro"] = "ro" if read_only else ("rwc" if create else "rw")
         conn = connect(dest, path, mode=mode, busy_timeout=busy_timeout)
         try:
@@ -390,7 +389,7 @@ class Manifest:
     def path_owners(self, paths: Sequence[str]) -> dict[str, str]:
         """``path -> asset_id`` for the given paths (or path keys) that an asset already holds.
 
-        Matching is by :func:`~engine.manifest.digests.path_key`, so ``A.jpg`` finds the owner
+        Matching is by :func:`~engine.digests.path_key`, so ``A.jpg`` finds the owner
         of ``a.jpg``; the answer is keyed by the strings as given.
         """
         by_key: dict[str, list[str]] = {}

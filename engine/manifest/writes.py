@@ -11,8 +11,8 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from engine.digests import annotations_digest, path_key, tags_digest
 from engine.manifest.db import InLists
-from engine.manifest.digests import annotations_digest, path_key, tags_digest
 from engine.manifest.jsontext import dump_json
 from engine.manifest.records import ApplyResult, AssetUpdate
 from engine.manifest.shapes import shapes_of

@@ -36,7 +36,7 @@ import aiohttp
 import anyio
 from pydantic import SecretStr, ValidationError
 
-from engine.errors import AnswerTooLarge, EngineError, PlatformError, UsageError
+from engine.errors import AnswerTooLarge, PlatformError, UsageError, primary_error
 from engine.platform import models
 from engine.platform.http import ApiTransport, Params
 from engine.platform.paging import read_ahead
@@ -115,23 +115,6 @@ def _query_chunks(ids: Sequence[str], key: str, per_request: int, budget: int) -
     return out
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-    return out
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to raise for a failed batch: an EngineError if any (callers handle those),
-    else the first real one. Task groups wrap errors in groups; our callers want one error."""
-    leaves = _leaves(group)
-    for exc in leaves:
-        if isinstance(exc, EngineError):
-            return exc
-    return leaves[0] if leaves else group
-
-
 async def _gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
     """Run the calls a few at a time; results in call order; the first error wins."""
     if len(calls) == 1:
@@ -148,7 +131,7 @@ async def _gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
             for index in range(len(calls)):
                 tg.start_soon(run, index)
     except BaseExceptionGroup as group:
-        raise _first_error(group) from None
+        raise primary_error(group) from None
     return [results[i] for i in range(len(calls))]
 
 

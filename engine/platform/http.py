@@ -1,4 +1,6 @@
-"""One API request with retries: status mapping, backoff with full jitter, ``Retry-After``.
+"""One API request with retries: status mapping, backoff and ``Retry-After``.
+
+How long to wait is :mod:`engine.backoff`'s rule, shared with the transfer core.
 
 Every aiohttp exception is translated here (the httpx ``map_httpcore_exceptions`` shape), so
 nothing from aiohttp escapes ``engine.platform``:
@@ -23,7 +25,6 @@ from anything the server echoes back.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import random
@@ -36,6 +37,7 @@ import aiohttp
 import anyio
 from pydantic import SecretStr
 
+from engine.backoff import parse_retry_after, retry_delay
 from engine.errors import (
     AnswerTooLarge,
     ApiUnavailable,
@@ -47,7 +49,7 @@ from engine.errors import (
 )
 from engine.settings import RetryPolicy, Timeouts
 
-__all__ = ["ERROR_BODY_LIMIT", "ApiTransport", "Params", "parse_retry_after"]
+__all__ = ["ERROR_BODY_LIMIT", "ApiTransport", "Params"]
 
 log = logging.getLogger("engine.platform")
 
@@ -59,24 +61,6 @@ _MESSAGE_LIMIT = 300
 ERROR_BODY_LIMIT = 64 * 1024
 _READ_PIECE = 256 * 1024
 _SPACES = re.compile(r"\s+")
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds or seconds == float("inf"):  # NaN, inf: a broken header
-        return None
-    return max(0.0, seconds)
 
 
 def _one_line(text: str) -> str:
@@ -141,14 +125,8 @@ class ApiTransport:
         return text.replace(self._secret, "***") if self._secret else text
 
     def backoff(self, failures: int, retry_after: float | None) -> float:
-        """Full jitter (AWS's "exponential backoff and jitter"), never less than the server's
-        ``Retry-After`` (itself capped by ``max_retry_after``)."""
-        policy = self._retry
-        ceiling = min(policy.max_delay, policy.base_delay * (2 ** (failures - 1)))
-        delay = self._rng.uniform(0.0, ceiling)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, policy.max_retry_after))
-        return delay
+        """The one backoff rule (:mod:`engine.backoff`)."""
+        return retry_delay(self._retry, failures, self._rng, retry_after)
 
     async def request(
         self,
@@ -249,7 +227,7 @@ class ApiTransport:
         if status == 404:
             return NotFoundError(text, status=status)
         if status in _RETRY_STATUSES or (status >= 500 and status != 501):
-            retry_after = parse_retry_after(headers.get("Retry-After"))
+            retry_after = parse_retry_after(headers.get("Retry-After"), time.time())
             return ApiUnavailable(text, status=status, retry_after=retry_after)
         return PlatformError(text, status=status)
 

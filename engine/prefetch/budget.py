@@ -14,10 +14,10 @@ from itertools import islice
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from engine.deletion import remove_file
 from engine.manifest import AssetRow
+from engine.pipeline.dest_files import remove_file
+from engine.pipeline.writer import Evicted
 from engine.prefetch.window import Start
-from engine.prefetch.writer import Evicted
 
 if TYPE_CHECKING:
     from engine.prefetch.session import Session

@@ -1,31 +1,34 @@
-"""One epoch of a prefetcher: plan chunks, fetch in priority order, hand items out.
+"""One epoch of a prefetcher: the pipeline in the consumer's order.
 
 ::
 
     EpochSource ─chunks─▶ planner ─▶ Window (pure: positions, look-ahead, budget)
                             │  plan_content (PagePlanner)          ▲        │
                             │  metadata: annotations + staged tags │        ▼ next_download
-                            └─▶ settle ─▶ SessionWriter ◀── outcomes ── fetchers (N)
-                                                 ▲                         │
-                        consumer: next() ── take ┴─ evictions ◀────────────┘
+                            └─▶ ledger.settle ─▶ writer ◀── ledger.finished ── fetchers (N)
+                                                   ▲                              │
+                        consumer: next() ── take ──┴─ evictions ◀─────────────────┘
 
 The planner registers each chunk's positions in the window *before* asking the manifest
 about them (so nothing it is about to hand out can be evicted), then resolves each asset: on
 disk already (no request), to download, failed (gone from the version) or skipped (upload not
 finished). A chunk's tags and annotations come alongside its downloads; an item goes out once
-its file is in place and its metadata is in, and the file is recorded with that metadata
-(the mirror's :func:`~engine.jobs.update_for_outcome`), so a later ``mirror`` skips it.
+its file is in place and its metadata is in. What is recorded, and when, is the pipeline's one
+commit rule (:mod:`engine.pipeline.commit`), as for the mirror: a file in place is recorded at
+once, its metadata following, so a SIGKILL loses no file that was in place, and a later
+``mirror`` skips it.
 
 Fetchers take the lowest queued position the window allows (priority), evict what the budget
 needs first (deleting without following symlinks, recording ``evicted``), on a shared DEST hold
 the object's fetch lock (:class:`~engine.prefetch.locking.FetchLocks`: if another prefetcher
-had it, its file is used instead), refresh stale URLs in one ``XGET`` batch for all queued
-jobs, and run the mirror's :func:`~engine.jobs.transfer_job`.
+had it, its file is used instead), make the URL usable (:mod:`engine.pipeline.freshness`,
+handing it the queued jobs in priority order to refresh together), and run the pipeline's
+:func:`~engine.pipeline.jobs.transfer_job`.
 
 Stopping: :meth:`EpochRun.cancel` lets downloads in flight finish for a short grace (so small
-files land and are recorded rather than orphaned), then cuts them; files in place are committed
-(without metadata if it never came: the next run completes it). Any fatal error (the token was
-revoked, the disk is full, the listing broke) reaches the consumer's next call: never a hang.
+files land and are recorded rather than orphaned), then cuts them. Any fatal error (the token
+was revoked, the disk is full, the listing broke) reaches the consumer's next call: never a
+hang.
 """
 
 from __future__ import annotations
@@ -35,24 +38,24 @@ import logging
 import os
 import stat
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
 
-from engine.errors import AuthError, EngineError, PlatformError
-from engine.jobs import Job, Outcome, transfer_job, update_for_outcome
+from engine.errors import AuthError, EngineError, PlatformError, primary_error
 from engine.manifest import AssetRow
-from engine.metadata import fetch_page_annotations
-from engine.page_plan import ContentPlan, local_file, stored_asset
-from engine.plan import content_decision
+from engine.pipeline.commit import Page
+from engine.pipeline.jobs import AssetJob, Outcome, transfer_job
+from engine.pipeline.metadata import fetch_page_annotations
+from engine.pipeline.planning import ContentPlan
 from engine.prefetch.budget import COLD_MIN, BudgetKeeper
 from engine.prefetch.items import AssetUnavailable, PrefetchItem
 from engine.prefetch.source import EpochSource, Listed
 from engine.prefetch.window import SlotState, Start, Window
+from engine.state_folder import StateFolder
 from engine.transfer import ProgressEvent
 from engine.transfer.partial import Partial, PartialDir
 
@@ -74,7 +77,7 @@ class _Entry:
     """What the async side keeps for one registered position."""
 
     listed: Listed
-    job: Job | None = None
+    job: AssetJob | None = None
     row: AssetRow | None = None  # on disk already
     outcome: Outcome | None = None
     error: str | None = None
@@ -82,26 +85,18 @@ class _Entry:
     data_tags: tuple[str, ...] = ()
     annotations: list[dict[str, Any]] = field(default_factory=list)
     meta: bool = False
-    committed: bool = False
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The error to report from a task group's exception group: an EngineError if any."""
-    if isinstance(exc, BaseExceptionGroup):
-        leaves = [_leaf(e) for e in exc.exceptions]
-        for leaf in leaves:
-            if isinstance(leaf, EngineError):
-                return leaf
-        return leaves[0] if leaves else exc
-    return exc
+    elsewhere: bool = False  # another process put the file in place (and recorded it)
 
 
 class EpochRun:
-    def __init__(self, session: Session, number: int) -> None:
+    """One epoch, from position ``start`` of its order on (0: the whole epoch)."""
+
+    def __init__(self, session: Session, number: int, *, start: int = 0) -> None:
         s = session
         o = s.options
         self.s = session
         self.number = number
+        self.start = start
         budget = s.books is not None
         # With a budget, plan no further than the window: files found on disk are protected
         # from registration on, and must not crowd the budget from beyond the look-ahead.
@@ -130,7 +125,7 @@ class EpochRun:
         self._meta_limiter = anyio.CapacityLimiter(2)
         self._transfers: set[anyio.CancelScope] = set()
         self._active: dict[str, int] = {}  # asset id -> position of its download in flight
-        self._cut: list[Job] = []  # downloads cut short by a cancel
+        self._cut: list[AssetJob] = []  # downloads cut short by a cancel
         self._tg: TaskGroup | None = None
         self._closed = False
         self._idle: deque[anyio.Event] = deque()  # fetchers waiting for a download to start
@@ -149,7 +144,7 @@ class EpochRun:
                         for _ in range(fetchers):
                             tg.start_soon(self._fetcher)
                 except Exception as exc:
-                    self.fatal = _leaf(exc)
+                    self.fatal = primary_error(exc)
                     self.s.failed_fatally()
         finally:
             self._wind_up()  # synchronous: nothing here can be cancelled
@@ -164,20 +159,17 @@ class EpochRun:
         self.scope.cancel()
 
     def _wind_up(self) -> None:
-        """The epoch's tasks are over: record what is in place. Stopped early, let go of
-        everything the epoch holds; finished, the items left wait for the consumer."""
+        """The epoch's tasks are over (what is in place was recorded as it landed). Stopped
+        early, let go of everything the epoch holds; finished, the items left wait for the
+        consumer."""
         s = self.s
-        for entry in self.entries.values():
-            outcome = entry.outcome
-            if outcome is not None and outcome.result is not None and not entry.committed:
-                s.writer.put(update_for_outcome(outcome, metadata=entry.meta))
-                entry.committed = True
         if s.books is not None:
             # A cache keeps no half files: a cut download's partial would sit outside the books.
-            folder = PartialDir(s.dest / ".assetsync")
+            state = StateFolder(s.dest)
+            folder = PartialDir(state.path)
             for job in self._cut:
                 part = Partial(folder, job.asset.id, job.asset.data.id).path
-                for path in (part, part.with_name(part.name + ".state")):
+                for path in state.partial_files(part):
                     with contextlib.suppress(OSError):
                         os.unlink(path)
         if self.scope.cancel_called or self.fatal is not None:
@@ -189,11 +181,13 @@ class EpochRun:
             return
         self._closed = True
         unplaced = [
-            entry.job.asset.id
+            entry.job
             for entry in self.entries.values()
-            if entry.job is not None and not entry.committed
+            if entry.job is not None
+            and not entry.elsewhere
+            and (entry.outcome is None or entry.outcome.result is None)
         ]
-        self.s.planner.in_flight.release(unplaced)
+        self.s.ledger.drop(unplaced)
         self.window.close()
 
     def _notify(self) -> None:
@@ -208,7 +202,13 @@ class EpochRun:
             self._planner_waits = False
             self._room.set()
             self._room = anyio.Event()
-        self._wake_fetcher()
+        if self._idle and (self._could_start() or not self._more_to_fetch()):
+            # A woken fetcher that finds nothing to start costs a task switch and a lock: most
+            # events (an item taken far behind the window's edge, metadata in) allow none.
+            self._wake_fetcher()
+
+    def _could_start(self) -> bool:
+        return self.window.queued > 0 and self.window.next_download() is not None
 
     def _consumer_can_go(self) -> bool:
         return (
@@ -356,7 +356,7 @@ class EpochRun:
     # -- the planner -------------------------------------------------------------------------
 
     async def _planner(self) -> None:
-        source = EpochSource(self.s, self.number, chunk_cap=self.chunk_cap)
+        source = EpochSource(self.s, self.number, chunk_cap=self.chunk_cap, start=self.start)
         try:
             await self.s.writer.flush()  # plan against everything earlier epochs recorded
             async with contextlib.aclosing(source.chunks()) as chunks:
@@ -390,7 +390,8 @@ class EpochRun:
         found = [listed.asset for listed in chunk if listed.asset is not None]
         content = await s.planner.plan_content(found)
         gave_up = await self._claim(content, found)
-        kept = {asset.id: row for asset, row in content.kept}
+        page = s.ledger.open(content)
+        kept = {asset.id: row for asset, row, _ in content.kept}
         jobs = {job.asset.id: job for job in content.jobs}
         not_ready = set(content.not_ready)
         for listed in chunk:
@@ -418,7 +419,7 @@ class EpochRun:
                 window.queue(position, hint=hint, replaces=replaces)
         self._notify()
         assert self._tg is not None
-        self._tg.start_soon(self._metadata, content, positions)
+        self._tg.start_soon(self._metadata, page, positions)
 
     async def _claim(self, content: ContentPlan, found: list[Any]) -> set[str]:
         """Shared DEST: claim new paths; plan again the assets another process beat us to.
@@ -441,14 +442,19 @@ class EpochRun:
             content.not_ready += again.not_ready
         return set()
 
-    def _sizes(self, job: Job, row: AssetRow | None) -> tuple[int | None, int]:
+    def _sizes(self, job: AssetJob, row: AssetRow | None) -> tuple[int | None, int]:
         """The size to reserve if the manifest knows it (an evicted file of the same data),
         and the bytes of an untouched file the download will replace at its path."""
         if row is None:
             return None, 0
         hint = row.size if row.data_id == job.asset.data.id and row.sha256 else None
         books = self.s.books
-        if books is None or row.path != job.rel_path.as_posix() or books.known(row.asset_id):
+        if (
+            books is None
+            or row.path is None
+            or row.path != job.rel_path.as_posix()
+            or books.known(row.asset_id)
+        ):
             return hint, 0
         try:
             st = os.lstat(self.s.dest / row.path)
@@ -456,23 +462,20 @@ class EpochRun:
             return hint, 0
         return hint, st.st_size if stat.S_ISREG(st.st_mode) else 0
 
-    async def _metadata(self, content: ContentPlan, positions: dict[str, int]) -> None:
+    async def _metadata(self, page: Page, positions: dict[str, int]) -> None:
         s = self.s
+        order = page.content.order
         async with self._meta_limiter:
-            annotations = await fetch_page_annotations(s.client, s.dv, content.order)
+            annotations = await fetch_page_annotations(s.client, s.dv, order)
             if annotations.unreadable:
                 # Items carry their annotations: handing out [] for unknown ones would lie.
                 asset_id, why = next(iter(annotations.unreadable.items()))
                 raise PlatformError(f"the annotations of asset {asset_id} could not be read: {why}")
-            await s.tags_ready.wait()
-            if s.tags_error is not None:
-                raise s.tags_error
-            staged = await s.db.call(s.planner.staged_tags, content.order)
-        settled = s.planner.settle(content, staged, annotations.by_asset)
-        for update in settled.updates:
-            s.writer.put(update)
-        if settled.seen:
-            s.writer.put(list(settled.seen))
+            staged = await s.tags.staged(order)
+            if staged is None:
+                assert s.tags.error is not None
+                raise s.tags.error
+        s.ledger.settle(page, staged, annotations.by_asset)
         for asset_id, position in positions.items():
             entry = self.entries.get(position)
             if entry is None:
@@ -480,10 +483,6 @@ class EpochRun:
             entry.tags, entry.data_tags = staged.get(asset_id, ((), ()))
             entry.annotations = annotations.by_asset.get(asset_id, [])
             entry.meta = True
-            outcome = entry.outcome
-            if outcome is not None and not entry.committed:
-                s.writer.put(update_for_outcome(outcome))
-                entry.committed = True
             self.window.meta_done(position)
         self._notify()
 
@@ -498,6 +497,20 @@ class EpochRun:
 
     async def _next_start(self) -> Start | None:
         while True:
+            if self.s.books is None:
+                # No budget: nothing to evict, no await between choosing and starting, so no
+                # lock either (the event loop runs one fetcher at a time).
+                start = self.window.next_download()
+                if start is not None:
+                    self.window.start(start)
+                    if self._could_start():
+                        self._wake_fetcher()  # the next idle one starts the next download
+                    return start
+                if not self._more_to_fetch():
+                    self._wake_fetcher(everyone=True)
+                    return None
+                await self._idle_wait()
+                continue
             async with self._start_lock:
                 books = self.s.books
                 if books is not None and books.cold and len(self.s.cold_rows) < COLD_MIN:
@@ -530,7 +543,7 @@ class EpochRun:
                     if placed is not None:
                         self._placed_by_another(position, entry, placed)
                         continue
-                    await self._freshen(job)
+                    await s.freshener.ready(job, self._upcoming())
                     with scope:
                         outcome = await transfer_job(
                             job,
@@ -547,6 +560,7 @@ class EpochRun:
                 self.window.fail(position)
                 return
             entry.outcome = outcome
+            s.ledger.finished(outcome)
             if outcome.result is not None:
                 s.stats.downloaded += 1
                 self.window.finished(position, outcome.result.size)
@@ -554,14 +568,11 @@ class EpochRun:
             else:
                 entry.error = outcome.error
                 self.window.fail(position)
-            if entry.meta:
-                s.writer.put(update_for_outcome(outcome))
-                entry.committed = True
             self.budget.peak()
             self._notify()
 
     @contextlib.asynccontextmanager
-    async def _one_fetcher(self, job: Job) -> AsyncIterator[AssetRow | None]:
+    async def _one_fetcher(self, job: AssetJob) -> AsyncIterator[AssetRow | None]:
         """Shared DEST: hold the object's fetch lock; if another process held it, yield the
         row of the file it put in place meanwhile (None: download it)."""
         locks = self.s.fetch_locks
@@ -571,43 +582,27 @@ class EpochRun:
         async with locks.hold(job.asset.id) as waited:
             yield await self._in_place(job) if waited else None
 
-    async def _in_place(self, job: Job) -> AssetRow | None:
+    async def _in_place(self, job: AssetJob) -> AssetRow | None:
         s = self.s
-        asset = job.asset
-        row = await s.db.call(s.manifest.row, asset.id)
-        if row is None or row.path is None:
-            return None
-        local = local_file(s.dest, row.path)
-        if local is None:
-            return None
-        stored = stored_asset(row)
-        reason = content_decision(
-            data_id=asset.data.id, object_name=asset.data.object_name, stored=stored, local=local
-        )
-        return row if reason is None else None
+        row = await s.db.call(s.manifest.row, job.asset.id)
+        return row if s.planner.file_current(job.asset, row) else None
 
     def _placed_by_another(self, position: int, entry: _Entry, row: AssetRow) -> None:
         """Another prefetcher fetched this asset while we waited: use its file."""
         assert entry.job is not None
         entry.row = row
-        entry.committed = True  # its row is recorded (by the other process)
-        self.s.planner.in_flight.release([entry.job.asset.id])
+        entry.elsewhere = True
+        self.s.ledger.ended_elsewhere(entry.job)
         self.window.finished(position, row.size or 0)
         self._notify()
 
-    async def _freshen(self, job: Job) -> None:
-        """Refresh a stale URL together with every queued job's (one ``XGET`` per 1000)."""
-        freshener = self.s.freshener
-        if not freshener.stale([job]):
-            return
-        async with self._refresh_lock:
-            if not freshener.stale([job]):
-                return
-            queued = (
-                e.job for p, e in self.entries.items() if e.job is not None and self._queued(p)
-            )
-            batch = [job, *islice((j for j in queued if j is not job), 999)]
-            await freshener.refresh_stale(batch)
+    def _upcoming(self) -> Iterator[AssetJob]:
+        """The queued jobs, next to start first (the freshener refreshes stale ones together)."""
+        queued = sorted(p for p, e in self.entries.items() if e.job is not None and self._queued(p))
+        for position in queued:
+            job = self.entries[position].job
+            assert job is not None
+            yield job
 
     def on_progress(self, event: ProgressEvent) -> None:
         """A download announced its size before writing: keep the books within budget now."""

@@ -75,24 +75,30 @@ class OrderStore:
         self.count += len(added)
         return added
 
-    def cursor(self, key: bytes | None, shard: Shard) -> OrderCursor:
-        """The epoch's order (``key``: shuffled by it; None: as stored), this shard's share."""
+    def cursor(self, key: bytes | None, shard: Shard, start: int = 0) -> OrderCursor:
+        """The epoch's order (``key``: shuffled by it; None: as stored), this shard's share of
+        its positions from ``start`` on (a resumed epoch skips what came before, by arithmetic:
+        the order is a function of the key and the ids)."""
         if key is None:
-            cur = self._conn.execute("SELECT asset_id FROM ids ORDER BY pos")
+            cur = self._conn.execute(
+                "SELECT asset_id FROM ids ORDER BY pos LIMIT -1 OFFSET ?", (start,)
+            )
         else:
             cur = self._conn.execute(
-                "SELECT asset_id FROM ids ORDER BY assetsync_rank(?, asset_id), pos", (key,)
+                "SELECT asset_id FROM ids ORDER BY assetsync_rank(?, asset_id), pos "
+                "LIMIT -1 OFFSET ?",
+                (key, start),
             )
-        return OrderCursor(cur, shard)
+        return OrderCursor(cur, shard, start)
 
 
 class OrderCursor:
     """Reads an order back in chunks: ``(index in the whole order, asset id)`` pairs."""
 
-    def __init__(self, cursor: sqlite3.Cursor, shard: Shard) -> None:
+    def __init__(self, cursor: sqlite3.Cursor, shard: Shard, start: int = 0) -> None:
         self._cursor = cursor
         self._shard = shard
-        self._index = 0
+        self._index = start
         self._done = False
 
     def take(self, count: int) -> list[tuple[int, str]]:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Literal
 
-from engine.errors import EngineError
+from engine.errors import primary_error
 from engine.prefetch.epoch import CANCEL_GRACE, EpochRun
 from engine.prefetch.items import PrefetchItem, PrefetchStats
 from engine.prefetch.options import FailurePolicy, Order, PrefetchOptions
@@ -45,16 +45,6 @@ class _Unset(enum.Enum):
 
 UNSET = _Unset.UNSET
 Maybe = Literal[_Unset.UNSET]
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    if isinstance(exc, BaseExceptionGroup):
-        for leaf in exc.exceptions:
-            found = _unwrap(leaf)
-            if isinstance(found, EngineError):
-                return found
-        return _unwrap(exc.exceptions[0]) if exc.exceptions else exc
-    return exc
 
 
 class Prefetcher:
@@ -151,7 +141,10 @@ class Prefetcher:
             try:
                 await session.__aexit__(exc_type, exc, tb)
             except BaseExceptionGroup as group:
-                raise _unwrap(group) from None
+                error = primary_error(group)
+                if error is group:
+                    raise
+                raise error from None
 
     def __aiter__(self) -> EpochIterator:
         return self.epoch()

@@ -1,11 +1,13 @@
-"""What a prefetcher holds while it is open: lock, manifest, run record, HTTP, transfer core.
+"""What a prefetcher holds while it is open: the run, and what its epochs share.
 
-Opening follows the mirror's order (:mod:`engine.mirroring`), refusing early and cheaply: the
-settings (DEST checked, not created), the platform (token, version, the filter's tags: nothing
-exists on disk before it has answered), the DEST lock (shared, or exclusive with a disk budget:
-see :mod:`engine.prefetch.locking`), the manifest (same version, same layout), then a run row so
-``assetsync status`` shows the prefetcher. Tags are staged in the
-background from the start, as the mirror does, for every epoch of the session.
+The run is opened and closed by :func:`engine.pipeline.run.open_run`, as a mirror's is
+(settings, platform, DEST and its lock, manifest, run record, transfer core): DEST's lock is
+held shared by prefetchers without a disk budget, exclusively with one (see
+:mod:`engine.pipeline.sharing`). Explicit asset ids are checked and stored before anything is
+asked of the platform. The session adds what every epoch of the prefetcher shares: the planner
+(its in-flight paths), the URL freshener, the manifest writer and the commit rule
+(:mod:`engine.pipeline.commit`), tags staged in the background from the start, the disk budget's
+books, and on a shared DEST the fetch locks and path claims.
 """
 
 from __future__ import annotations
@@ -17,36 +19,33 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
-from engine.destination import check_destination
-from engine.errors import EngineError, UsageError
-from engine.freshness import UrlFreshener
-from engine.jobs import Job, update_for
-from engine.lock import STATE_DIR, DestLock
-from engine.manifest import AssetRow, AssetUpdate, FileInfo, Manifest
-from engine.manifest_access import ManifestAccess
-from engine.metadata import TagStager
-from engine.mirroring import open_sessions
-from engine.page_plan import PagePlanner
-from engine.platform import PlatformClient
+from engine.errors import UsageError
+from engine.manifest import AssetRow, AssetUpdate, FileInfo
+from engine.pipeline.commit import Ledger
+from engine.pipeline.freshness import UrlFreshener
+from engine.pipeline.jobs import AssetJob, update_for
+from engine.pipeline.metadata import TagStaging
+from engine.pipeline.planning import PagePlanner
+from engine.pipeline.run import Run, RunSpec, open_run
+from engine.pipeline.sharing import claims_locked
+from engine.pipeline.summary import LiveCounters
+from engine.pipeline.writer import ManifestWriter
 from engine.platform.query import tags_filter
 from engine.prefetch.items import PrefetchStats
-from engine.prefetch.locking import FetchLocks, SharedDestLock, claims_locked, state_dir
+from engine.prefetch.locking import FetchLocks
 from engine.prefetch.options import PrefetchOptions
 from engine.prefetch.order import OrderStore
 from engine.prefetch.split import Shard
 from engine.prefetch.window import DiskBooks
-from engine.prefetch.writer import SessionWriter
-from engine.preflight import check_platform
 from engine.settings import Settings
-from engine.summary import LiveCounters
-from engine.transfer import ProgressEvent, Transferer
+from engine.state_folder import StateFolder
+from engine.transfer import ProgressEvent
 
 __all__ = ["Session"]
 
@@ -55,28 +54,15 @@ log = logging.getLogger("engine.prefetch")
 CLAIM_NOTE = "being fetched by a prefetcher"
 
 
-def check_settings(settings: Settings, has_ids: bool) -> tuple[str, Path]:
-    if not settings.dataset_version:
-        raise UsageError("no dataset version: give dataset_version in the settings")
-    if settings.dest is None:
-        raise UsageError("no destination: give dest in the settings")
-    if settings.token is None or not settings.token.get_secret_value().strip():
-        raise UsageError("no API token: set PICSELLIA_TOKEN, or give a token file or token")
-    if has_ids and (settings.tags or settings.data_tags):
-        raise UsageError("give either asset ids or a tag filter, not both")
-    return settings.dataset_version, check_destination(settings.dest, writable=True)
-
-
 def _prefixes(path: str) -> list[str]:
     parts = path.split("/")
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def _remove_partials(state: Path) -> int:
+def _remove_partials(folder: StateFolder) -> int:
     """Budget mode: leftover partial files are not worth their disk (a cache keeps no halves)."""
     removed = 0
-    folder = state / "partial"
-    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder.partial) as entries:
         for entry in entries:
             if entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(OSError):
@@ -85,16 +71,16 @@ def _remove_partials(state: Path) -> int:
     return removed
 
 
-def _open_manifest(dest: Path) -> Manifest:
-    # Prefetchers sharing a fresh DEST (DataLoader workers) open it at the same moment; the
-    # manifest's compatibility check reads the schema in several statements, which a
-    # concurrent first migration can interleave with: create and migrate one at a time.
-    with claims_locked(dest):
-        return Manifest.open(dest)
-
-
 class Session:
     """``async with Session(...) as session``: see the module docstring."""
+
+    run: Run
+    planner: PagePlanner
+    freshener: UrlFreshener
+    writer: ManifestWriter
+    ledger: Ledger
+    tags: TagStaging
+    fetch_locks: FetchLocks | None
 
     def __init__(
         self,
@@ -105,7 +91,8 @@ class Session:
         shard: Shard,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.dv, self.dest = check_settings(settings, asset_ids is not None)
+        if asset_ids is not None and (settings.tags or settings.data_tags):
+            raise UsageError("give either asset ids or a tag filter, not both")
         self.settings = settings
         self.options = options
         self.shard = shard
@@ -116,8 +103,6 @@ class Session:
         self.stats = PrefetchStats()
         self.counters = LiveCounters()
         self.books: DiskBooks | None = None
-        self.first_data_id: str | None = None
-        self.tags_error: EngineError | None = None
         self.on_progress: Callable[[ProgressEvent], None] | None = None
         self.error: BaseException | None = None  # the manifest writer failed: nothing is safe
         self.on_error: Callable[[], None] | None = None
@@ -147,70 +132,31 @@ class Session:
     async def _open(self, stack: AsyncExitStack) -> None:
         settings = self.settings
         budget = self.options.max_bytes
-        # The platform first: a refused token or an unknown version creates nothing on disk.
-        api, storage = await stack.enter_async_context(open_sessions(settings))
-        assert settings.token is not None
-        t = settings.transfer
-        self.client = PlatformClient(
-            api,
-            settings.api_url,
-            settings.token,
-            t.retry,
-            t.timeouts,
-            max_body=settings.api_max_body,
-        )
-        await check_platform(
-            self.client,
-            settings.api_url,
-            self.dv,
-            tags=settings.tags,
-            data_tags=settings.data_tags,
-        )
-
-        state = await anyio.to_thread.run_sync(state_dir, self.dest)
-        lock: DestLock | SharedDestLock
-        if budget is not None:
-            lock = DestLock(self.dest, stale_after=settings.lock_stale_after)
-        else:
-            lock = SharedDestLock(self.dest)
-        lock.acquire()
-        stack.callback(lock.release)
-        # Shared DEST: other processes may fetch the same assets (exclusive: nobody else).
-        self.fetch_locks = (
-            await anyio.to_thread.run_sync(FetchLocks, self.dest) if budget is None else None
-        )
-        if self.fetch_locks is not None:
-            stack.callback(self.fetch_locks.close)
-
-        manifest = await anyio.to_thread.run_sync(_open_manifest, self.dest)
-        self.manifest = manifest
-        self.db = ManifestAccess(manifest)
-        stack.push_async_callback(self._close_manifest)
-        await self.db.call(self._check_manifest)
-
+        # The order first: bad explicit ids are refused before anything is asked or created.
         self.order = OrderStore()
         stack.callback(self.order.close)
         if self._asset_ids is not None:
             await anyio.to_thread.run_sync(self._stage_ids, self._asset_ids)
             self._asset_ids = None
-        if budget is not None:
-            status = await self.db.call(manifest.status)
+        spec = RunSpec(options=self._run_options(), shared=budget is None)
+        run = await stack.enter_async_context(
+            open_run(settings, spec, on_progress=self._progress, clock=self.clock)
+        )
+        self.run = run
+        run.counts = self._counts
+        self.dv, self.dest = run.dataset_version, run.dest
+        self.client, self.db, self.run_id = run.client, run.db, run.run_id
+        assert run.manifest is not None and run.transferer is not None  # never a dry run
+        self.manifest, self.transferer = run.manifest, run.transferer
+        # Shared DEST: other processes may fetch the same assets (exclusive: nobody else).
+        self.fetch_locks = None
+        if budget is None:
+            self.fetch_locks = await anyio.to_thread.run_sync(FetchLocks, self.dest)
+            stack.callback(self.fetch_locks.close)
+        else:
+            status = await self.db.call(self.manifest.status)
             self.books = DiskBooks(budget, cold=status.total_bytes)
-            await anyio.to_thread.run_sync(_remove_partials, state)
-
-        self.run_id = await self.db.call(
-            manifest.begin_run, self.dv, settings.api_url, self._run_options()
-        )
-        stack.push_async_callback(self._finish_run)
-        self.transferer = await stack.enter_async_context(
-            Transferer(
-                storage,
-                settings.transfer,
-                self.dest / STATE_DIR,
-                on_progress=self._progress,
-                clock=self.clock,
-            )
-        )
+            await anyio.to_thread.run_sync(_remove_partials, run.state)
         self.planner = PagePlanner(
             db=self.db,
             run_id=self.run_id,
@@ -227,9 +173,11 @@ class Session:
             unknown_lifetime=settings.transfer.unknown_url_lifetime,
             clock=self.clock,
         )
-        self.writer = SessionWriter(self.db, self.run_id, self.planner.in_flight.release)
-        self.first_seen = anyio.Event()
-        self.tags_ready = anyio.Event()
+        self.writer = ManifestWriter(
+            self.db, self.run_id, on_committed=self.planner.in_flight.release
+        )
+        self.ledger = Ledger(self.planner, self.writer, dry_run=False)
+        self.tags = TagStaging(self.client, self.dv, self.db, self.run_id)
         self._stager_scope = anyio.CancelScope()
         tg = await stack.enter_async_context(anyio.create_task_group())
         self.tg = tg
@@ -242,21 +190,6 @@ class Session:
             raise UsageError("asset_ids is a sequence of ids, not one string")
         self.order.append(asset_ids, strict=True)
         self.order.complete = True
-
-    def _check_manifest(self) -> None:
-        manifest = self.manifest
-        recorded = manifest.dataset_version()
-        if recorded is not None and recorded != self.dv and not self.settings.force:
-            raise UsageError(
-                f"{self.dest} mirrors dataset version {recorded}, not {self.dv}; "
-                "use another dest (or force to switch it)"
-            )
-        last = manifest.last_run()
-        layout = (last.options or {}).get("layout") if last is not None else None
-        if layout is not None and layout != self.settings.layout and manifest.count_assets():
-            raise UsageError(
-                f"{self.dest} was mirrored with layout {layout}; use the same layout or a new dest"
-            )
 
     def _run_options(self) -> dict[str, Any]:
         o, s = self.options, self.settings
@@ -279,22 +212,8 @@ class Session:
     # -- background work -----------------------------------------------------------------------
 
     async def _stage_tags(self) -> None:
-        manifest = self.manifest
-
-        async def stage(kind: str, name: str, ids: Sequence[str]) -> None:
-            await self.db.call(manifest.stage_tags, self.run_id, kind, name, ids)  # type: ignore[arg-type]
-
-        async def first_data_ids() -> list[str]:
-            await self.first_seen.wait()
-            return [] if self.first_data_id is None else [self.first_data_id]
-
         with self._stager_scope:
-            try:
-                await TagStager(self.client, self.dv, stage).run(first_data_ids)
-            except EngineError as exc:
-                self.tags_error = exc  # the epochs raise it when they need the tags
-            finally:
-                self.tags_ready.set()
+            await self.tags.run()  # an error waits in tags.error: epochs raise it when needed
 
     async def _run_writer(self) -> None:
         try:
@@ -305,11 +224,9 @@ class Session:
             if self.on_error is not None:
                 self.on_error()
 
-    def saw_first(self, data_id: str | None) -> None:
-        """The first asset of the version (its data tells the datalake, for data tags)."""
-        if not self.first_seen.is_set():
-            self.first_data_id = data_id
-            self.first_seen.set()
+    def saw_first(self, data_ids: Sequence[str]) -> None:
+        """The first assets of the version (their data tells the datalake, for data tags)."""
+        self.tags.saw_first(data_ids)
 
     def _progress(self, event: ProgressEvent) -> None:
         if self.on_progress is not None:
@@ -317,7 +234,7 @@ class Session:
 
     # -- shared DEST: path claims ---------------------------------------------------------------
 
-    async def claim(self, jobs: Sequence[Job], recorded: dict[str, str | None]) -> set[str]:
+    async def claim(self, jobs: Sequence[AssetJob], recorded: dict[str, str | None]) -> set[str]:
         """Record the new paths of ``jobs`` as claimed (shared DEST only); returns the asset
         ids whose path another asset got first (plan those again)."""
         wanted = [job for job in jobs if recorded.get(job.asset.id) != job.rel_path.as_posix()]
@@ -325,9 +242,9 @@ class Session:
             return set()  # exclusive: this process's in-flight claims are enough
         return await self.db.call(self._claim, wanted)
 
-    def _claim(self, jobs: Sequence[Job]) -> set[str]:
+    def _claim(self, jobs: Sequence[AssetJob]) -> set[str]:
         manifest = self.manifest
-        with claims_locked(self.dest):
+        with claims_locked(self.run.state):
             paths = [job.rel_path.as_posix() for job in jobs]
             owners = manifest.path_owners(paths + [p for path in paths for p in _prefixes(path)])
             folders = manifest.directory_keys(paths)
@@ -370,33 +287,25 @@ class Session:
         self._fatal = True
 
     def _stop_tasks(self) -> None:
+        stats = self.refresh_stats()
+        self.run.outcome = "failed" if self._fatal else ("partial" if stats.failed else "ok")
         self._stager_scope.cancel()
         self.writer.close()
 
     def refresh_stats(self) -> PrefetchStats:
         """The counters, with the transfer core's totals brought up to date."""
         stats = self.stats
-        transferer = getattr(self, "transferer", None)
-        if transferer is not None:
-            stats.bytes_downloaded = transferer.stats.bytes
-            stats.retries = transferer.stats.retries
-            stats.url_refreshes = transferer.stats.refreshes + self.freshener.refreshed
+        run = getattr(self, "run", None)
+        if run is not None and run.transferer is not None:
+            t = run.transferer.stats
+            stats.bytes_downloaded = t.bytes
+            stats.retries = t.retries
+            stats.url_refreshes = t.refreshes + self.freshener.refreshed
         return stats
 
-    async def _finish_run(self) -> None:
+    def _counts(self) -> dict[str, int | float]:
         stats = self.refresh_stats()
-        outcome = "failed" if self._fatal else ("partial" if stats.failed else "ok")
-        counts: dict[str, int | float] = {
-            key: value for key, value in stats.snapshot().items() if isinstance(value, int)
-        }
-        counts["pid"] = os.getpid()
-        with anyio.CancelScope(shield=True):
-            await self.db.call(self.manifest.clear_staging, self.run_id)
-            await self.db.call(self.manifest.finish_run, self.run_id, outcome, counts)
-
-    async def _close_manifest(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.manifest.close)
+        return {key: value for key, value in stats.snapshot().items() if isinstance(value, int)}
 
     async def __aexit__(
         self,

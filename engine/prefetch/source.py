@@ -60,9 +60,10 @@ class _Sizer:
 
 
 class EpochSource:
-    def __init__(self, session: Session, epoch: int, *, chunk_cap: int) -> None:
+    def __init__(self, session: Session, epoch: int, *, chunk_cap: int, start: int = 0) -> None:
         self.s = session
         self.epoch = epoch
+        self.start = start  # the first position of the whole order this epoch gives
         self._sizer = _Sizer(min(FIRST_CHUNK, session.options.window), chunk_cap)
         self._limiter = anyio.CapacityLimiter(1)
 
@@ -97,7 +98,7 @@ class EpochSource:
         try:
             async for page in pages:
                 if page.items:
-                    s.saw_first(page.items[0].data.id)
+                    s.saw_first([asset.data.id for asset in page.items])
                 new = set(await self._store(s.order.append, [a.id for a in page.items]))
                 # A live listing may repeat an asset (drift): keep its first appearance only.
                 fresh = []
@@ -110,7 +111,7 @@ class EpochSource:
             with anyio.CancelScope(shield=True):
                 await pages.aclose()  # type: ignore[attr-defined]
         s.order.complete = True
-        s.saw_first(None)
+        s.saw_first([])
 
     async def _stream_listing(self) -> AsyncIterator[list[Listed]]:
         shard = self.s.shard
@@ -119,7 +120,7 @@ class EpochSource:
             async for assets in pages:
                 mine = []
                 for asset in assets:
-                    if shard.holds(index):
+                    if index >= self.start and shard.holds(index):
                         mine.append(Listed(index, asset.id, asset))
                     index += 1
                 for chunk in self._split(mine):
@@ -133,16 +134,16 @@ class EpochSource:
     async def _from_order(self) -> AsyncIterator[list[Listed]]:
         s = self.s
         key = shuffle_key(s.options.seed, self.epoch) if s.options.shuffle else None
-        cursor = await self._store(s.order.cursor, key, s.shard)
+        cursor = await self._store(s.order.cursor, key, s.shard, self.start)
         try:
             while batch := await self._store(cursor.take, self._sizer.take()):
                 ids = [asset_id for _, asset_id in batch]
                 assets = await s.client.assets_by_ids(s.dv, ids)
                 if assets:
-                    s.saw_first(assets[0].data.id)
+                    s.saw_first([asset.data.id for asset in assets])
                 by_id = {asset.id: asset for asset in assets}
                 yield [Listed(index, asset_id, by_id.get(asset_id)) for index, asset_id in batch]
         finally:
             with anyio.CancelScope(shield=True):
                 await self._store(cursor.close)
-        s.saw_first(None)
+        s.saw_first([])

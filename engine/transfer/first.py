@@ -39,7 +39,7 @@ from engine.transfer.ranges import (
     plan_segments,
 )
 from engine.transfer.retry import Backoff
-from engine.transfer.segments import Job, content_length, expect_end
+from engine.transfer.segments import Job, expect_end
 from engine.transfer.wire import (
     error_for,
     open_get,
@@ -166,7 +166,7 @@ async def _validator(
     """The object's validator from the first answer; None for a 416 (ask again plainly)."""
     status = response.status
     headers = response.headers
-    length = content_length(response)
+    length = response.content_length
     if status == 206 and ranged:
         value = headers.get("Content-Range")
         parsed = parse_content_range(value)

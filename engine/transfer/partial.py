@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import DiskFullError, LocalStorageError, TransientTransferError
+from engine.host import boot_id
+from engine.state_folder import PARTIAL_DIR, SIDECAR_SUFFIX
 
 __all__ = ["Partial", "PartialDir", "ResumeState", "Validator", "boot_id", "storage_error"]
 
@@ -61,22 +63,6 @@ def storage_error(exc: OSError, what: str) -> LocalStorageError:
     if exc.errno in _FULL:
         return DiskFullError(f"{what}: {reason} (partial file kept for resume)")
     return LocalStorageError(f"{what}: {reason}")
-
-
-_boot_id: str | None = None
-
-
-def boot_id() -> str:
-    """This boot's id; empty where the kernel does not say (then nothing is trusted across
-    runs unless synced)."""
-    global _boot_id
-    if _boot_id is None:
-        try:
-            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-                _boot_id = fh.read().strip()
-        except OSError:
-            _boot_id = ""
-    return _boot_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +108,7 @@ class PartialDir:
     created and renamed relative to this one descriptor (no path walk per object)."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "partial"
+        self.path = state_dir / PARTIAL_DIR
         self._fd = -1
         # Names of partial files that may exist: listed once, then kept up to date by this
         # process. Looking a missing name up in the folder costs little alone but ~0.1 ms on
@@ -176,7 +162,7 @@ class Partial:
     def __init__(self, folder: PartialDir, asset_id: str, data_id: str) -> None:
         self.folder = folder
         self.name = _key(asset_id, data_id) + ".part"
-        self.state_name = self.name + ".state"
+        self.state_name = self.name + SIDECAR_SUFFIX
         self.asset_id = asset_id
         self.data_id = data_id
         self.fd = -1

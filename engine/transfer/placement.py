@@ -40,6 +40,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 
 from engine.errors import LocalStorageError, TransientTransferError, UsageError
+from engine.state_folder import SIDECAR_SUFFIX
 from engine.transfer.partial import storage_error
 
 __all__ = [
@@ -384,7 +385,7 @@ def create_small(dir_fd: int, name: str, *, lock: bool) -> int:
             os.close(fd)
             raise storage_error(exc, f"cannot empty partial file {name}") from None
         with contextlib.suppress(OSError):
-            os.unlink(name + ".state", dir_fd=dir_fd)  # a dead download's sidecar
+            os.unlink(name + SIDECAR_SUFFIX, dir_fd=dir_fd)  # a dead download's sidecar
     return fd
 
 

@@ -1,5 +1,5 @@
-"""Retry timing: exponential backoff with full jitter, ``Retry-After``, a budget reset by progress
-(bytes kept on disk beyond the most kept before).
+"""Retry timing of a transfer: the one backoff rule (:mod:`engine.backoff`), and a budget reset
+by progress (bytes kept on disk beyond the most kept before).
 
 Pure: the random source and the clock are passed in, nothing sleeps here. The caller asks
 :meth:`Backoff.next_delay` after each failure and sleeps for the answer, or gives up on ``None``.
@@ -8,39 +8,11 @@ Pure: the random source and the clock are passed in, nothing sleeps here. The ca
 from __future__ import annotations
 
 import random
-from email.utils import parsedate_to_datetime
 
+from engine.backoff import jitter_ceiling, parse_retry_after, retry_delay
 from engine.settings import RetryPolicy
 
 __all__ = ["Backoff", "parse_retry_after"]
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP date).
-
-    None when absent or malformed; never negative. Fractions are accepted, which real servers do
-    not send but which keeps tests fast.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN, inf
-            return None
-        return max(0.0, seconds)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # HTTP dates are GMT
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 class Backoff:
@@ -77,8 +49,7 @@ class Backoff:
 
     def ceiling(self, failures: int) -> float:
         """The largest jittered delay after ``failures`` consecutive failures."""
-        exponent = min(max(failures - 1, 0), 62)  # 2**62 * base overflows nothing, then capped
-        return min(self.policy.max_delay, self.policy.base_delay * float(2**exponent))
+        return jitter_ceiling(self.policy, failures)
 
     def next_delay(
         self, retry_after: float | None = None, *, progress: bool = True
@@ -92,6 +63,4 @@ class Backoff:
         self.failures += 1
         if self.failures >= self.policy.attempts:
             return None
-        if retry_after is not None:
-            return min(max(0.0, retry_after), self.policy.max_retry_after)
-        return self._rng.uniform(0.0, self.ceiling(self.failures))
+        return retry_delay(self.policy, self.failures, self._rng, retry_after)

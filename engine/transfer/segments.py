@@ -26,13 +26,10 @@ import anyio
 import anyio.to_thread
 
 from engine.errors import (
-    DiskFullError,
-    EngineError,
     IntegrityError,
-    LocalStorageError,
     ObjectChanged,
-    PermanentTransferError,
     TransientTransferError,
+    primary_error,
 )
 from engine.signed_urls import SignedUrl, redact
 from engine.transfer.body import stream_body
@@ -58,7 +55,7 @@ from engine.transfer.wire import (
 if TYPE_CHECKING:
     from engine.transfer.context import Context
 
-__all__ = ["Job", "RangeIgnored", "content_length", "expect_end", "pick_error"]
+__all__ = ["Job", "RangeIgnored", "expect_end"]
 
 # With fsync on, make the bytes counted as done durable every this many new bytes, so a reboot
 # loses at most this much of a large download.
@@ -68,49 +65,6 @@ CHECKPOINT_BYTES = 256 * 1024 * 1024
 class RangeIgnored(ObjectChanged):
     """The server answered a range request with the whole object and the same ETag: it does
     not do ranges. The download restarts as one plain stream."""
-
-
-def content_length(response: Response) -> int | None:
-    value = response.headers.get("Content-Length")
-    if value is None or not value.isdigit():
-        return None
-    return int(value)
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out.extend(_leaves(exc))
-        else:
-            out.append(exc)
-    return out
-
-
-def _rank(exc: BaseException) -> int:
-    # The error that explains the failure best: a local disk problem over a permanent remote
-    # one, over "the object changed" (restart), over transient ones that merely came along.
-    order: tuple[type[BaseException], ...] = (
-        DiskFullError,
-        LocalStorageError,
-        PermanentTransferError,
-        ObjectChanged,
-        TransientTransferError,
-        EngineError,
-    )
-    for rank, kind in enumerate(order):
-        if isinstance(exc, kind):
-            return rank
-    return -1  # not ours: a bug, which must surface as itself
-
-
-def pick_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one exception to raise for a failed task group (the group itself if it holds a
-    cancellation or another BaseException that must propagate unchanged)."""
-    leaves = _leaves(group)
-    if not leaves or any(not isinstance(exc, Exception) for exc in leaves):
-        return group
-    return min(leaves, key=_rank)
 
 
 class Job:
@@ -211,7 +165,7 @@ class Job:
                 for n in range(workers):
                     tg.start_soon(worker, first if n == 0 else None)
         except BaseExceptionGroup as group:
-            chosen = pick_error(group)
+            chosen = primary_error(group)
             if chosen is group:
                 raise
             raise chosen from None
@@ -278,7 +232,7 @@ class Job:
         stop: int,
     ) -> None:
         status = response.status
-        length = content_length(response)
+        length = response.content_length
         etag = response.headers.get("ETag")
         if status == 206 and self.ranged:
             # The validator first: a new ETag means a new object, whatever its range says.

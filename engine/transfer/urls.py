@@ -2,9 +2,10 @@
 
 Rules (issue 3):
 
-* Before every request (first, each segment, each retry, each resume) the URL must stay valid
-  for at least ``url_margin`` seconds, or it is refreshed first. A refresh that still returns a
-  URL shorter-lived than the margin is used anyway: asking again would not help.
+* Before every request (first, each segment, each retry, each resume) the URL must be usable
+  by the one freshness rule (:func:`engine.signed_urls.usable`: ``url_margin`` seconds left, or
+  a share of its lifetime for a short-lived URL), or it is refreshed first. A refresh that
+  returns a URL that is still not usable is used anyway: asking again would not help.
 * Storage refusing a URL (expired, or any 403/401) makes the transfer refresh and carry on from
   the bytes on disk — unless the refused URL was *freshly obtained*, i.e. it came from the
   provider during this transfer and no request with it has succeeded yet: then refreshing again
@@ -20,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from engine.errors import EngineError, PermanentTransferError, TransientTransferError
-from engine.signed_urls import SignedUrl, redact
+from engine.signed_urls import SignedUrl, redact, usable
 
 __all__ = ["UrlProvider", "UrlSource"]
 
@@ -66,9 +67,9 @@ class UrlSource:
         self.refreshes = 0
 
     async def get(self) -> SignedUrl:
-        """A URL valid for at least the margin (refreshing first if needed)."""
+        """A URL a request may start with (refreshing first if needed)."""
         current = self._current
-        if current is not None and current.valid_for(self._clock()) >= self._margin:
+        if current is not None and usable(current, self._clock(), self._margin):
             return current
         return await self._refresh(current)
 

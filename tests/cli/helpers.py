@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.command import command_env
+
 ASSETSYNC = [sys.executable, "-m", "engine"]
 TIMEOUT = 120.0
 
@@ -30,16 +32,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)
 
 
 def env_for(token: str | None, **extra: str) -> dict[str, str]:
-    """The caller's environment without assetsync or platform settings, plus ``token``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
-    if token is not None:
-        env["PICSELLIA_TOKEN"] = token
-    # Quick retries: an unreachable API must give up in a second, not in a minute.
-    env["ASSETSYNC_TRANSFER__RETRY__BASE_DELAY"] = "0.01"
-    env["ASSETSYNC_TRANSFER__RETRY__MAX_DELAY"] = "0.05"
-    env["ASSETSYNC_TRANSFER__FSYNC"] = "false"
-    env.update(extra)
-    return env
+    """The command's test environment (:func:`tests.command.command_env`), without fsync."""
+    return command_env(token, ASSETSYNC_TRANSFER__FSYNC="false", **extra)
 
 
 @dataclass(frozen=True)

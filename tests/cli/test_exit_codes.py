@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from engine.emulator import Emulator, FaultRule
-from engine.lock import DestLock
+from engine.pipeline.lock import DestLock
 from tests.cli.helpers import (
     ASSETSYNC,
     PtyRun,

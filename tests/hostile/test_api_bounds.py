@@ -17,16 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import uuid
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +28,7 @@ from aiohttp import web
 
 from engine.manifest import Manifest
 from engine.settings import DEFAULT_API_MAX_BODY
+from tests.command import ASSETSYNC, Run, command_env, run_measured
 from tests.hostile.api_proxy import HostileApi, Twist, Upstream, json_response
 
 pytestmark = pytest.mark.slow
@@ -52,96 +46,19 @@ PAGE = 10
 ASSETS = 40
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-    peak_rss: int  # bytes
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        lines = self.stdout.strip().splitlines()
-        assert len(lines) == 1, self.stdout
-        value = json.loads(lines[0])
-        assert isinstance(value, dict)
-        return value
-
-
-def _env(hostile: HostileApi, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
-    env["PICSELLIA_TOKEN"] = hostile.emu.token
-    env["ASSETSYNC_TRANSFER__RETRY__BASE_DELAY"] = "0.01"
-    env["ASSETSYNC_TRANSFER__RETRY__MAX_DELAY"] = "0.05"
-    env["ASSETSYNC_PAGE_SIZE"] = str(PAGE)
-    env.update(extra)
-    return env
-
-
-# The command runs under this small launcher, whose only child it is: its RUSAGE_CHILDREN peak
-# is the command's. (Measured from pytest itself, a child's ru_maxrss also counts the pages of
-# pytest it was forked from, hundreds of MiB late in the suite.)
-_LAUNCHER = """
-import resource, subprocess, sys
-code = subprocess.call(sys.argv[2:])
-with open(sys.argv[1], "w") as out:
-    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
-sys.exit(code if code >= 0 else 128 - code)
-"""
-
-
-def mirror(hostile: HostileApi, dest: Path, *more: str, **env: str) -> Run:
-    """Run ``assetsync mirror --json -q`` to its end (or the hang guard) and measure it."""
+def mirror(hostile: HostileApi, dest: Path, *more: str, human: bool = False, **env: str) -> Run:
+    """Run ``assetsync mirror --json -q`` to its end (or the hang guard) and measure it;
+    ``human``: as cron runs it, without ``--json -q``."""
     command = [
-        sys.executable,
-        "-m",
-        "engine",
+        *ASSETSYNC,
         "mirror",
-        "--api-url",
-        hostile.api_url,
-        "--dataset-version",
-        hostile.emu.dataset_version_id,
-        "--dest",
-        str(dest),
-        "--no-fsync",
-        "--json",
-        "-q",
+        *("--api-url", hostile.api_url, "--dataset-version", hostile.emu.dataset_version_id),
+        *("--dest", str(dest), "--no-fsync"),
+        *(() if human else ("--json", "-q")),
         *more,
     ]
-    hung = threading.Event()
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        tempfile.TemporaryFile() as out,
-        tempfile.TemporaryFile() as err,
-    ):
-        peak_file = Path(tmp) / "peak"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, str(peak_file), *command],
-            stdout=out,
-            stderr=err,
-            env=_env(hostile, **env),
-            start_new_session=True,  # the hang guard ends the launcher and the command
-        )
-
-        def kill() -> None:
-            hung.set()
-            os.killpg(proc.pid, signal.SIGKILL)
-
-        guard = threading.Timer(HANG_GUARD, kill)
-        guard.start()
-        try:
-            code = proc.wait()
-        except BaseException:  # interrupted (pytest's timeout, ^C): leave nothing running
-            kill()
-            proc.wait()
-            raise
-        finally:
-            guard.cancel()
-        assert not hung.is_set(), f"hung: killed after {HANG_GUARD}s"
-        out.seek(0)
-        err.seek(0)
-        peak_kib = int(peak_file.read_text())
-        return Run(code, out.read().decode(), err.read().decode(), peak_kib * 1024)
+    environment = command_env(hostile.emu.token, ASSETSYNC_PAGE_SIZE=str(PAGE), **env)
+    return run_measured(command, environment, hang_guard=HANG_GUARD)
 
 
 def assert_sound(run: Run, hostile: HostileApi, dest: Path, code: int) -> dict[str, Any]:
@@ -232,6 +149,13 @@ def test_a_gzip_bomb_on_ping_is_refused_at_the_cap(hostile: HostileApi, tmp_path
     assert "GET /api/home/ping" in summary["error"]
     assert "api_max_body" in summary["error"]
     assert hostile.emu.counters.requests.get("assets_list", 0) == 0
+    # As cron runs it: one line naming the cause, the same exit code, no traceback.
+    run = mirror(hostile, tmp_path / "d2", human=True)
+    assert run.code == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stdout + run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("assetsync: error:")]
+    assert len(errors) == 1 and "api_max_body" in errors[0], run.stderr[-2000:]
+    assert run.peak_rss < RSS_BOUND
 
 
 async def bombs_for_annotations(request: web.Request, api: Upstream) -> web.StreamResponse | None:
@@ -468,3 +392,9 @@ def test_when_no_data_lookup_answers_the_tags_are_kept_and_files_mirror(
     assert "tags and data tags were not updated" in run.stderr  # the log line, no traceback
     with Manifest.open(dest, create=False, read_only=True) as manifest:
         assert all(row.tags_digest is None for row in manifest.iter_rows())  # not "no tags"
+    # People see the warning too, in the summary the command prints.
+    run = mirror(hostile, tmp_path / "d2", human=True)
+    assert run.code == 0, run.stderr[-2000:]
+    assert "Traceback" not in run.stdout + run.stderr
+    warned = [line for line in run.stdout.splitlines() if line.startswith("  warning: ")]
+    assert len(warned) == 1 and "tags and data tags were not updated" in warned[0], run.stdout

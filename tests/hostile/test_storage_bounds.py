@@ -17,17 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import re
-import resource
-import subprocess
-import sys
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +29,7 @@ import pytest
 
 from engine.emulator import Emulator
 from engine.manifest import Manifest
+from tests.command import ASSETSYNC, Run, command_env, run_measured
 from tests.hostile.scripted import Conn, Request, ScriptedServer, hostile_storage, object_bytes
 
 KiB = 1024
@@ -60,84 +55,30 @@ BODY_PATHS = {"loop": str(1 << 40), "pump": "0"}  # transfer.thread_body_min
 # -- the run -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-    peak_rss: int  # bytes
-    seconds: float
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.stdout)
-        return data
-
-    def failure_for(self, asset_id: str) -> str:
-        found = [f["error"] for f in self.summary.get("failures", []) if f["asset_id"] == asset_id]
-        assert found, (asset_id, self.summary)
-        return str(found[0])
-
-
-def _limit_address_space() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-
-
-def _high_water(pid: int) -> int:
-    """The process's peak resident memory so far, in bytes (0 once it has exited)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+def failure_for(run: Run, asset_id: str) -> str:
+    found = [f["error"] for f in run.summary.get("failures", []) if f["asset_id"] == asset_id]
+    assert found, (asset_id, run.summary)
+    return str(found[0])
 
 
 def run_mirror(emu: Emulator, dest: Path, **settings: str) -> Run:
     """``assetsync mirror --json`` as a process, with fast retries and ``settings`` as
     ``ASSETSYNC_TRANSFER__*`` variables; killed (and the test failed) after the hang guard."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
-    env["PICSELLIA_TOKEN"] = emu.token
-    env["ASSETSYNC_TRANSFER__RETRY__ATTEMPTS"] = str(ATTEMPTS)
-    env["ASSETSYNC_TRANSFER__RETRY__BASE_DELAY"] = "0.01"
-    env["ASSETSYNC_TRANSFER__RETRY__MAX_DELAY"] = "0.05"
-    env["ASSETSYNC_TRANSFER__MAX_OBJECT_SIZE"] = str(MAX_OBJECT)
-    env["ASSETSYNC_TRANSFER__TIMEOUTS__MIN_RATE"] = "8192"
-    env["ASSETSYNC_TRANSFER__TIMEOUTS__MIN_RATE_WINDOW"] = "1"
-    for name, value in settings.items():
-        env[f"ASSETSYNC_TRANSFER__{name.upper()}"] = value
+    transfer = {
+        "RETRY__ATTEMPTS": str(ATTEMPTS),
+        "MAX_OBJECT_SIZE": str(MAX_OBJECT),
+        "TIMEOUTS__MIN_RATE": "8192",
+        "TIMEOUTS__MIN_RATE_WINDOW": "1",
+        **{name.upper(): value for name, value in settings.items()},  # the case's own
+    }
+    env = command_env(emu.token, **{f"ASSETSYNC_TRANSFER__{k}": v for k, v in transfer.items()})
     args = [
-        *(sys.executable, "-m", "engine", "mirror"),
+        *ASSETSYNC,
+        "mirror",
         *("--api-url", emu.api_url, "--dataset-version", emu.dataset_version_id),
         *("--dest", str(dest), "--no-fsync", "--json"),
     ]
-    out, err = dest.parent / f"{dest.name}.out", dest.parent / f"{dest.name}.err"
-    started = time.monotonic()
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        proc = subprocess.Popen(
-            args, env=env, stdout=stdout, stderr=stderr, preexec_fn=_limit_address_space
-        )
-    # The peak RSS is the kernel's high-water mark of the process's memory after exec (VmHWM),
-    # sampled: ru_maxrss would count the pytest process it was forked from.
-    peak = 0
-    while True:
-        peak = max(peak, _high_water(proc.pid))
-        if proc.poll() is not None:
-            break
-        if time.monotonic() - started > HANG_GUARD:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"hung: killed after {HANG_GUARD} s; stderr: {err.read_text()[-2000:]}")
-        time.sleep(0.02)
-    run = Run(
-        code=proc.returncode,
-        stdout=out.read_text(),
-        stderr=err.read_text(),
-        peak_rss=peak,
-        seconds=time.monotonic() - started,
-    )
+    run = run_measured(args, env, hang_guard=HANG_GUARD, address_space=ADDRESS_SPACE)
     assert "Traceback" not in run.stdout + run.stderr, run.stderr[-3000:]
     assert emu.token not in run.stdout + run.stderr
     assert run.peak_rss < PEAK_RSS, f"peak RSS {run.peak_rss >> 20} MiB"
@@ -322,7 +263,7 @@ def test_a_206_claiming_an_absurd_total_is_refused_in_bounded_memory(
         dest = tmp_path / "d"
         run = run_mirror(emu, dest, **settings)
         assert run.code == 1, run.stderr
-        message = run.failure_for(target)
+        message = failure_for(run, target)
         if limits == "default":
             assert "max_object_size" in message
             assert storage.target_requests == 1  # permanent: not retried
@@ -350,7 +291,7 @@ def test_storage_ignoring_range_and_cutting_every_body_spends_the_budget(
         dest = tmp_path / "d"
         run = run_mirror(emu, dest, thread_body_min=BODY_PATHS[body_path])
         assert run.code == 1, run.stderr
-        assert "body cut short" in run.failure_for(target)
+        assert "body cut short" in failure_for(run, target)
         assert storage.target_requests == ATTEMPTS
         _others_ok(check_manifest(emu, dest), target)
         check_bounded(emu, dest)
@@ -390,7 +331,7 @@ def test_a_dripping_body_ends_at_the_minimum_rate(
         dest = tmp_path / "d"
         run = run_mirror(emu, dest, thread_body_min=BODY_PATHS[body_path])
         assert run.code == 1, run.stderr
-        assert "minimum rate" in run.failure_for(target)
+        assert "minimum rate" in failure_for(run, target)
         assert storage.target_requests == ATTEMPTS
         _others_ok(check_manifest(emu, dest), target)
         check_bounded(emu, dest)
@@ -453,7 +394,7 @@ def test_an_endless_body_of_unannounced_length_stops_at_max_object_size(
         dest = tmp_path / "d"
         run = run_mirror(emu, dest)
         assert run.code == 1, run.stderr
-        assert "max_object_size" in run.failure_for(target)
+        assert "max_object_size" in failure_for(run, target)
         assert storage.target_requests == 1  # permanent: not retried
         _others_ok(check_manifest(emu, dest), target)
         check_bounded(emu, dest)
@@ -490,7 +431,7 @@ def test_an_object_announced_larger_than_max_object_size_is_refused_before_a_byt
         dest = tmp_path / "d"
         run = run_mirror(emu, dest)
         assert run.code == 1, run.stderr
-        assert "max_object_size" in run.failure_for(target)
+        assert "max_object_size" in failure_for(run, target)
         assert storage.target_requests == 1
         _others_ok(check_manifest(emu, dest), target)
         check_bounded(emu, dest)
@@ -521,7 +462,7 @@ def test_a_chunked_body_running_past_its_content_range_is_an_error(
         dest = tmp_path / "d"
         run = run_mirror(emu, dest)
         assert run.code == 1, run.stderr
-        assert "runs past its announced end" in run.failure_for(target)
+        assert "runs past its announced end" in failure_for(run, target)
         _others_ok(check_manifest(emu, dest), target)
         check_bounded(emu, dest)
 

@@ -21,12 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
-import signal
 import ssl
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,76 +31,35 @@ import trustme
 
 from engine.emulator import Emulator
 from engine.manifest import Manifest
+from tests.command import ASSETSYNC, Run, command_env, run_measured
 from tests.hostile.scripted import Conn, ScriptedServer, hostile_storage, object_bytes
 
 pytestmark = pytest.mark.slow
 
 HANG_GUARD = 90.0
 RSS_BOUND_MIB = 200
+MiB = 1024 * 1024
 ASSETS = 3
 
 Answer = Callable[[bytes], bytes]
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-    peak_rss_mib: float
-    summary: dict
-
-
 def run_mirror(emu: Emulator, dest: Path, env_extra: dict[str, str] | None = None) -> Run:
     """``assetsync mirror --json`` in a child process; its exit code, output and peak RSS."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
-    env.update(
-        {
-            "PICSELLIA_TOKEN": emu.token,
-            "ASSETSYNC_TRANSFER__RETRY__ATTEMPTS": "2",
-            "ASSETSYNC_TRANSFER__RETRY__BASE_DELAY": "0.01",
-            "ASSETSYNC_TRANSFER__RETRY__MAX_DELAY": "0.05",
-            "ASSETSYNC_TRANSFER__TIMEOUTS__READ": "2",
-            "ASSETSYNC_TRANSFER__TIMEOUTS__STALL": "2",
-            **(env_extra or {}),
-        }
+    env = command_env(
+        emu.token,
+        ASSETSYNC_TRANSFER__RETRY__ATTEMPTS="2",
+        ASSETSYNC_TRANSFER__TIMEOUTS__READ="2",
+        ASSETSYNC_TRANSFER__TIMEOUTS__STALL="2",
+        **(env_extra or {}),
     )
     args = [
-        *(sys.executable, "-m", "engine", "mirror"),
+        *ASSETSYNC,
+        "mirror",
         *("--api-url", emu.api_url, "--dataset-version", emu.dataset_version_id),
         *("--dest", str(dest), "--json", "--no-fsync"),
     ]
-    out, err, rss = (dest.parent / name for name in ("stdout", "stderr", "peak-rss"))
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        # Through a small wrapper whose only child is the run: the run's rusage is then its
-        # own. (wait4 on a child of pytest itself would report pytest's RSS, which the child
-        # shares between vfork and exec.) Its own session, so the guard kills both.
-        child = subprocess.Popen(
-            [sys.executable, "-c", PEAK_RSS, str(rss), *args],
-            env=env,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
-        try:
-            child.wait(timeout=HANG_GUARD)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            pytest.fail(f"the run did not end within {HANG_GUARD} s")
-    stdout_text, stderr_text = out.read_text(), err.read_text()
-    summary = json.loads(stdout_text) if stdout_text.strip() else {}
-    peak_mib = int(rss.read_text()) / 1024  # ru_maxrss is in KiB on Linux
-    return Run(child.returncode, stdout_text, stderr_text, peak_mib, summary)
-
-
-PEAK_RSS = """
-import resource, subprocess, sys
-code = subprocess.call(sys.argv[2:])
-with open(sys.argv[1], "w") as out:
-    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
-sys.exit(code if code >= 0 else 128 - code)
-"""
+    return run_measured(args, env, hang_guard=HANG_GUARD)
 
 
 def serving(answer: Answer, emu: list[Emulator]) -> Callable[[Conn], object]:
@@ -156,7 +110,7 @@ def mirror_against(
             run = run_mirror(emu, tmp_path / "dest")
             states = check_manifest(emu, tmp_path / "dest")
     assert "Traceback" not in run.stderr, run.stderr
-    assert run.peak_rss_mib < RSS_BOUND_MIB, run.peak_rss_mib
+    assert run.peak_rss < RSS_BOUND_MIB * MiB, run.peak_rss >> 20
     return Outcome(run, states, server)
 
 
@@ -280,7 +234,7 @@ def test_an_answer_nobody_asked_for_is_never_stored_as_the_next_object(tmp_path:
             run = run_mirror(emu, tmp_path / "dest", {"ASSETSYNC_LIMITS__CONCURRENCY": "2"})
             states = check_manifest(emu, tmp_path / "dest")
     assert "Traceback" not in run.stderr, run.stderr
-    assert run.peak_rss_mib < RSS_BOUND_MIB
+    assert run.peak_rss < RSS_BOUND_MIB * MiB
     assert run.code == 0, run.stderr
     assert set(states.values()) == {"ok"} and len(states) == 2
     assert len(server.requests) == 3  # the retry was asked, on a fresh connection
@@ -315,7 +269,7 @@ def test_a_redirect_from_https_to_http_is_not_followed(ca: trustme.CA, tmp_path:
     finally:
         plain.stop()
     assert "Traceback" not in run.stderr, run.stderr
-    assert run.peak_rss_mib < RSS_BOUND_MIB
+    assert run.peak_rss < RSS_BOUND_MIB * MiB
     assert run.code == 1, run.stderr
     assert run.summary["failed"] == ASSETS
     assert "ok" not in states.values()
@@ -362,4 +316,4 @@ def test_a_well_behaved_server_through_the_same_harness(tmp_path: Path) -> None:
     )
     assert outcome.run.code == 0, outcome.run.stderr
     assert set(outcome.states.values()) == {"ok"} and len(outcome.states) == ASSETS
-    print(f"peak RSS of a well-behaved run: {outcome.run.peak_rss_mib:.0f} MiB")
+    print(f"peak RSS of a well-behaved run: {outcome.run.peak_rss >> 20} MiB")

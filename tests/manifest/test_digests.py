@@ -8,8 +8,8 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.digests import canonical_json
 from engine.manifest import annotations_digest, path_key, tags_digest
-from engine.manifest.digests import canonical_json
 from tests.manifest.helpers import annotation, annotations_st
 
 names = st.lists(st.text(max_size=10), max_size=8)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from engine.emulator import Emulator, FaultRule
 from engine.manifest import Manifest
+from tests.command import command_env
 from tests.mirror.helpers import assert_mirror_matches
 
 pytestmark = pytest.mark.slow
@@ -32,14 +32,7 @@ def emu() -> Iterator[Emulator]:
 
 
 def _env(token: str | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
-    if token is not None:
-        env["PICSELLIA_TOKEN"] = token
-    # Quick retries: a test must not sit in a backoff for seconds.
-    env["ASSETSYNC_TRANSFER__RETRY__BASE_DELAY"] = "0.01"
-    env["ASSETSYNC_TRANSFER__RETRY__MAX_DELAY"] = "0.05"
-    env.update(extra)
-    return env
+    return command_env(token, **extra)
 
 
 def _mirror_args(emu: Emulator, dest: Path, *more: str) -> list[str]:

@@ -10,12 +10,12 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from engine.deletion import stage_version_ids
 from engine.emulator import Emulator, FaultRule
 from engine.errors import ApiUnavailable, AuthError, UsageError
 from engine.manifest import Manifest
-from engine.manifest_access import ManifestAccess
 from engine.mirroring import mirror
+from engine.mirroring.deletion import stage_version_ids
+from engine.pipeline.writer import ManifestAccess
 from engine.platform import PlatformClient
 from engine.preflight import MAX_LISTED_TAGS, unknown_tags_message
 from engine.settings import RetryPolicy

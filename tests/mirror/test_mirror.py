@@ -12,10 +12,10 @@ import pytest
 
 from engine.emulator import Emulator, FaultRule
 from engine.errors import AuthError, LockHeldError, UsageError
-from engine.lock import DestLock
 from engine.manifest import Manifest
 from engine.mirroring import mirror
-from engine.summary import LiveCounters
+from engine.pipeline.lock import DestLock
+from engine.pipeline.summary import LiveCounters
 from engine.verify import verify
 from tests.mirror.helpers import assert_mirror_matches, files_under, settings_for
 

@@ -11,7 +11,6 @@ storage requests by their port.
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 import trustme
 
 from engine.emulator import Emulator, ExternalStorage
+from tests.command import command_env
 from tests.hostile.scripted import Conn, ScriptedServer, object_bytes
 from tests.mirror.helpers import assert_mirror_matches
 from tests.tinyproxy import PASSWORD, Tinyproxy, running_tinyproxy
@@ -92,10 +92,7 @@ def tls_platform(ca: trustme.CA, tmp_path: Path) -> Iterator[Platform]:
 def _mirror(
     platform: Platform, dest: Path, proxy_env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
-    env.update(proxy_env)
-    env["PICSELLIA_TOKEN"] = platform.emu.token
-    env["ASSETSYNC_TRANSFER__RETRY__BASE_DELAY"] = "0.01"
+    env = command_env(platform.emu.token, **proxy_env)
     if platform.cert_file is not None:
         env.pop("SSL_CERT_DIR", None)
         env["SSL_CERT_FILE"] = str(platform.cert_file)

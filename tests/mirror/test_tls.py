@@ -9,7 +9,6 @@ connections drop mid-body and large objects come in parallel segments.
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 import trustme
 
 from engine.emulator import Emulator, FaultRule
+from tests.command import command_env
 from tests.mirror.helpers import assert_mirror_matches, files_under
 
 pytestmark = pytest.mark.slow
@@ -51,14 +51,10 @@ def tls_emu(ca: trustme.CA) -> Iterator[Emulator]:
 
 def _run(emu: Emulator, dest: Path, cert_file: Path) -> subprocess.CompletedProcess[str]:
     """``assetsync mirror`` trusting only the CA in ``cert_file``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
+    env = command_env(emu.token, SSL_CERT_FILE=str(cert_file))
     env.pop("SSL_CERT_DIR", None)
-    env["PICSELLIA_TOKEN"] = emu.token
-    env["SSL_CERT_FILE"] = str(cert_file)
     env.update(
         {
-            "ASSETSYNC_TRANSFER__RETRY__BASE_DELAY": "0.01",
-            "ASSETSYNC_TRANSFER__RETRY__MAX_DELAY": "0.05",
             # 3 MiB objects in 256 KiB segments over several TLS connections.
             "ASSETSYNC_TRANSFER__SEGMENT_THRESHOLD": str(MiB),
             "ASSETSYNC_TRANSFER__SEGMENT_SIZE": str(256 * 1024),

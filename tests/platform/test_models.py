@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.backoff import parse_retry_after
 from engine.emulator.query import parse_query
 from engine.platform import models
-from engine.platform.http import parse_retry_after, server_message
+from engine.platform.http import server_message
 from engine.platform.query import and_, quote, tag_equals, tag_filter, tags_filter, tags_in
 
 ASSET = {
@@ -147,15 +148,15 @@ def test_any_tag_names_round_trip_through_the_q_parser(tags: list[str], data_tag
 
 
 def test_retry_after_parsing() -> None:
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("2") == 2.0
-    assert parse_retry_after(" 0.25 ") == 0.25
-    assert parse_retry_after("-3") == 0.0
-    assert parse_retry_after("nan") is None
-    assert parse_retry_after("soon") is None
-    when = parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0)
+    assert parse_retry_after(None, 0.0) is None
+    assert parse_retry_after("2", 0.0) == 2.0
+    assert parse_retry_after(" 0.25 ", 0.0) == 0.25
+    assert parse_retry_after("-3", 0.0) == 0.0
+    assert parse_retry_after("nan", 0.0) is None
+    assert parse_retry_after("soon", 0.0) is None
+    when = parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0)
     assert when == 10.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412490.0) == 0.0
 
 
 def test_server_message() -> None:

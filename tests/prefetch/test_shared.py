@@ -9,8 +9,8 @@ import pytest
 
 from engine.emulator import Emulator
 from engine.errors import LockHeldError
-from engine.lock import DestLock
 from engine.mirroring import mirror
+from engine.pipeline.lock import DestLock
 from engine.prefetch import Prefetcher
 from tests.mirror.helpers import assert_mirror_matches
 from tests.prefetch.helpers import listing, settings_for, sha256_of

@@ -112,3 +112,33 @@ def test_shards_and_ids_are_checked():
         assert store.append(["x", "y", "x"]) == ["x", "y"]  # a listing's repeat is dropped
     finally:
         store.close()
+
+
+@settings(max_examples=40)
+@given(
+    ids=ids_strategy,
+    seed=st.integers(0, 2**32),
+    shuffled=st.booleans(),
+    count=st.integers(1, 4),
+    start=st.integers(0, 70),
+    data=st.data(),
+)
+def test_an_order_read_from_a_position_is_the_rest_of_the_order(
+    ids, seed, shuffled, count, start, data
+):
+    """Arithmetic, not replay: the order from position ``start`` is the tail of the whole
+    order, shard by shard, whatever the chunk sizes."""
+    shard = Shard(data.draw(st.integers(0, count - 1)), count)
+    key = shuffle_key(seed, 0) if shuffled else None
+    store = OrderStore()
+    try:
+        store.append(ids)
+        whole = _order(store, key, shard)
+        cursor = store.cursor(key, shard, start)
+        tail = []
+        while batch := cursor.take(data.draw(st.integers(1, 9))):
+            tail += batch
+        cursor.close()
+        assert tail == [(index, a) for index, a in whole if index >= start]
+    finally:
+        store.close()

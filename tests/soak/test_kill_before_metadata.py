@@ -11,7 +11,6 @@ annotations are held back by the emulator until every file is in place, then the
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 
 from engine.emulator import Emulator, FaultRule
 from engine.manifest import Manifest
+from tests.command import command_env
 from tests.mirror.helpers import assert_mirror_matches, files_under
 
 pytestmark = pytest.mark.slow
@@ -30,11 +30,7 @@ ASSETS = 200
 
 
 def _env(token: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
-    env["PICSELLIA_TOKEN"] = token
-    env["ASSETSYNC_TRANSFER__RETRY__BASE_DELAY"] = "0.01"
-    env["ASSETSYNC_TRANSFER__RETRY__MAX_DELAY"] = "0.05"
-    return env
+    return command_env(token)
 
 
 def _recorded_ok(dest: Path) -> int:
@@ -88,3 +84,66 @@ def test_files_in_place_before_their_page_metadata_survive_a_sigkill(tmp_path: P
         summary = json.loads(done.stdout)
         # Nothing the killed run had in place is fetched again.
         assert (summary["downloaded"], emu.counters.storage_bytes) == (0, 0)
+
+
+# The prefetcher, over one run of the same pipeline: its items wait for their metadata, but its
+# files must be recorded as they land, as the mirror's are.
+_PREFETCH_CHILD = """
+import sys
+from engine.prefetch import Prefetcher
+from engine.settings import load_settings
+
+api, version, dest, window = sys.argv[1:5]
+settings = load_settings({"api_url": api, "dataset_version": version, "dest": dest})
+with Prefetcher(settings, window=int(window), window_bytes=None) as prefetcher:
+    for item in prefetcher:
+        pass
+"""
+
+
+def test_a_prefetchers_files_in_place_before_their_metadata_survive_a_sigkill(
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "d"
+    emulator = Emulator(assets=ASSETS, seed=4, large_share=0.0, nasty_filenames=False)
+    with emulator.in_thread() as emu:
+        total = sum(emu.dataset.expected(a).size for a in emu.dataset.asset_ids())
+        # No item can go out (its annotations never come): the fetchers fill the window.
+        emu.faults.add(FaultRule(target="annotations_bulk", kind="stall", seconds=120.0))
+        args = [sys.executable, "-c", _PREFETCH_CHILD, emu.api_url, emu.dataset_version_id]
+        victim = subprocess.Popen(
+            [*args, str(dest), str(ASSETS)],
+            env=_env(emu.token),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while len(files_under(dest)) < ASSETS:
+                assert victim.poll() is None, "the prefetcher ended before its files were in place"
+                assert time.monotonic() < deadline, "the files never all came into place"
+                time.sleep(0.02)
+            while _recorded_ok(dest) < ASSETS:
+                assert victim.poll() is None, "the prefetcher ended before recording its files"
+                assert time.monotonic() < deadline, "files in place were never recorded"
+                time.sleep(0.05)
+        finally:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+        emu.quiesce_sync()
+        assert emu.counters.storage_bytes == total  # every file came, whole, once
+
+        emu.faults.clear()
+        emu.counters.reset()
+        mirror = [
+            *(sys.executable, "-m", "engine", "mirror", "--api-url", emu.api_url),
+            *("--dataset-version", emu.dataset_version_id, "--dest", str(dest), "-q", "--json"),
+        ]
+        done = subprocess.run(
+            mirror, env=_env(emu.token), capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        emu.quiesce_sync()
+        assert_mirror_matches(emu, dest)
+        # Nothing the killed prefetcher had in place is fetched again.
+        assert (json.loads(done.stdout)["downloaded"], emu.counters.storage_bytes) == (0, 0)

@@ -60,6 +60,7 @@ import pytest
 from engine.emulator import Emulator, ExpectedAsset, FaultRule
 from engine.errors import EngineError
 from engine.manifest import Manifest
+from tests.command import command_env
 from tests.mirror.helpers import assert_mirror_matches
 
 pytestmark = pytest.mark.slow
@@ -119,18 +120,13 @@ def emu() -> Iterator[Emulator]:
 
 
 def _env(emu: Emulator) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETSYNC_", "PICSELLIA_"))}
-    env.update(
-        PICSELLIA_TOKEN=emu.token,
-        # Quick retries: the injected faults must not make the run sit in backoffs.
-        ASSETSYNC_TRANSFER__RETRY__BASE_DELAY="0.01",
-        ASSETSYNC_TRANSFER__RETRY__MAX_DELAY="0.05",
+    return command_env(
+        emu.token,
         ASSETSYNC_TRANSFER__SEGMENT_THRESHOLD=str(2 * MiB),
         ASSETSYNC_TRANSFER__SEGMENT_SIZE=str(1 * MiB),
         ASSETSYNC_TRANSFER__CHUNK_SIZE=str(64 * KiB),
         ASSETSYNC_TRANSFER__THREAD_BODY_MIN=str(512 * KiB),
     )
-    return env
 
 
 def _mirror_args(emu: Emulator, dest: Path, *more: str) -> list[str]:

@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from engine.emulator.nginx import NginxServer
+from engine.signed_urls import SignedUrl
 from engine.transfer import ObjectRef, ProgressEvent, Transferer
 
 from .conftest import MiB, fast_options, sha256_of
@@ -106,8 +107,14 @@ async def test_nginx_secure_link_expiry(tmp_path: Path) -> None:
         )
         result = await skewed.fetch(REF, expired, refresh, tmp_path / "d1", PurePosixPath("f"))
         assert result.refreshes == 1 and result.sha256 == sha
-        # Valid for 10 s, less than the margin: refreshed before the first request.
+        # Valid for 10 s, less than the margin: used as it comes (the one freshness rule,
+        # engine.signed_urls.usable: half its lifetime left is enough)...
         short = nginx.signed_url("a b.bin", ttl=10)
         result = await t.fetch(REF, short, refresh, tmp_path / "d2", PurePosixPath("f"))
+        assert result.refreshes == 0 and result.sha256 == sha
+        # ... but obtained 8 s ago, it has less than half left: refreshed before the request.
+        now = time.time()
+        aged = SignedUrl.parse(nginx.signed_url("a b.bin", ttl=2), now - 8, 300.0)
+        result = await t.fetch(REF, aged, refresh, tmp_path / "d3", PurePosixPath("f"))
         assert result.refreshes == 1 and result.sha256 == sha
         assert refreshed == 2

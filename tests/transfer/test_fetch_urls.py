@@ -21,6 +21,7 @@ import pytest
 
 from engine.emulator import FaultRule
 from engine.errors import NotFoundError, TransientTransferError
+from engine.signed_urls import SignedUrl
 from engine.transfer import ObjectRef, ProgressEvent, Transferer
 
 from .conftest import Harness, KiB, MiB, fast_options, harness
@@ -119,14 +120,24 @@ async def test_expiry_between_a_failure_and_its_retry(
 
 
 @pytest.mark.parametrize("signing", STYLES)
-async def test_urls_shorter_lived_than_the_margin_still_work(tmp_path: Path, signing: str) -> None:
+async def test_urls_shorter_lived_than_the_margin_are_used_for_half_their_life(
+    tmp_path: Path, signing: str
+) -> None:
+    """The one freshness rule (engine.signed_urls.usable): a URL signed for less than the
+    margin is used while it has half its lifetime left, then refreshed before the request."""
     async with harness(tmp_path, signing=signing) as h:
-        h.emu.faults.url_ttl = 5.0  # below the 30 s margin: every request refreshes first
+        h.emu.faults.url_ttl = 8.0  # below the 30 s margin
         t = h.transferer(clock=h.emu.now)
         asset = h.one(lambda a: a.size >= 3 * MiB)
-        result = await h.fetch(t, asset)
+        result = await h.fetch(t, asset, url=await h.presign(asset.data_id))
         h.check(result, asset)
-        assert result.refreshes >= 1
+        assert result.refreshes == 0  # fresh: used as it came
+        # As the pipeline hands it over: parsed when obtained, so its lifetime is known.
+        url = SignedUrl.parse(await h.presign(asset.data_id), h.emu.now(), 300.0)
+        h.emu.advance_clock(5.0)  # less than half of its 7-8 s left
+        result = await h.fetch(t, asset, url=url, rel="again.bin")  # type: ignore[arg-type]
+        assert result.refreshes == 1
+        assert (h.dest / "again.bin").stat().st_size == asset.size
 
 
 async def test_refresh_errors_reach_the_caller(tmp_path: Path) -> None:

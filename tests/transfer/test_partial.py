@@ -73,7 +73,7 @@ def test_after_a_reboot_only_synced_bytes_count(
     part.record(1, 1000)  # only in the page cache: a reboot may lose it
     part.close()
 
-    monkeypatch.setattr(partial_module, "_boot_id", "another-boot")
+    monkeypatch.setattr(partial_module, "boot_id", lambda: "another-boot")
     again = Partial(PartialDir(tmp_path), "a1", "d1")
     state = again.open()
     assert state is not None and state.done == [1000, 0, 0, 0]
@@ -92,7 +92,7 @@ def test_without_fsync_nothing_survives_a_reboot(
     part.write(b"x" * 1000, 0)
     part.record(0, 1000)
     part.close()
-    monkeypatch.setattr(partial_module, "_boot_id", "another-boot")
+    monkeypatch.setattr(partial_module, "boot_id", lambda: "another-boot")
     again = Partial(PartialDir(tmp_path), "a1", "d1")
     state = again.open()
     assert state is not None and state.done == [0, 0, 0, 0]

@@ -8,8 +8,9 @@ from email.utils import formatdate
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.backoff import parse_retry_after
 from engine.settings import RetryPolicy
-from engine.transfer.retry import Backoff, parse_retry_after
+from engine.transfer.retry import Backoff
 
 policies = st.builds(
     RetryPolicy,
@@ -118,6 +119,15 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(formatdate(now - 30, usegmt=True), now) == 0.0
     for bad in (None, "", "soon", "nan", "inf", "Mon, 99 Foo 2026"):
         assert parse_retry_after(bad, now) is None
+
+
+def test_retry_after_dates_without_a_zone_are_gmt() -> None:
+    """RFC 9110: a recipient accepts all three HTTP-date formats; asctime's has no zone and is
+    GMT. (The API client read it as local time, the transfer core refused it.)"""
+    now = 784111777.0 - 30  # Sun, 06 Nov 1994 08:49:37 GMT, less 30 s
+    assert parse_retry_after("Sun Nov  6 08:49:37 1994", now) == 30.0
+    assert parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now) == 30.0
+    assert parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now) == 30.0
 
 
 @given(st.text(max_size=40), st.floats(0, 4e9))

@@ -31,6 +31,8 @@ from typing import Any
 import anyio
 
 from engine.errors import AuthError, EngineError, PlatformError, primary_error
+from engine.manifest import Manifest
+from engine.pipeline.writer import ManifestAccess
 from engine.platform import PlatformClient, models
 from engine.platform.per_item import AnnotationAnswer
 from engine.platform.query import DATA_TAGS, TAGS, tag_filter
@@ -39,6 +41,7 @@ __all__ = [
     "DATALAKE_CANDIDATES",
     "PageAnnotations",
     "TagStager",
+    "TagStaging",
     "datalake_of",
     "fetch_page_annotations",
     "group_annotations",
@@ -53,6 +56,8 @@ DATALAKE_CANDIDATES = 3
 _TAG_LISTINGS_AT_ONCE = 16
 
 StageFn = Callable[[str, str, Sequence[str]], Awaitable[None]]
+# Asset id -> (tag names, data tag names) staged this run.
+StagedTags = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
 
 
 class TagStager:
@@ -93,6 +98,71 @@ class TagStager:
     async def _data_tags(self, data_ids: Sequence[str]) -> list[models.Tag]:
         lake = await datalake_of(self._client, data_ids)
         return [] if lake is None else await self._client.datalake_tags(lake)
+
+
+class TagStaging:
+    """A run's tags, staged in the background from its start (mirror and prefetch alike).
+
+    :meth:`run` stages every tag of the version into the manifest for this run, then sets
+    ``ready``; ``error`` says why the run's tags are unknown if they could not be read (the run
+    decides what that means: the mirror keeps the stored tags, the prefetcher raises it to the
+    consumer). The datalake of data tags is learnt from the first assets listed, which the
+    lister reports with :meth:`saw_first` (empty: the version has none).
+    """
+
+    def __init__(
+        self, client: PlatformClient, dataset_version: str, db: ManifestAccess, run_id: int
+    ) -> None:
+        self._client = client
+        self._dv = dataset_version
+        self._db = db
+        self._run_id = run_id
+        self.ready = anyio.Event()
+        self.error: EngineError | None = None
+        self._first = anyio.Event()
+        self._first_data_ids: list[str] = []
+
+    def saw_first(self, data_ids: Sequence[str]) -> None:
+        """The data ids of the first assets listed (a few: the first may be gone by the time it
+        is looked up); called again, it changes nothing."""
+        if not self._first.is_set():
+            self._first_data_ids = list(dict.fromkeys(data_ids))[:DATALAKE_CANDIDATES]
+            self._first.set()
+
+    async def run(self) -> None:
+        manifest = self._db.manifest
+        if manifest is None:
+            # A dry run into an empty DEST: every asset is new, tags decide nothing.
+            self.ready.set()
+            return
+
+        async def stage(kind: str, name: str, ids: Sequence[str]) -> None:
+            await self._db.call(_stage, manifest, self._run_id, kind, name, ids)
+
+        async def first_data_ids() -> list[str]:
+            await self._first.wait()
+            return self._first_data_ids
+
+        try:
+            await TagStager(self._client, self._dv, stage).run(first_data_ids)
+        except EngineError as exc:
+            self.error = exc
+        finally:
+            self.ready.set()
+
+    async def staged(self, ids: Sequence[str]) -> StagedTags | None:
+        """The tags staged for these assets this run, once staging ended (None: unknown)."""
+        await self.ready.wait()
+        manifest = self._db.manifest
+        if self.error is not None:
+            return None
+        if manifest is None:
+            return {}
+        return await self._db.call(manifest.staged_tags, self._run_id, ids)
+
+
+def _stage(manifest: Manifest, run_id: int, kind: str, name: str, ids: Sequence[str]) -> None:
+    manifest.stage_tags(run_id, kind, name, ids)  # type: ignore[arg-type]
 
 
 async def datalake_of(client: PlatformClient, data_ids: Sequence[str]) -> str | None:

@@ -1,14 +1,21 @@
-"""The manifest seen from the event loop: one worker thread, and a batching writer.
+"""The manifest seen from the event loop: one worker thread, and one ordered writer.
 
 SQLite is synchronous and its connection is used by one thread at a time, so every manifest call
 goes through :class:`ManifestAccess` (a capacity-1 limiter on a worker thread). The
-:class:`BatchWriter` commits whatever has queued up in one transaction: many files per commit
+:class:`ManifestWriter` commits whatever has queued up in one transaction: many files per commit
 when files arrive fast, one when they trickle in, never a commit per file on a busy run.
+
+Everything a run records goes through one writer, in the order it was put: a file's row
+(``ok``) and its later eviction (``evicted``) must reach the manifest in that order, or a
+deleted file would be recorded as present; a callback put after a page's rows runs once they
+are committed (the mirror frees the page's slot then).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import ParamSpec, TypeVar
 
@@ -16,12 +23,14 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from engine.manifest import AssetUpdate, Manifest
+from engine.manifest import AssetState, AssetUpdate, Manifest
 
 __all__ = [
     "MAX_BATCH",
-    "BatchWriter",
+    "After",
+    "Evicted",
     "ManifestAccess",
+    "ManifestWriter",
     "WriteItem",
     "take_batch",
     "take_leftovers",
@@ -36,6 +45,23 @@ MAX_BATCH = 1000
 WriteItem = AssetUpdate | list[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    """This asset's file was deleted to stay within a disk budget."""
+
+    asset_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class After:
+    """Call ``fn`` once everything put before it is committed (or failed to be)."""
+
+    fn: Callable[[], None]
+
+
+Item = WriteItem | Evicted | After
+
+
 class ManifestAccess:
     """Runs manifest calls on one worker thread: SQLite is synchronous, the loop must not be."""
 
@@ -48,12 +74,22 @@ class ManifestAccess:
 
 
 def _commit(
-    manifest: Manifest, run_id: int, updates: Sequence[AssetUpdate], seen: Sequence[str]
+    manifest: Manifest,
+    run_id: int,
+    updates: Sequence[AssetUpdate],
+    seen: Sequence[str],
+    evicted: Sequence[str],
 ) -> None:
     if manifest.read_only:
         manifest.mark_seen(run_id, seen)  # a dry run: scratch marks, for the deletion count
-    else:
+        return
+    if updates or seen:
         manifest.apply(updates, run_id, seen=seen)  # one transaction for both
+    if evicted:
+        changes: list[tuple[str, AssetState, str | None]] = [
+            (asset_id, "evicted", None) for asset_id in evicted
+        ]
+        manifest.mark_states(changes)
 
 
 def take_batch(stream: MemoryObjectReceiveStream[T], first: T, limit: int = MAX_BATCH) -> list[T]:
@@ -77,11 +113,12 @@ def take_leftovers(stream: MemoryObjectReceiveStream[T]) -> list[T]:
             return leftover
 
 
-class BatchWriter:
-    """Drains a stream of :data:`WriteItem` into the manifest, a transaction per batch.
+class ManifestWriter:
+    """Drains what is :meth:`put` into the manifest, a transaction per batch, in order.
 
-    ``on_committed`` hears the asset ids of every committed batch (the planner releases their
-    in-flight path claims: from now on the manifest answers for them).
+    ``on_committed`` hears the asset ids of every committed update (the planner releases their
+    in-flight path claims: from now on the manifest answers for them). Without a manifest (a dry
+    run into an empty DEST) nothing is written and callbacks still run.
     """
 
     def __init__(
@@ -94,32 +131,59 @@ class BatchWriter:
         self.run_id = run_id
         self.on_committed = on_committed
         self.commits = 0
+        # Unbounded: what is put here is bounded by what the run holds in flight (pages, a
+        # prefetch window), each item once.
+        self._tx, self._rx = anyio.create_memory_object_stream[Item](math.inf)
 
-    async def run(self, items: MemoryObjectReceiveStream[WriteItem]) -> None:
-        async with items:
+    def put(self, item: Item) -> None:
+        self._tx.send_nowait(item)
+
+    async def flush(self) -> None:
+        """Return once everything put so far is committed."""
+        done = anyio.Event()
+        self.put(After(done.set))
+        await done.wait()
+
+    def close(self) -> None:
+        """No more items: :meth:`run` commits what is queued and returns."""
+        self._tx.close()
+
+    async def run(self) -> None:
+        async with self._rx:
             try:
-                async for first in items:
-                    await self.commit(take_batch(items, first))
+                async for first in self._rx:
+                    await self._commit(take_batch(self._rx, first))
             finally:
                 # Cancelled (a signal, a fatal error): files already in place must still reach
                 # the database, or the next run would fetch them again.
                 with anyio.CancelScope(shield=True):
-                    leftover = take_leftovers(items)
+                    leftover = take_leftovers(self._rx)
                     if leftover:
-                        await self.commit(leftover)
+                        await self._commit(leftover)
 
-    async def commit(self, batch: Sequence[WriteItem]) -> None:
+    async def _commit(self, batch: Sequence[Item]) -> None:
+        try:
+            await self._write(batch)
+        finally:
+            for item in batch:
+                if isinstance(item, After):
+                    item.fn()
+
+    async def _write(self, batch: Sequence[Item]) -> None:
         manifest = self.db.manifest
         if manifest is None:
             return
         updates = [item for item in batch if isinstance(item, AssetUpdate)]
         seen = [asset_id for item in batch if isinstance(item, list) for asset_id in item]
+        evicted = [item.asset_id for item in batch if isinstance(item, Evicted)]
         if manifest.read_only:
             seen += [u.asset_id for u in updates]
             updates = []
+        if not (updates or seen or evicted):
+            return
         # A batch whose files are in place must reach the database even during cancellation.
         with anyio.CancelScope(shield=True):
-            await self.db.call(_commit, manifest, self.run_id, updates, seen)
+            await self.db.call(_commit, manifest, self.run_id, updates, seen, evicted)
         self.commits += 1
-        if self.on_committed is not None:
+        if self.on_committed is not None and updates:
             self.on_committed([u.asset_id for u in updates])

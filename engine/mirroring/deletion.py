@@ -17,52 +17,22 @@ symlink: the walk to the file's folder opens each component relative to its pare
 
 from __future__ import annotations
 
-import errno
-import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import anyio.to_thread
 
-from engine.errors import AuthError, EngineError, LocalStorageError
+from engine.errors import AuthError, EngineError
 from engine.manifest import Manifest
-from engine.manifest_access import ManifestAccess
+from engine.pipeline.dest_files import remove_file
+from engine.pipeline.summary import Failure, LiveCounters
+from engine.pipeline.writer import ManifestAccess
 from engine.plan import deletion_verdict
 from engine.platform import PlatformClient
-from engine.summary import Failure, LiveCounters
 
-__all__ = ["DeletionReport", "delete_unseen", "remove_file", "stage_version_ids"]
+__all__ = ["DeletionReport", "delete_unseen", "stage_version_ids"]
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _BATCH = 500
-
-
-def remove_file(dest: Path, rel_path: PurePosixPath) -> bool:
-    """Unlink ``dest/rel_path`` without following any symlink on the way; ``False`` if it was
-    not there. A symlink at the final name is removed itself (unlink works on names)."""
-    parts = rel_path.parts
-    if not parts or rel_path.is_absolute() or any(p in ("", ".", "..") for p in parts):
-        raise LocalStorageError(f"refusing to delete an unsafe path: {str(rel_path)!r}")
-    fd = os.open(dest, _DIR_FLAGS & ~os.O_NOFOLLOW)
-    try:
-        for name in parts[:-1]:
-            try:
-                next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    return False  # the folder is gone or is not ours to walk through
-                raise
-            os.close(fd)
-            fd = next_fd
-        try:
-            os.unlink(parts[-1], dir_fd=fd)
-        except FileNotFoundError:
-            return False
-        except IsADirectoryError:
-            return False  # a folder now sits where our file was: not ours to remove
-        return True
-    finally:
-        os.close(fd)
 
 
 def _unseen_batch(

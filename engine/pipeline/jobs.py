@@ -1,7 +1,8 @@
-"""What travels between the stages: a download job, and how a result becomes a manifest update.
+"""What travels between the stages: an asset's download job, and how it becomes a manifest update.
 
-Shared by the mirror pipeline (:mod:`engine.scheduler`) and the prefetcher, so both record
-exactly the same thing for the same asset.
+Shared by the mirror (:mod:`engine.mirroring`) and the prefetcher, so both record exactly the
+same thing for the same asset. (The transfer core's own ``Job`` is one download attempt of one
+object; an :class:`AssetJob` is the asset it is for.)
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from typing import Any
 
 from engine.errors import AuthError, DiskFullError, EngineError, NotFoundError
 from engine.manifest import AssetState, AssetUpdate, FileInfo
+from engine.pipeline.summary import Failure, LiveCounters
 from engine.platform import PlatformClient, models
 from engine.signed_urls import SignedUrl
-from engine.summary import Failure, LiveCounters
 from engine.transfer import ObjectRef, Transferer, TransferResult
 
 __all__ = [
-    "Job",
+    "AssetJob",
     "Outcome",
     "PlannedAction",
     "transfer_job",
@@ -29,7 +30,7 @@ __all__ = [
 
 
 @dataclass(slots=True)
-class Job:
+class AssetJob:
     """One asset to download, with what the manifest must record once the file is in place."""
 
     asset: models.Asset
@@ -92,13 +93,13 @@ def update_for(
 class Outcome:
     """How one job ended: a file in place (``result``) or a failure (``error``)."""
 
-    job: Job
+    job: AssetJob
     result: TransferResult | None
     error: str | None
 
 
 async def transfer_job(
-    job: Job,
+    job: AssetJob,
     *,
     transferer: Transferer,
     client: PlatformClient,

@@ -1,8 +1,9 @@
 """One listing page against the manifest: what to download, update or skip, and where.
 
-:class:`PagePlanner` gathers the facts for a page in one trip to the manifest thread (rows,
-staged tags, an ``lstat`` of each recorded file), asks the pure :func:`engine.plan.decide` for
-each asset, and gives each download a path from :func:`engine.layout.assign_paths`. Paths
+:class:`PagePlanner` gathers the facts for a page in one trip to the manifest thread (rows and
+an ``lstat`` of each recorded file), asks the pure :func:`engine.plan.decide` for each asset
+(download?), gives each download a path from :func:`engine.layout.assign_paths`, and once the
+page's tags and annotations are in asks it again for the files kept (update or skip). Paths
 handed out but not yet committed are remembered (:class:`InFlightPaths`) so two assets of
 different pages never get the same path; the claim is dropped once the manifest records it.
 
@@ -20,8 +21,6 @@ What the listing gets wrong is settled here too, asset by asset:
 
 from __future__ import annotations
 
-import os
-import stat as stat_module
 import time
 from collections.abc import Callable, Collection, Container, Mapping, Sequence, Set
 from dataclasses import dataclass, field
@@ -29,26 +28,25 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from engine import layout
-from engine.jobs import Job, PlannedAction, update_for
+from engine.digests import annotations_digest, path_key, tags_digest
 from engine.manifest import AssetRow, AssetUpdate
-from engine.manifest.digests import annotations_digest, path_key, tags_digest
-from engine.manifest_access import ManifestAccess
-from engine.plan import LocalFile, StoredAsset, content_decision, metadata_changed
+from engine.pipeline.dest_files import local_file
+from engine.pipeline.jobs import AssetJob, PlannedAction, update_for
+from engine.pipeline.metadata import StagedTags
+from engine.pipeline.summary import Failure, LiveCounters
+from engine.pipeline.writer import ManifestAccess
+from engine.plan import Action, LocalFile, StoredAsset, decide
 from engine.platform import models
 from engine.platform.per_item import Rejected
 from engine.signed_urls import SignedUrl
-from engine.summary import Failure, LiveCounters
 
 __all__ = [
     "ContentPlan",
     "InFlightPaths",
     "PagePlan",
     "PagePlanner",
-    "local_file",
     "stored_asset",
 ]
-
-StagedTags = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
 
 
 @dataclass(slots=True)
@@ -93,23 +91,13 @@ class ContentPlan:
 
     order: list[str]
     rows: dict[str, AssetRow]
-    jobs: list[Job] = field(default_factory=list)
-    kept: list[tuple[models.Asset, AssetRow]] = field(default_factory=list)
+    jobs: list[AssetJob] = field(default_factory=list)
+    # Files found current, with what lstat said of them (asked again once metadata is in).
+    kept: list[tuple[models.Asset, AssetRow, LocalFile | None]] = field(default_factory=list)
     not_ready: list[str] = field(default_factory=list)
     also_seen: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     unidentified: int = 0
-
-
-def local_file(dest: Path, rel_path: str) -> LocalFile | None:
-    """What ``lstat`` says of a recorded file (lstat: a symlink planted there is not our file);
-    ``None`` when nothing is there."""
-    try:
-        # os.path.join, not Path's "/": a third of this call's cost, once per listed asset.
-        st = os.lstat(os.path.join(dest, rel_path))
-    except OSError:
-        return None
-    return LocalFile(st.st_size, stat_module.S_ISREG(st.st_mode))
 
 
 def stored_asset(row: AssetRow | None) -> StoredAsset | None:
@@ -190,17 +178,20 @@ class PagePlanner:
                 plan.not_ready.append(asset.id)
                 continue
             row = rows.get(asset.id)
-            reason = content_decision(
+            found = local.get(asset.id)
+            decision = decide(
                 data_id=asset.data.id,
                 object_name=asset.data.object_name,
                 stored=stored_asset(row),
-                local=local.get(asset.id),
+                local=found,
+                tags_digest=None,  # not known yet: the question is only "download?"
+                annotations_digest=None,
             )
-            if reason is None:
+            if decision.action is not Action.DOWNLOAD:
                 assert row is not None  # only a known asset can be current
-                plan.kept.append((asset, row))
+                plan.kept.append((asset, row, found))
                 continue
-            reasons.append((asset, reason))
+            reasons.append((asset, decision.reason))
             wanted[asset.id] = layout.candidate(
                 asset.id,
                 asset.data.filename,
@@ -221,10 +212,25 @@ class PagePlanner:
                     url, obtained_at=obtained, unknown_lifetime=self.unknown_url_lifetime
                 )
             )
-            plan.jobs.append(Job(asset, rel, signed, (), (), None, reason=reason))
+            plan.jobs.append(AssetJob(asset, rel, signed, (), (), None, reason=reason))
             self._emit("download", asset.id, str(rel), reason)
         self.counters.to_download += len(plan.jobs)
         return plan
+
+    def file_current(self, asset: models.Asset, row: AssetRow | None) -> bool:
+        """Whether ``row``'s file holds ``asset``'s current content (the prefetcher asks it of
+        a file another process may have put in place meanwhile)."""
+        if row is None or row.path is None:
+            return False
+        decision = decide(
+            data_id=asset.data.id,
+            object_name=asset.data.object_name,
+            stored=stored_asset(row),
+            local=local_file(self.dest, row.path),
+            tags_digest=None,
+            annotations_digest=None,
+        )
+        return decision.action is not Action.DOWNLOAD
 
     def _reject(self, plan: ContentPlan, rejected: Sequence[Rejected]) -> None:
         for item in rejected:
@@ -234,11 +240,6 @@ class PagePlanner:
                 plan.unidentified += 1
             else:
                 plan.also_seen.append(item.asset_id)
-
-    def staged_tags(self, ids: Sequence[str]) -> StagedTags:
-        """Runs on the manifest thread: the tags staged for these assets this run."""
-        manifest = self.db.manifest
-        return {} if manifest is None else manifest.staged_tags(self.run_id, ids)
 
     def settle(
         self,
@@ -282,11 +283,19 @@ class PagePlanner:
             row = rows.get(job.asset.id)
             if row is not None:
                 self._count_changes(row, job.tags, job.data_tags, job.annotations)
-        for asset, row in content.kept:
+        for asset, row, found in content.kept:
             tags, data_tags = tags_of(asset.id)
             anns = annotations_of(asset)
             t_digest, a_digest = self._count_changes(row, tags, data_tags, anns)
-            if metadata_changed(stored_asset(row), t_digest, a_digest):
+            decision = decide(
+                data_id=asset.data.id,
+                object_name=asset.data.object_name,
+                stored=stored_asset(row),
+                local=found,
+                tags_digest=t_digest,
+                annotations_digest=a_digest,
+            )
+            if decision.action is Action.UPDATE_METADATA:
                 counters.updated += 1
                 plan.updates.append(update_for(asset, tags, data_tags, anns, file=None))
                 self._emit("update", asset.id, row.path, "metadata changed")

@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -53,22 +52,14 @@ from types import TracebackType
 from typing import Any
 
 from engine.errors import LockHeldError, UsageError
-from engine.layout import STATE_DIR
+from engine.host import boot_id
+from engine.state_folder import StateFolder
 
-__all__ = ["LOCK_NAME", "STATE_DIR", "DestLock", "LockInfo", "read_holder"]
+__all__ = ["DestLock", "LockInfo", "read_holder"]
 
-log = logging.getLogger("engine.lock")
+log = logging.getLogger("engine.pipeline.lock")
 
-LOCK_NAME = "lock"
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
-
-
-def _boot_id() -> str | None:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-            return fh.read().strip() or None
-    except OSError:
-        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -121,38 +112,9 @@ class LockInfo:
         return f"pid {self.pid} on {self.host} since {since}"
 
 
-def _state_dir(dest: Path, *, create: bool) -> Path:
-    # DEST itself may be a symlink to a directory: that is the user's choice of where DEST is.
-    try:
-        mode = os.stat(dest).st_mode
-    except FileNotFoundError:
-        if not create:
-            raise UsageError(f"destination {dest} does not exist") from None
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create destination {dest}: {exc.strerror}") from None
-        mode = os.stat(dest).st_mode
-    except OSError as exc:
-        raise UsageError(f"cannot use destination {dest}: {exc.strerror}") from None
-    if not stat.S_ISDIR(mode):
-        raise UsageError(f"destination {dest} is not a directory")
-    state = dest / STATE_DIR
-    try:
-        os.mkdir(state, 0o755)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise UsageError(f"cannot create {state}: {exc.strerror}") from None
-    if not stat.S_ISDIR(os.lstat(state).st_mode):
-        # A symlink (or a file) here could send our writes outside DEST.
-        raise UsageError(f"{state} is not a directory (a symlink is not accepted)")
-    return state
-
-
 def read_holder(dest: Path) -> LockInfo | None:
     """The holder recorded in DEST's lock file, if any (for ``assetsync status``)."""
-    path = dest / STATE_DIR / LOCK_NAME
+    path = StateFolder(dest).lock
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -201,7 +163,7 @@ class DestLock:
 
     @property
     def path(self) -> Path:
-        return self.dest / STATE_DIR / LOCK_NAME
+        return StateFolder(self.dest).lock
 
     @property
     def held(self) -> bool:
@@ -224,8 +186,9 @@ class DestLock:
     def acquire(self) -> LockInfo:
         if self._fd is not None:
             raise RuntimeError("lock already held by this object")
-        state = _state_dir(self.dest, create=self._create)
-        path = state / LOCK_NAME
+        folder = StateFolder(self.dest)
+        folder.create(create_dest=self._create)
+        path = folder.lock
         for _ in range(5):  # only repeats if someone replaced the file under us
             fd = self._open(path)
             try:
@@ -283,7 +246,7 @@ class DestLock:
         """Refuse when the record names a holder we must presume alive (see the docstring)."""
         if previous is None:
             return
-        here, host = _boot_id(), socket.gethostname()
+        here, host = boot_id(), socket.gethostname()
         if previous.boot_id is not None and here is not None:
             same_kernel = previous.boot_id == here
             rebooted = not same_kernel and previous.host == host
@@ -308,7 +271,7 @@ class DestLock:
         info = LockInfo(
             pid=os.getpid(),
             host=socket.gethostname(),
-            boot_id=_boot_id(),
+            boot_id=boot_id(),
             started_at=now,
             heartbeat=now,
         )
