@@ -144,7 +144,7 @@ def _plan(
     ctx.disk.room_for(size, redact(url.url))
     # Without ranges the whole body is one piece, and it can only restart from zero.
     segments = plan_segments(size, seg if ranged else max(size, 1))
-    partial.begin(validator, seg, segments.count, sidecar=ranged and size > options.chunk_size)
+    partial.begin(validator, seg, segments.pieces, sidecar=ranged and size > options.chunk_size)
     single = not ranged or size < options.segment_threshold
     # A plain stream can only restart from zero, so it always hashes in order, inline.
     inline = not ranged or (single and size <= INLINE_HASH_MAX)
