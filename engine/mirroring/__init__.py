@@ -58,7 +58,7 @@ async def mirror(
     it (usage, authentication, lock, full disk); failures of single assets are in the summary.
     """
     counters = counters or LiveCounters()
-    spec = RunSpec(options=_run_options(settings), dry_run=settings.dry_run)
+    spec = RunSpec(options=_run_options(settings), dry_run=settings.dry_run, group_commit=True)
     deletion = DeletionReport(0, 0, "")
     async with open_run(settings, spec, on_progress=counters.on_progress, clock=clock) as run:
         run.counts = lambda: _counts(counters, run.transferer)

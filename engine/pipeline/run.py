@@ -53,11 +53,15 @@ __all__ = ["Run", "RunSpec", "open_run"]
 class RunSpec:
     """What kind of run to open. ``options`` are recorded with the run (``layout`` is checked
     against the manifest's last run); ``shared``: DEST's lock held shared, next to other
-    prefetchers (:mod:`engine.pipeline.sharing`), else exclusive."""
+    prefetchers (:mod:`engine.pipeline.sharing`), else exclusive. ``group_commit``: the
+    caller records a file only after :meth:`Transferer.sync_placed
+    <engine.transfer.Transferer.sync_placed>` vouched for it (its
+    :class:`~engine.pipeline.writer.ManifestWriter` is given that barrier)."""
 
     options: Mapping[str, Any]
     dry_run: bool = False
     shared: bool = False
+    group_commit: bool = False
 
 
 @dataclass(slots=True)
@@ -180,7 +184,14 @@ async def open_run(
         transferer = None
         if not dry_run:
             transferer = await stack.enter_async_context(
-                Transferer(storage, t, state.path, on_progress=on_progress, clock=clock)
+                Transferer(
+                    storage,
+                    t,
+                    state.path,
+                    on_progress=on_progress,
+                    clock=clock,
+                    group_commit=spec.group_commit,
+                )
             )
         run = Run(settings, dv, dest, state, client, storage, manifest, db, run_id, transferer)
         try:
