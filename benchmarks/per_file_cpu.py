@@ -13,6 +13,9 @@ DEST after a ``sync``:
 * ``curl --parallel --parallel-max C`` on the same signed URLs (from the emulator's listing,
   untimed, as the suite does);
 * with ``--no-fsync``: ``assetsync mirror --no-fsync``;
+* with ``--syncfs``: ``assetsync mirror`` whose group-commit barrier is one ``syncfs`` of DEST's
+  file system (``transfer.barrier = "syncfs"``, by a ``--config`` file) instead of fdatasync of
+  each file;
 * ``assetsync mirror --help``: the start-up every run pays (interpreter, imports, CLI).
 
 Every output is checked (count, bytes, SHA-256 of a sample) before it is counted. Printed per
@@ -558,6 +561,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="rounds, alternating tools (3)")
     p.add_argument("--concurrency", type=int, default=32, help="transfers in flight (32)")
     p.add_argument("--no-fsync", action="store_true", help="also `assetsync mirror --no-fsync`")
+    p.add_argument(
+        "--syncfs",
+        action="store_true",
+        help="also `assetsync mirror` with transfer.barrier = syncfs (a --config file)",
+    )
     p.add_argument("--strace", action="store_true", help="strace -f -c counts (one extra run)")
     p.add_argument("--perf", action="store_true", help="perf stat syscall counts (one extra run)")
     p.add_argument("--no-change", action="store_true", help="no-change rerun vs rclone sync")
@@ -618,6 +626,13 @@ def main(argv: list[str] | None = None) -> int:
     tools: list[tuple[str, Tool]] = [("assetsync", ours), ("curl", curl)]
     if args.no_fsync:
         tools.append(("assetsync --no-fsync", Assetsync([*args.assetsync_arg, "--no-fsync"])))
+    if args.syncfs:
+        config = args.work / "per-file-cpu" / "barrier-syncfs.toml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text('[transfer]\nbarrier = "syncfs"\n')
+        tools.append(
+            ("assetsync syncfs", Assetsync([*args.assetsync_arg, "--config", str(config)]))
+        )
     rclone = Rclone()
     ensure_installed(
         [curl, *([rclone] if args.no_change else [])], allow=not args.no_install, log=log

@@ -9,7 +9,10 @@ far durable in one worker-thread hop, in one of two ways (``transfer.barrier``):
 ``files``
     ``fdatasync`` of each file, then one ``fsync`` per folder that received a file or a new
     subfolder. Bounded by our own data: a barrier costs what the batch wrote, whatever else is
-    dirty on the disk.
+    dirty on the disk. The fdatasyncs are issued from :data:`SYNC_THREADS` threads at once:
+    each one ends in a flush of the device's cache, and the block layer merges flushes that
+    wait together (one after the other, 2,000 files took 13-19 s on this project's benchmark
+    disk, a flush each).
 ``syncfs``
     ``syncfs(2)`` on DEST's file system (and on the file system of any folder of the batch that
     sits on another one). Flushes everything dirty on that file system, other programs' data
@@ -39,7 +42,7 @@ import errno
 import os
 import resource
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
 from typing import Literal
 
@@ -48,9 +51,12 @@ from engine.transfer.partial import storage_error
 from engine.transfer.placement import Folder, Walk
 from engine.transfer.threads import in_thread
 
-__all__ = ["BarrierMode", "PlacedFiles", "syncfs_available"]
+__all__ = ["SYNC_THREADS", "BarrierMode", "PlacedFiles", "syncfs_available"]
 
 BarrierMode = Literal["files", "syncfs"]
+
+# Threads issuing a ``files`` barrier's fdatasyncs together (their flushes merge).
+SYNC_THREADS = 8
 
 
 def _held_cap() -> int:
@@ -112,8 +118,9 @@ class _Batch:
         self.folders.update(other.folders)
         self.owned += other.owned
 
-    def run(self, mode: BarrierMode) -> None:
-        """Blocking: make the batch durable, then close its descriptors (even on failure)."""
+    def run(self, mode: BarrierMode, pool: ThreadPoolExecutor | None = None) -> None:
+        """Blocking: make the batch durable, then close its descriptors (even on failure).
+        ``pool``: threads to spread the ``files`` mode's fdatasyncs over."""
         self.ran = True
         try:
             if mode == "syncfs":
@@ -123,10 +130,20 @@ class _Batch:
                 for fd in devices.values():
                     _syncfs_fd(fd)
                 return
-            for fd in self.fds:
-                os.fdatasync(fd)
-            for folder, name in self.by_name:
-                _fdatasync_by_name(folder, name)
+            work: list[Callable[[], None]] = [partial(os.fdatasync, fd) for fd in self.fds]
+            work += [partial(_fdatasync_by_name, folder, name) for folder, name in self.by_name]
+            if pool is None or len(work) < 2:
+                for call in work:
+                    call()
+            else:
+                # Interleaved slices, one per thread; every slice runs to its end (or error)
+                # before the descriptors are closed below.
+                slices = [work[i::SYNC_THREADS] for i in range(min(SYNC_THREADS, len(work)))]
+                futures = [pool.submit(_run_all, part) for part in slices]
+                errors = [f.exception() for f in futures]
+                first = next((e for e in errors if e is not None), None)
+                if first is not None:
+                    raise first
             for folder in self.folders.values():
                 os.fsync(folder.fd)
         except OSError as exc:
@@ -142,6 +159,11 @@ class _Batch:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _run_all(calls: list[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
 
 
 def _fdatasync_by_name(folder: Folder, name: str) -> None:
@@ -169,6 +191,9 @@ class PlacedFiles:
         self._held_cap = _held_cap()
         self._order = asyncio.Lock()  # barriers run one at a time, in the order called
         self._failed: LocalStorageError | None = None
+        self._sync_pool: ThreadPoolExecutor | None = None
+        if self.mode == "files":
+            self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="assetsync-sync")
 
     @property
     def pending(self) -> int:
@@ -204,7 +229,8 @@ class PlacedFiles:
         try:
             async with self._order:
                 if self._failed is None and batch.count:
-                    await in_thread(self._executor, partial(batch.run, self.mode))
+                    run = partial(batch.run, self.mode, self._sync_pool)
+                    await in_thread(self._executor, run)
         finally:
             if batch.error is not None:
                 if self._failed is None:
@@ -230,3 +256,6 @@ class PlacedFiles:
         """Drop what no barrier covered (its files stay in place, not made durable)."""
         batch, self._batch = self._batch, _Batch()
         batch.close()
+        if self._sync_pool is not None:
+            self._sync_pool.shutdown(wait=True)
+            self._sync_pool = None
