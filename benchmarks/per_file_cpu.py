@@ -13,6 +13,7 @@ DEST after a ``sync``:
 * ``curl --parallel --parallel-max C`` on the same signed URLs (from the emulator's listing,
   untimed, as the suite does);
 * with ``--no-fsync``: ``assetsync mirror --no-fsync``;
+* with ``--rclone``: ``rclone copy`` as the suite runs it (:class:`benchmarks.peers.Rclone`);
 * with ``--syncfs``: ``assetsync mirror`` whose group-commit barrier is one ``syncfs`` of DEST's
   file system (``transfer.barrier = "syncfs"``, by a ``--config`` file) instead of fdatasync of
   each file;
@@ -566,6 +567,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also `assetsync mirror` with transfer.barrier = syncfs (a --config file)",
     )
+    p.add_argument("--rclone", action="store_true", help="also `rclone copy` (the suite's peer)")
     p.add_argument("--strace", action="store_true", help="strace -f -c counts (one extra run)")
     p.add_argument("--perf", action="store_true", help="perf stat syscall counts (one extra run)")
     p.add_argument("--no-change", action="store_true", help="no-change rerun vs rclone sync")
@@ -634,8 +636,12 @@ def main(argv: list[str] | None = None) -> int:
             ("assetsync syncfs", Assetsync([*args.assetsync_arg, "--config", str(config)]))
         )
     rclone = Rclone()
+    if args.rclone:
+        tools.append(("rclone", rclone))
     ensure_installed(
-        [curl, *([rclone] if args.no_change else [])], allow=not args.no_install, log=log
+        [curl, *([rclone] if args.no_change or args.rclone else [])],
+        allow=not args.no_install,
+        log=log,
     )
     if curl.resolved() is None:
         log("curl is not installed (apt-get install curl)")
