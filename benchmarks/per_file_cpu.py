@@ -14,9 +14,9 @@ DEST after a ``sync``:
   untimed, as the suite does);
 * with ``--no-fsync``: ``assetsync mirror --no-fsync``;
 * with ``--rclone``: ``rclone copy`` as the suite runs it (:class:`benchmarks.peers.Rclone`);
-* with ``--syncfs``: ``assetsync mirror`` whose group-commit barrier is one ``syncfs`` of DEST's
-  file system (``transfer.barrier = "syncfs"``, by a ``--config`` file) instead of fdatasync of
-  each file;
+* with ``--barrier files|syncfs``: ``assetsync mirror`` with that group-commit barrier
+  (``transfer.barrier``, by a ``--config`` file): ``syncfs`` of DEST's file system (the
+  default) or fdatasync of each file;
 * ``assetsync mirror --help``: the start-up every run pays (interpreter, imports, CLI).
 
 Every output is checked (count, bytes, SHA-256 of a sample) before it is counted. Printed per
@@ -563,9 +563,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=32, help="transfers in flight (32)")
     p.add_argument("--no-fsync", action="store_true", help="also `assetsync mirror --no-fsync`")
     p.add_argument(
-        "--syncfs",
-        action="store_true",
-        help="also `assetsync mirror` with transfer.barrier = syncfs (a --config file)",
+        "--barrier",
+        choices=("files", "syncfs"),
+        help="also `assetsync mirror` with this transfer.barrier (a --config file)",
     )
     p.add_argument("--rclone", action="store_true", help="also `rclone copy` (the suite's peer)")
     p.add_argument("--strace", action="store_true", help="strace -f -c counts (one extra run)")
@@ -628,12 +628,15 @@ def main(argv: list[str] | None = None) -> int:
     tools: list[tuple[str, Tool]] = [("assetsync", ours), ("curl", curl)]
     if args.no_fsync:
         tools.append(("assetsync --no-fsync", Assetsync([*args.assetsync_arg, "--no-fsync"])))
-    if args.syncfs:
-        config = args.work / "per-file-cpu" / "barrier-syncfs.toml"
+    if args.barrier:
+        config = args.work / "per-file-cpu" / f"barrier-{args.barrier}.toml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text('[transfer]\nbarrier = "syncfs"\n')
+        config.write_text(f'[transfer]\nbarrier = "{args.barrier}"\n')
         tools.append(
-            ("assetsync syncfs", Assetsync([*args.assetsync_arg, "--config", str(config)]))
+            (
+                f"assetsync {args.barrier}",
+                Assetsync([*args.assetsync_arg, "--config", str(config)]),
+            )
         )
     rclone = Rclone()
     if args.rclone:
