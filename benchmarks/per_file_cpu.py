@@ -14,9 +14,9 @@ DEST after a ``sync``:
   untimed, as the suite does);
 * with ``--no-fsync``: ``assetsync mirror --no-fsync``;
 * with ``--rclone``: ``rclone copy`` as the suite runs it (:class:`benchmarks.peers.Rclone`);
-* with ``--barrier files|syncfs``: ``assetsync mirror`` with that group-commit barrier
-  (``transfer.barrier``, by a ``--config`` file): ``syncfs`` of DEST's file system (the
-  default) or fdatasync of each file;
+* with ``--barrier files|syncfs``: ``assetsync mirror`` with group commit on and that barrier
+  (``transfer.group_commit = true``, ``transfer.barrier``, by a ``--config`` file): ``syncfs``
+  of DEST's file system or fdatasync of each file;
 * ``assetsync mirror --help``: the start-up every run pays (interpreter, imports, CLI).
 
 Every output is checked (count, bytes, SHA-256 of a sample) before it is counted. Printed per
@@ -565,7 +565,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--barrier",
         choices=("files", "syncfs"),
-        help="also `assetsync mirror` with this transfer.barrier (a --config file)",
+        help="also `assetsync mirror` with group commit and this barrier (a --config file)",
     )
     p.add_argument("--rclone", action="store_true", help="also `rclone copy` (the suite's peer)")
     p.add_argument("--strace", action="store_true", help="strace -f -c counts (one extra run)")
@@ -631,10 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.barrier:
         config = args.work / "per-file-cpu" / f"barrier-{args.barrier}.toml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(f'[transfer]\nbarrier = "{args.barrier}"\n')
+        config.write_text(f'[transfer]\ngroup_commit = true\nbarrier = "{args.barrier}"\n')
         tools.append(
             (
-                f"assetsync {args.barrier}",
+                f"assetsync group {args.barrier}",
                 Assetsync([*args.assetsync_arg, "--config", str(config)]),
             )
         )

@@ -56,7 +56,8 @@ class RunSpec:
     prefetchers (:mod:`engine.pipeline.sharing`), else exclusive. ``group_commit``: the
     caller records a file only after :meth:`Transferer.sync_placed
     <engine.transfer.Transferer.sync_placed>` vouched for it (its
-    :class:`~engine.pipeline.writer.ManifestWriter` is given that barrier)."""
+    :class:`~engine.pipeline.writer.ManifestWriter` is given that barrier), so the transfer
+    core may use group commit if ``transfer.group_commit`` is on."""
 
     options: Mapping[str, Any]
     dry_run: bool = False
@@ -190,7 +191,7 @@ async def open_run(
                     state.path,
                     on_progress=on_progress,
                     clock=clock,
-                    group_commit=spec.group_commit,
+                    group_commit=spec.group_commit and t.group_commit,
                 )
             )
         run = Run(settings, dv, dest, state, client, storage, manifest, db, run_id, transferer)

@@ -181,7 +181,10 @@ def test_a_power_cut_after_a_kill_during_group_commits_leaves_no_row_without_its
         dataset = running.dataset
         expected = {asset_id: dataset.expected(asset_id) for asset_id in dataset.asset_ids()}
         env = command_env(
-            running.token, ASSETSYNC_TRANSFER__BARRIER=barrier, ASSETSYNC_TRANSFER__DISK_RESERVE="0"
+            running.token,
+            ASSETSYNC_TRANSFER__GROUP_COMMIT="true",
+            ASSETSYNC_TRANSFER__BARRIER=barrier,
+            ASSETSYNC_TRANSFER__DISK_RESERVE="0",
         )
         argv = [
             *ASSETSYNC,
