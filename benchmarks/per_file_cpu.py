@@ -13,6 +13,10 @@ DEST after a ``sync``:
 * ``curl --parallel --parallel-max C`` on the same signed URLs (from the emulator's listing,
   untimed, as the suite does);
 * with ``--no-fsync``: ``assetsync mirror --no-fsync``;
+* with ``--rclone``: ``rclone copy`` as the suite runs it (:class:`benchmarks.peers.Rclone`);
+* with ``--barrier files|syncfs``: ``assetsync mirror`` with group commit on and that barrier
+  (``transfer.group_commit = true``, ``transfer.barrier``, by a ``--config`` file): ``syncfs``
+  of DEST's file system or fdatasync of each file;
 * ``assetsync mirror --help``: the start-up every run pays (interpreter, imports, CLI).
 
 Every output is checked (count, bytes, SHA-256 of a sample) before it is counted. Printed per
@@ -558,6 +562,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="rounds, alternating tools (3)")
     p.add_argument("--concurrency", type=int, default=32, help="transfers in flight (32)")
     p.add_argument("--no-fsync", action="store_true", help="also `assetsync mirror --no-fsync`")
+    p.add_argument(
+        "--barrier",
+        choices=("files", "syncfs"),
+        help="also `assetsync mirror` with group commit and this barrier (a --config file)",
+    )
+    p.add_argument("--rclone", action="store_true", help="also `rclone copy` (the suite's peer)")
     p.add_argument("--strace", action="store_true", help="strace -f -c counts (one extra run)")
     p.add_argument("--perf", action="store_true", help="perf stat syscall counts (one extra run)")
     p.add_argument("--no-change", action="store_true", help="no-change rerun vs rclone sync")
@@ -618,9 +628,23 @@ def main(argv: list[str] | None = None) -> int:
     tools: list[tuple[str, Tool]] = [("assetsync", ours), ("curl", curl)]
     if args.no_fsync:
         tools.append(("assetsync --no-fsync", Assetsync([*args.assetsync_arg, "--no-fsync"])))
+    if args.barrier:
+        config = args.work / "per-file-cpu" / f"barrier-{args.barrier}.toml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(f'[transfer]\ngroup_commit = true\nbarrier = "{args.barrier}"\n')
+        tools.append(
+            (
+                f"assetsync group {args.barrier}",
+                Assetsync([*args.assetsync_arg, "--config", str(config)]),
+            )
+        )
     rclone = Rclone()
+    if args.rclone:
+        tools.append(("rclone", rclone))
     ensure_installed(
-        [curl, *([rclone] if args.no_change else [])], allow=not args.no_install, log=log
+        [curl, *([rclone] if args.no_change or args.rclone else [])],
+        allow=not args.no_install,
+        log=log,
     )
     if curl.resolved() is None:
         log("curl is not installed (apt-get install curl)")

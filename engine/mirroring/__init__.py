@@ -69,6 +69,7 @@ async def mirror(
         dry_run=settings.dry_run,
         shard=shard,
         reshard=reshard,
+        group_commit=True,
     )
     deletion = DeletionReport(0, 0, "")
     async with open_run(settings, spec, on_progress=counters.on_progress, clock=clock) as run:

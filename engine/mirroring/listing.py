@@ -137,8 +137,11 @@ class ListingPipeline:
             unknown_lifetime=settings.transfer.unknown_url_lifetime,
             clock=clock,
         )
+        # Group commit: a file's row waits for the barrier that makes it durable (the run was
+        # opened with group_commit; without fsync the barrier has nothing to do).
+        barrier = run.transferer.sync_placed if run.transferer is not None else None
         self.writer = ManifestWriter(
-            run.db, run.run_id, on_committed=self.planner.in_flight.release
+            run.db, run.run_id, on_committed=self.planner.in_flight.release, barrier=barrier
         )
         self.ledger = Ledger(self.planner, self.writer, dry_run=run.transferer is None)
         self.tags = TagStaging(run.client, self.dv, run.db, run.run_id)

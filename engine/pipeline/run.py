@@ -61,13 +61,18 @@ class RunSpec:
     against the manifest's last run); ``shared``: DEST's lock held shared, next to other
     prefetchers (:mod:`engine.pipeline.sharing`), else exclusive. ``shard``: the part of the
     version this run mirrors, with its own manifest and lock; ``reshard``: adopt this shard's
-    rows from the manifests of another shard count instead of refusing."""
+    rows from the manifests of another shard count instead of refusing. ``group_commit``: the
+    caller records a file only after :meth:`Transferer.sync_placed
+    <engine.transfer.Transferer.sync_placed>` vouched for it (its
+    :class:`~engine.pipeline.writer.ManifestWriter` is given that barrier), so the transfer
+    core may use group commit if ``transfer.group_commit`` is on."""
 
     options: Mapping[str, Any]
     dry_run: bool = False
     shared: bool = False
     shard: AssetShard = WHOLE
     reshard: bool = False
+    group_commit: bool = False
 
 
 @dataclass(slots=True)
@@ -209,7 +214,14 @@ async def open_run(
         transferer = None
         if not dry_run:
             transferer = await stack.enter_async_context(
-                Transferer(storage, t, state.path, on_progress=on_progress, clock=clock)
+                Transferer(
+                    storage,
+                    t,
+                    state.path,
+                    on_progress=on_progress,
+                    clock=clock,
+                    group_commit=spec.group_commit and t.group_commit,
+                )
             )
         run = Run(settings, dv, dest, state, client, storage, manifest, db, run_id, transferer)
         run.shard = spec.shard

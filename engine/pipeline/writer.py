@@ -9,12 +9,19 @@ Everything a run records goes through one writer, in the order it was put: a fil
 (``ok``) and its later eviction (``evicted``) must reach the manifest in that order, or a
 deleted file would be recorded as present; a callback put after a page's rows runs once they
 are committed (the mirror frees the page's slot then).
+
+Group commit: given a ``barrier`` (the mirror passes :meth:`Transferer.sync_placed
+<engine.transfer.Transferer.sync_placed>`), a batch that records files awaits it before its
+transaction, so no row vouches for a file whose bytes are not yet on stable storage. One barrier
+covers every file whose row was put before it, so a busy run pays one per transaction, not one
+per file. A failed barrier (a write-back error) keeps the files' rows out of the manifest for
+good (the next run fetches them again), still records the rest of the batch, and stops the run.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import ParamSpec, TypeVar
@@ -23,6 +30,7 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from engine.errors import LocalStorageError
 from engine.manifest import AssetState, AssetUpdate, Manifest
 
 __all__ = [
@@ -119,6 +127,10 @@ class ManifestWriter:
     ``on_committed`` hears the asset ids of every committed update (the planner releases their
     in-flight path claims: from now on the manifest answers for them). Without a manifest (a dry
     run into an empty DEST) nothing is written and callbacks still run.
+
+    ``barrier``: awaited before a transaction that records a file (see the module docstring);
+    it returns once every file placed before the call is durable, or raises
+    :class:`~engine.errors.LocalStorageError`.
     """
 
     def __init__(
@@ -126,11 +138,16 @@ class ManifestWriter:
         db: ManifestAccess,
         run_id: int,
         on_committed: Callable[[Collection[str]], None] | None = None,
+        *,
+        barrier: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.db = db
         self.run_id = run_id
         self.on_committed = on_committed
         self.commits = 0
+        self.barriers = 0
+        self._barrier = barrier
+        self._barrier_failed: LocalStorageError | None = None
         # Unbounded: what is put here is bounded by what the run holds in flight (pages, a
         # prefetch window), each item once.
         self._tx, self._rx = anyio.create_memory_object_stream[Item](math.inf)
@@ -181,9 +198,29 @@ class ManifestWriter:
             updates = []
         if not (updates or seen or evicted):
             return
+        failed = None
         # A batch whose files are in place must reach the database even during cancellation.
         with anyio.CancelScope(shield=True):
-            await self.db.call(_commit, manifest, self.run_id, updates, seen, evicted)
-        self.commits += 1
+            if self._barrier is not None and any(u.file is not None for u in updates):
+                failed = await self._durable()
+                if self._barrier_failed is not None:
+                    updates = [u for u in updates if u.file is None]
+            if updates or seen or evicted:
+                await self.db.call(_commit, manifest, self.run_id, updates, seen, evicted)
+                self.commits += 1
         if self.on_committed is not None and updates:
             self.on_committed([u.asset_id for u in updates])
+        if failed is not None:
+            raise failed
+
+    async def _durable(self) -> LocalStorageError | None:
+        """Run the barrier; the error if it failed now (once failed, it is not called again)."""
+        if self._barrier_failed is not None or self._barrier is None:
+            return None
+        try:
+            await self._barrier()
+        except LocalStorageError as exc:
+            self._barrier_failed = exc
+            return exc
+        self.barriers += 1
+        return None

@@ -116,7 +116,7 @@ async def _small(
     pos: int,
     stop: int,
 ) -> None:
-    loop = asyncio.get_running_loop()
+    loop = job.ctx.loop
     floor = job.ctx.rate_floor(loop.time())
     charge = job.ctx.disk.charge
     content = response.content
@@ -153,7 +153,7 @@ async def _large(
     stop: int,
     executor: Executor,
 ) -> None:
-    loop = asyncio.get_running_loop()
+    loop = job.ctx.loop
     write_many = job.partial.write_many
     content = response.content
     chunk_size = job.ctx.options.chunk_size
@@ -257,7 +257,7 @@ async def _pumped(
             job.partial.write_many(early, pos)
             job.landed(index, n)
             pos += n
-        loop = asyncio.get_running_loop()
+        loop = ctx.loop
 
         def on_landed(n: int) -> None:
             ctx.received += n

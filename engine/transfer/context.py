@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -30,6 +31,7 @@ class Context:
         *,
         asset_id: str,
         data_id: str,
+        loop: asyncio.AbstractEventLoop,
         session: StorageHttp,
         options: TransferOptions,
         read_timeout: float,
@@ -44,6 +46,7 @@ class Context:
     ) -> None:
         self.asset_id = asset_id
         self.data_id = data_id
+        self.loop = loop  # the running loop, taken once (each look-up costs a getpid)
         self.session = session
         self.options = options
         self.timeout = read_timeout  # for the headers; the body gets the stall timeout

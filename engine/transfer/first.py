@@ -16,7 +16,6 @@ fails, permanently for this run); one that does not fit above the disk reserve t
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from engine.signed_urls import SignedUrl, redact
 from engine.transfer.body import slow_body
 from engine.transfer.context import Context
 from engine.transfer.http1 import HttpError, Response
-from engine.transfer.min_rate import TooSlow
+from engine.transfer.min_rate import RateFloor, TooSlow
 from engine.transfer.partial import Partial, Validator
 from engine.transfer.ranges import (
     RangeMismatch,
@@ -107,7 +106,10 @@ async def start_fresh(ctx: Context, partial: Partial, ranged: bool) -> Fresh:
                 if validator.size == _UNBOUNDED:
                     found.append(await _drain(ctx, partial, response, url, validator, backoff))
                     return
-                if validator.size <= options.chunk_size and not partial.exists:
+                # Read whole only if this answer carries the whole object (a chunk_size set
+                # above segment_size leaves objects in between to the segments).
+                whole = not ranged or validator.size <= seg
+                if validator.size <= options.chunk_size and whole and not partial.exists:
                     body = await _read_small(ctx, response, url, validator.size)
                     found.append(Fresh(validator=validator, body=body))
                     return
@@ -142,7 +144,7 @@ def _plan(
     ctx.disk.room_for(size, redact(url.url))
     # Without ranges the whole body is one piece, and it can only restart from zero.
     segments = plan_segments(size, seg if ranged else max(size, 1))
-    partial.begin(validator, seg, len(segments), sidecar=ranged and size > options.chunk_size)
+    partial.begin(validator, seg, segments.pieces, sidecar=ranged and size > options.chunk_size)
     single = not ranged or size < options.segment_threshold
     # A plain stream can only restart from zero, so it always hashes in order, inline.
     inline = not ranged or (single and size <= INLINE_HASH_MAX)
@@ -203,8 +205,10 @@ async def _read_small(ctx: Context, response: Response, url: SignedUrl, size: in
     content = response.content
     chunks: list[bytes] = []
     remaining = size
-    loop = asyncio.get_running_loop()
-    floor = ctx.rate_floor(loop.time())
+    loop = ctx.loop
+    # Made once a second read is needed (a small body usually comes in one): its windows are
+    # measured between arrivals, so starting at the first one changes nothing.
+    floor: RateFloor | None = None
     try:
         while remaining > 0:
             data = await content.read(remaining)
@@ -215,8 +219,11 @@ async def _read_small(ctx: Context, response: Response, url: SignedUrl, size: in
             chunks.append(data)
             remaining -= len(data)
             ctx.received += len(data)
-            if floor is not None and remaining:
-                floor.feed(len(data), loop.time())
+            if remaining:
+                if floor is None:
+                    floor = ctx.rate_floor(loop.time())
+                if floor is not None:
+                    floor.feed(len(data), loop.time())
     except (HttpError, OSError, TimeoutError) as exc:
         raise translate(exc, url, "body") from None
     except TooSlow as exc:
@@ -263,7 +270,7 @@ async def _drain(
     content = response.content
     limit = ctx.options.max_object_size
     charge = ctx.disk.charge
-    loop = asyncio.get_running_loop()
+    loop = ctx.loop
     floor = ctx.rate_floor(loop.time())
     try:
         while True:

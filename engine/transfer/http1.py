@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import select
 import ssl
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import cast
 
 import httptools
@@ -69,6 +69,9 @@ MAX_FRAMING = 64 * 1024
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "assetsync"
+_TRAILING = f"User-Agent: {_USER_AGENT}\r\n\r\n"
+# Origins a pool remembers (beyond that it forgets them all and starts again).
+_MAX_ORIGINS = 256
 
 
 class HttpError(Exception):
@@ -157,8 +160,14 @@ class _Protocol(asyncio.Protocol):
     """One connection. Received bytes go straight through the current response's parser;
     its callbacks queue body bytes for the reader, who waits on one future at a time."""
 
-    def __init__(self, high_water: int) -> None:
+    def __init__(
+        self, high_water: int, loop: asyncio.AbstractEventLoop, deadlines: _Deadlines
+    ) -> None:
+        self.loop = loop
+        self._deadlines = deadlines
+        self.deadline = 0.0  # loop time by which the current wait must end
         self.transport: asyncio.Transport | None = None
+        self._poller: select.poll | None = None
         self.eof = False
         self.lost: BaseException | None = None
         # A byte arrived that no request asked for: the connection is never reused.
@@ -372,15 +381,26 @@ class _Protocol(asyncio.Protocol):
         """Until the parser has news (head, body bytes, the end, an error) or the connection
         ends; raises :class:`ReadTimeout` after ``silence`` seconds without any. Bytes of
         framing alone are no news: they do not restart the clock."""
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        # A timer handle, not asyncio.timeout(): one per wait on the hot path, cheaply.
-        timer = loop.call_later(silence, _expire, waiter)
+        await self.wait_until(self.loop.time() + silence)
+
+    async def wait_until(self, deadline: float) -> None:
+        """:meth:`wait`, with a deadline in loop time."""
+        waiter = self._waiter = self.loop.create_future()
+        # Not a timer per wait (a uvloop timer handle, created, cancelled and closed, whose
+        # callbacks take the GIL each time): the pool's one timer checks every deadline.
+        deadlines = self._deadlines
+        deadlines.add(self, deadline)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+            deadlines.discard(self)
+
+    def expire(self) -> None:
+        """The deadline passed: the wait ends with :class:`ReadTimeout`."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ReadTimeout("nothing arrived within the timeout"))
 
     def take(self, limit: int) -> bytes:
         """Up to ``limit`` body bytes (the first buffer alone when it is big enough)."""
@@ -430,43 +450,124 @@ class _Protocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return False
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return True
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        poller = self._poller
+        if poller is None:
+            # Made once per connection: asked before every request on it.
+            sock = transport.get_extra_info("socket")
+            if sock is None:
+                return True
+            poller = self._poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         return not poller.poll(0)
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(ReadTimeout("nothing arrived within the timeout"))
+class _Deadlines:
+    """The read deadlines of a pool's waiting connections, kept by one timer.
+
+    The timer is armed for the earliest deadline only when a new wait ends sooner than the
+    one it is armed for; usually a new wait's deadline is later (same timeout, later start)
+    and costs a set insertion. When the timer fires, waits past their deadline expire and it
+    is armed again for the earliest left."""
+
+    __slots__ = ("_armed_at", "_timer", "_waiting", "loop")
+
+    # uvloop's timers have millisecond resolution and may fire up to a millisecond early.
+    _SLACK = 0.001
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._waiting: set[_Protocol] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = math.inf
+
+    def add(self, protocol: _Protocol, deadline: float) -> None:
+        protocol.deadline = deadline
+        self._waiting.add(protocol)
+        if deadline < self._armed_at:
+            self._arm(deadline)
+
+    def discard(self, protocol: _Protocol) -> None:
+        self._waiting.discard(protocol)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(when, self._sweep)
+        self._armed_at = when
+
+    def _sweep(self) -> None:
+        self._timer = None
+        self._armed_at = math.inf
+        due = self.loop.time() + self._SLACK
+        nearest = math.inf
+        expired = []
+        for protocol in self._waiting:
+            deadline = protocol.deadline
+            if deadline <= due:
+                expired.append(protocol)
+            elif deadline < nearest:
+                nearest = deadline
+        for protocol in expired:
+            self._waiting.discard(protocol)
+            protocol.expire()
+        if nearest < math.inf:
+            self._arm(nearest)
 
 
-@dataclass(frozen=True, slots=True)
+class _Origin:
+    """``scheme://host:port`` of request targets, parsed once per pool: what connections
+    are pooled by, the ``Host`` header, and the proxy requests to it go through."""
+
+    __slots__ = ("authority", "host", "host_header", "key", "port", "proxy", "scheme")
+
+    def __init__(self, scheme: str, host: str, port: int, proxy: Proxy | None) -> None:
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.key = (scheme, host, port)
+        bracketed = f"[{host}]" if ":" in host else host
+        self.authority = f"{bracketed}:{port}"
+        default = 443 if scheme == "https" else 80
+        self.host_header = bracketed if port == default else self.authority
+        self.proxy = proxy
+
+
 class _Target:
-    scheme: str
-    host: str
-    port: int
-    request_target: str  # path and query, byte for byte as given (the signature covers them)
+    __slots__ = ("origin", "request_target")
+
+    def __init__(self, origin: _Origin, request_target: str) -> None:
+        self.origin = origin
+        # Path and query, byte for byte as given (the signature covers them).
+        self.request_target = request_target
+
+    @property
+    def scheme(self) -> str:
+        return self.origin.scheme
+
+    @property
+    def host(self) -> str:
+        return self.origin.host
+
+    @property
+    def port(self) -> int:
+        return self.origin.port
 
     @property
     def key(self) -> tuple[str, str, int]:
-        return (self.scheme, self.host, self.port)
+        return self.origin.key
 
     @property
     def authority(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return self.origin.authority
 
     @property
     def host_header(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
+        return self.origin.host_header
 
 
-def _target(url: str) -> _Target:
+def _split(url: str) -> tuple[str, str, int, str]:
+    """Scheme, host, port and request target of ``url``, as :func:`urllib.parse.urlsplit`
+    reads it; ValueError if it is not an http(s) URL that can go on a request line."""
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
@@ -476,22 +577,37 @@ def _target(url: str) -> _Target:
     if any(c in path + parts.query for c in "\r\n\0 "):
         raise ValueError("URL has characters that cannot go on a request line")
     target = f"{path}?{parts.query}" if parts.query else path
-    return _Target(scheme, parts.hostname, port, target)
+    return scheme, parts.hostname, port, target
+
+
+def _origin_end(url: str) -> int:
+    """Where ``scheme://netloc`` ends in ``url`` (-1: not that shape)."""
+    start = url.find("://")
+    if start <= 0:
+        return -1
+    start += 3
+    end = len(url)
+    for sep in "/?#":
+        at = url.find(sep, start)
+        if 0 <= at < end:
+            end = at
+    return end
 
 
 def _request_bytes(target: _Target, headers: Mapping[str, str], proxy: Proxy | None) -> bytes:
     """The ``GET``; through a proxy (plain-HTTP targets only: https ones are tunnelled) the
     request target is the absolute URL and the proxy's credentials go with it."""
+    origin = target.origin
     if proxy is None:
-        lines = [f"GET {target.request_target} HTTP/1.1"]
+        head = f"GET {target.request_target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
     else:
-        lines = [f"GET http://{target.host_header}{target.request_target} HTTP/1.1"]
+        head = f"GET http://{origin.host_header}{target.request_target} HTTP/1.1\r\n"
         if proxy.authorization is not None:
-            lines.append(f"Proxy-Authorization: {proxy.authorization}")
-    lines.append(f"Host: {target.host_header}")
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    lines.append(f"User-Agent: {_USER_AGENT}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            head += f"Proxy-Authorization: {proxy.authorization}\r\n"
+        head += f"Host: {origin.host_header}\r\n"
+    for k, v in headers.items():
+        head += f"{k}: {v}\r\n"
+    return (head + _TRAILING).encode("latin-1")
 
 
 class _Connection:
@@ -690,6 +806,8 @@ class StorageHttp:
         self._proxies = Proxies.from_environment() if proxies is None else proxies
         self._closed = False
         self.connections_opened = 0
+        self._origins: dict[str, _Origin] = {}
+        self._deadlines: _Deadlines | None = None  # made with the first connection, on its loop
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -711,10 +829,12 @@ class StorageHttp:
         until asked for (see :meth:`Response.socket_body`). The headers given go to every
         host a redirect leads to: give none that must stay with the first."""
         for redirects in range(MAX_REDIRECTS + 1):
-            target = _target(url)
+            target = self._target(url)
             response = await self._request(target, headers, read_timeout, hold_from is not None)
-            location = response.headers.get("location")
-            if response.status not in _REDIRECTS or location is None:
+            location = None
+            if response.status in _REDIRECTS:
+                location = response.headers.get("location")
+            if location is None:
                 if hold_from is not None:
                     response.hold_body(hold_from)
                 return response
@@ -729,10 +849,36 @@ class StorageHttp:
                 raise RedirectError("redirect from https to http refused")
         raise RedirectError(f"more than {MAX_REDIRECTS} redirects")
 
+    def _target(self, url: str) -> _Target:
+        """The origin and request target of ``url`` (ValueError: not a usable URL).
+
+        Parsing a URL's origin (host, port, its proxy) costs more than the rest of a small GET's
+        bookkeeping, and every URL of a run has one of a few origins: each is parsed once, by
+        :func:`urllib.parse.urlsplit`, and a URL made only of printable characters without
+        spaces (whose split is then a matter of finding ``/``, ``?`` and ``#``) reuses it."""
+        end = _origin_end(url)
+        if end > 0 and url.isprintable() and " " not in url:
+            origin = self._origins.get(url[:end])
+            if origin is not None:
+                rest = url[end:].partition("#")[0]
+                path, _, query = rest.partition("?")
+                path = path or "/"
+                return _Target(origin, f"{path}?{query}" if query else path)
+        scheme, host, port, request_target = _split(url)
+        key = url[:end] if end > 0 else None
+        origin = self._origins.get(key) if key is not None else None
+        if origin is None or origin.key != (scheme, host, port):
+            origin = _Origin(scheme, host, port, self._proxies.for_url(scheme, host))
+            if key is not None and url[:end].isprintable() and " " not in url[:end]:
+                if len(self._origins) >= _MAX_ORIGINS:
+                    self._origins.clear()
+                self._origins[key] = origin
+        return _Target(origin, request_target)
+
     async def _request(
         self, target: _Target, headers: Mapping[str, str], read_timeout: float, hold: bool
     ) -> Response:
-        proxy = self._proxies.for_url(target.scheme, target.host)
+        proxy = target.origin.proxy
         # An https target goes through a CONNECT tunnel: the request inside is the usual one.
         request = _request_bytes(target, headers, proxy if target.scheme == "http" else None)
         host_limit = self._hosts.get(target.key)
@@ -779,10 +925,13 @@ class StorageHttp:
 
     async def _open(self, target: _Target, proxy: Proxy | None) -> _Protocol:
         loop = asyncio.get_running_loop()
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = _Deadlines(loop)
         ssl_context = self._ssl_context() if target.scheme == "https" else None
         if proxy is None:
             _, protocol = await loop.create_connection(
-                lambda: _Protocol(self._high_water),
+                lambda: _Protocol(self._high_water, loop, deadlines),
                 target.host,
                 target.port,
                 ssl=ssl_context,
@@ -790,7 +939,7 @@ class StorageHttp:
             )
             return protocol
         transport, protocol = await loop.create_connection(
-            lambda: _Protocol(self._high_water), proxy.host, proxy.port
+            lambda: _Protocol(self._high_water, loop, deadlines), proxy.host, proxy.port
         )
         if ssl_context is None:
             return protocol  # plain HTTP: requests go to the proxy in absolute form
@@ -819,8 +968,7 @@ class StorageHttp:
         assert protocol.transport is not None
         protocol.begin(hold=False)
         protocol.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        loop = asyncio.get_running_loop()
-        await _read_head(protocol, loop.time() + self._connect_timeout, reused=False)
+        await _read_head(protocol, protocol.loop.time() + self._connect_timeout, reused=False)
         if not 200 <= protocol.status < 300:
             status, reason = protocol.status, protocol.reason.decode("latin-1")[:60]
             raise ProxyError(
@@ -839,8 +987,7 @@ class StorageHttp:
         try:
             protocol.begin(hold)
             protocol.transport.write(request)
-            loop = asyncio.get_running_loop()
-            await _read_head(protocol, loop.time() + read_timeout, conn.reused)
+            await _read_head(protocol, protocol.loop.time() + read_timeout, conn.reused)
             return Response(self, conn, read_timeout)
         except BaseException:
             conn.close()
@@ -879,7 +1026,6 @@ class _StaleConnection(Exception):
 async def _read_head(protocol: _Protocol, deadline: float, reused: bool) -> None:
     """Until the answer's head is parsed; by ``deadline`` (loop time) for all of it, however
     slowly it drips and however many 1xx answers come first."""
-    loop = asyncio.get_running_loop()
     while not protocol.head_done:
         if protocol.failure is not None:
             raise protocol.failure
@@ -889,7 +1035,6 @@ async def _read_head(protocol: _Protocol, deadline: float, reused: bool) -> None
             if protocol.lost is not None:
                 raise BodyError(f"connection lost before the answer: {protocol.lost}")
             raise BodyError("connection closed before the answer")
-        left = deadline - loop.time()
-        if left <= 0:
+        if deadline <= protocol.loop.time():
             raise ReadTimeout("the answer's head did not arrive within the read timeout")
-        await protocol.wait(left)
+        await protocol.wait_until(deadline)

@@ -39,17 +39,19 @@ class SegmentPlan(Sequence[tuple[int, int]]):
     two numbers, so a later process rebuilds the same segments from a sidecar's numbers.
     """
 
-    __slots__ = ("_count", "segment_size", "size")
+    __slots__ = ("pieces", "segment_size", "size")
 
     def __init__(self, size: int, segment_size: int) -> None:
         if size < 0 or segment_size < 1:
             raise ValueError("size must be >= 0 and segment_size >= 1")
         self.size = size
         self.segment_size = segment_size
-        self._count = -(-size // segment_size)
+        # The number of pieces. Use this rather than len(): a claimed size over 2**63 bytes in
+        # pieces of a few bytes would be a count len() cannot return (OverflowError).
+        self.pieces = -(-size // segment_size)
 
     def __len__(self) -> int:
-        return self._count
+        return self.pieces
 
     @overload
     def __getitem__(self, index: int) -> tuple[int, int]: ...
@@ -59,10 +61,10 @@ class SegmentPlan(Sequence[tuple[int, int]]):
 
     def __getitem__(self, index: int | slice) -> tuple[int, int] | list[tuple[int, int]]:
         if isinstance(index, slice):
-            return [self[i] for i in range(self._count)[index]]
+            return [self[i] for i in range(self.pieces)[index]]
         if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
+            index += self.pieces
+        if not 0 <= index < self.pieces:
             raise IndexError("segment index out of range")
         start = index * self.segment_size
         return start, min(start + self.segment_size, self.size)
@@ -113,7 +115,7 @@ class SegmentProgress:
         """``done``: ``(index, bytes)`` pairs, for the pieces with bytes on disk."""
         self.plan = plan
         self._got: dict[int, int] = {}
-        self.floor = 0  # the first incomplete piece (len(plan) when none is)
+        self.floor = 0  # the first incomplete piece (plan.pieces when none is)
         self.total = 0  # bytes on disk, all pieces
         self.complete = 0  # complete pieces, all of them
         for index, got in done:
@@ -137,7 +139,7 @@ class SegmentProgress:
         if index == self.floor and got == length:
             self._got.pop(index, None)
             floor = index + 1
-            count = len(self.plan)
+            count = self.plan.pieces
             # Pieces completed out of order wait in the dict until the floor reaches them.
             while floor < count and self._got.get(floor, 0) == self.plan.length(floor):
                 del self._got[floor]
@@ -154,13 +156,13 @@ class SegmentProgress:
 
     def prefix(self) -> int:
         """How many bytes from offset 0 are on disk without a hole."""
-        if self.floor >= len(self.plan):
+        if self.floor >= self.plan.pieces:
             return self.plan.size
         return self.plan[self.floor][0] + self._got.get(self.floor, 0)
 
     def pending(self) -> int:
         """Pieces with bytes missing."""
-        return len(self.plan) - self.complete
+        return self.plan.pieces - self.complete
 
     def entries(self) -> list[tuple[int, int]]:
         """``(index, bytes)`` of the pieces at or above the floor that have bytes."""

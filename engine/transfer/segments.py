@@ -112,7 +112,7 @@ class Job:
     def claim(self) -> int | None:
         """The next segment with bytes missing that no worker has, or None."""
         segments, done = self.segments, self.done
-        while self._claim < len(segments):
+        while self._claim < segments.pieces:
             index = self._claim
             self._claim += 1
             if done[index] < segments.length(index):

@@ -21,9 +21,14 @@ __all__ = ["ThreadSlots", "in_thread"]
 T = TypeVar("T")
 
 
-async def in_thread(executor: Executor, fn: Callable[[], T]) -> T:
-    """``fn()`` on ``executor``; a cancellation is re-raised only once ``fn`` has returned."""
-    future = asyncio.get_running_loop().run_in_executor(executor, fn)
+async def in_thread(
+    executor: Executor, fn: Callable[[], T], loop: asyncio.AbstractEventLoop | None = None
+) -> T:
+    """``fn()`` on ``executor``; a cancellation is re-raised only once ``fn`` has returned.
+    ``loop``: the running loop, if the caller has it at hand."""
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(executor, fn)
     try:
         return await asyncio.shield(future)
     except BaseException:

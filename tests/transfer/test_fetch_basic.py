@@ -256,3 +256,16 @@ async def test_connection_refused_is_transient_and_says_no_secret(tmp_path: Path
             )
         assert signature not in str(caught.value) and "REDACTED" in str(caught.value)
         assert caught.value.retryable
+
+
+async def test_a_chunk_size_above_the_segment_size_still_fetches_whole_objects(
+    tmp_path: Path,
+) -> None:
+    # The first answer carries one segment: an object larger than that but within chunk_size
+    # is not "received whole" by it.
+    async with harness(tmp_path, empty_share=0.0, large_share=0.0) as h:
+        t = h.transferer(fast_options(chunk_size=MiB, segment_size=64 * KiB))
+        between = h.assets(lambda a: 64 * KiB < a.size <= MiB)[:3]
+        assert between
+        for asset in between:
+            h.check(await h.fetch(t, asset), asset)

@@ -340,3 +340,26 @@ async def read_all_fast(response) -> bytes:
     while chunk := await response.content.read(1 << 20):
         parts.append(chunk)
     return b"".join(parts)
+
+
+async def test_waits_of_one_pool_expire_each_at_its_own_deadline():
+    # One timer serves the pool's waits: a later, shorter wait must move it earlier, and once
+    # it fired, the longer waits left must still expire (and no earlier than their own time).
+    async with serve(lambda n, req: [5.0]) as base:
+        http = StorageHttp()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        long = asyncio.ensure_future(http.get(f"{base}/long", {}, read_timeout=1.5))
+        await asyncio.sleep(0.05)
+        short = asyncio.ensure_future(http.get(f"{base}/short", {}, read_timeout=0.2))
+        with pytest.raises(ReadTimeout):
+            await asyncio.wait_for(short, 10)
+        assert not long.done()
+        middle = asyncio.ensure_future(http.get(f"{base}/middle", {}, read_timeout=0.3))
+        with pytest.raises(ReadTimeout):
+            await asyncio.wait_for(middle, 10)
+        with pytest.raises(ReadTimeout):
+            await asyncio.wait_for(long, 10)
+        # A deadline is never cut short (uvloop's timers may fire a millisecond early).
+        assert loop.time() - started >= 1.5 - 0.002
+        http.close()

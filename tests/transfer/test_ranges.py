@@ -68,7 +68,7 @@ def test_a_plan_costs_the_same_whatever_the_claimed_size(
     tracemalloc.start()
     try:
         plan = plan_segments(size, segment_size)
-        count = len(plan)
+        count = plan.pieces
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
