@@ -118,12 +118,11 @@ class TransferOptions(_Frozen):
     # Unused when fsync is off.
     barrier: Literal["files", "syncfs"] = "syncfs"
     # Group commit (the mirror): small files are placed without an fsync each and recorded
-    # after one barrier per manifest transaction. Off by default for now: a run killed
-    # mid-way loses the files of the last barrier's window (placed, not yet recorded, fetched
-    # again next run): tests/soak/test_kill_soak.py served 1.30-1.31x the version's bytes with
-    # it at load average 9-11 (syncfs; 1.53x with "files") against its 1.3x bound, 1.27x
-    # without; at load 3, 1.09x with it and 1.10x without.
-    group_commit: bool = False
+    # after one barrier per manifest transaction. A run killed in the barrier's window leaves
+    # files placed and not recorded; the placed journal (engine.pipeline.placed_journal) lets
+    # the next run adopt them by their SHA-256 instead of fetching them again (without it the
+    # kill soak served 1.30-1.53x the version's bytes under load, against its 1.3x bound).
+    group_commit: bool = True
     # Bytes. A server announcing a larger object is refused for that object, up front; a body
     # of unannounced length stops (that object fails) when it passes this. 1 TiB: a whole day
     # of 4K video at 100 Mbit/s, far beyond any asset of a vision dataset; object stores

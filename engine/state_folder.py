@@ -7,6 +7,8 @@
         lock                             DEST's lock and its holder (engine.pipeline.lock)
         shard-K-of-N.sqlite              shard K/N's manifest, when runs are sharded (--shard)
         shard-K-of-N.lock                shard K/N's lock: shards of one DEST run side by side
+        <manifest>.placed.jsonl          files in place before their rows, adopted by the next run
+                                         after a kill (engine.pipeline.placed_journal)
         claims.lock                      prefetchers sharing DEST claim paths under it
         fetching.lock                    one download of an object at a time across processes
         partial/<name>.part              downloads in progress, resumable
@@ -77,6 +79,11 @@ class StateFolder:
             return ShardFiles(shard, self.manifest, self.lock)
         stem = f"shard-{shard.index}-of-{shard.count}"
         return ShardFiles(shard, self.path / f"{stem}.sqlite", self.path / f"{stem}.lock")
+
+    def placed_journal(self, files: ShardFiles) -> Path:
+        """The journal of files in place before their rows, one per manifest
+        (:mod:`engine.pipeline.placed_journal`)."""
+        return files.manifest.with_name(files.manifest.stem + ".placed.jsonl")
 
     def manifests(self) -> list[ShardFiles]:
         """Every manifest in the state folder, the whole version's first, then by N and K."""

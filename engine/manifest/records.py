@@ -40,7 +40,8 @@ class FileInfo:
     def __post_init__(self) -> None:
         path = str(self.path)
         pure = PurePosixPath(path)
-        if not path or pure.is_absolute() or ".." in pure.parts or path in (".", "./"):
+        # Checked on the normalised form: ".//" is "." once PurePosixPath has read it.
+        if not path or pure.is_absolute() or ".." in pure.parts or pure.as_posix() == ".":
             raise ValueError(f"not a relative path inside DEST: {path!r}")
         if self.size < 0:
             raise ValueError(f"negative size for {path!r}")

@@ -141,7 +141,11 @@ class ListingPipeline:
         # opened with group_commit; without fsync the barrier has nothing to do).
         barrier = run.transferer.sync_placed if run.transferer is not None else None
         self.writer = ManifestWriter(
-            run.db, run.run_id, on_committed=self.planner.in_flight.release, barrier=barrier
+            run.db,
+            run.run_id,
+            on_committed=self.planner.in_flight.release,
+            barrier=barrier,
+            journal=run.journal,
         )
         self.ledger = Ledger(self.planner, self.writer, dry_run=run.transferer is None)
         self.tags = TagStaging(run.client, self.dv, run.db, run.run_id)

@@ -151,16 +151,16 @@ def _lines(path: Path) -> Iterator[bytes]:
                 yield line
 
 
-def _sha256_of(dest: Path, rel_path: str, size: int) -> str | None:
-    """The SHA-256 of the regular file at ``dest/rel_path`` if it has ``size`` bytes, opened
-    without following a symlink anywhere below DEST; None otherwise."""
+def _holds(dest: Path, rel_path: str, size: int, sha256: str) -> bool:
+    """Whether ``dest/rel_path`` is a regular file of ``size`` bytes and this SHA-256, reached
+    without following a symlink anywhere below DEST; if so it is synced, with its folder."""
     parts = PurePosixPath(rel_path).parts
     if not parts or any(p in ("", ".", "..", "/") for p in parts):
-        return None
+        return False
     try:
         fd = os.open(dest, _DIR_FLAGS & ~os.O_NOFOLLOW)
     except OSError:
-        return None
+        return False
     try:
         for name in parts[:-1]:
             next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
@@ -169,13 +169,22 @@ def _sha256_of(dest: Path, rel_path: str, size: int) -> str | None:
         file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
     except OSError:
         os.close(fd)
-        return None
-    os.close(fd)
-    with open(file_fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            return None
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        return False
+    try:
+        with open(file_fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+                return False
+            if hashlib.file_digest(fh, "sha256").hexdigest() != sha256:
+                return False
+            # Recorded now, so durable now: the killed run's barrier may never have come.
+            os.fsync(fh.fileno())
+        os.fsync(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def adopt_placed(journal: Path, dest: Path, manifest: Manifest, run_id: int) -> int:
@@ -196,7 +205,7 @@ def adopt_placed(journal: Path, dest: Path, manifest: Manifest, run_id: int) -> 
             and (row.data_id, row.path, row.sha256) == (update.data_id, file.path, file.sha256)
         ):
             continue  # recorded after all
-        if _sha256_of(dest, file.path, file.size) != file.sha256:
+        if not _holds(dest, file.path, file.size, file.sha256):
             continue
         adopted.append(update)
     if adopted:

@@ -24,6 +24,7 @@ not, a cancelled run is recorded as ``interrupted``, any other as ``failed``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -39,6 +40,7 @@ from engine.destination import check_destination
 from engine.errors import UsageError
 from engine.manifest import Manifest
 from engine.pipeline.lock import DestLock
+from engine.pipeline.placed_journal import PlacedJournal, adopt_placed
 from engine.pipeline.resharding import adopt_old_shards, old_shards, refuse_change
 from engine.pipeline.sessions import open_sessions
 from engine.pipeline.sharing import SharedDestLock, claims_locked
@@ -53,6 +55,8 @@ from engine.transfer import ProgressEvent, Transferer
 from engine.transfer.http1 import StorageHttp
 
 __all__ = ["Run", "RunSpec", "open_run"]
+
+log = logging.getLogger("engine.pipeline.run")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,9 @@ class Run:
     counts: Callable[[], dict[str, int | float]] = field(default=dict)
     # The part of the version this run mirrors (engine.sharding); the whole of it by default.
     shard: AssetShard = WHOLE
+    # Files in place before their rows (engine.pipeline.placed_journal); a run holding DEST
+    # alone has one.
+    journal: PlacedJournal | None = None
 
     @property
     def writable(self) -> bool:
@@ -209,7 +216,14 @@ async def open_run(
                 stale_after=settings.lock_stale_after,
             )
         run_id = 0
+        journal = None
         if manifest is not None and not manifest.read_only:
+            if not spec.shared:
+                # Before this run begins: the files are the last run's, and recorded as seen
+                # by it, or this run's listing would take them for repeats.
+                journal = await db.call(_adopt_and_journal, state, files, manifest)
+                if journal is not None:
+                    stack.callback(journal.close)
             run_id = await db.call(manifest.begin_run, dv, settings.api_url, dict(spec.options))
         transferer = None
         if not dry_run:
@@ -225,6 +239,7 @@ async def open_run(
             )
         run = Run(settings, dv, dest, state, client, storage, manifest, db, run_id, transferer)
         run.shard = spec.shard
+        run.journal = journal
         try:
             yield run
         except anyio.get_cancelled_exc_class():
@@ -238,6 +253,25 @@ async def open_run(
                 with anyio.CancelScope(shield=True):
                     await db.call(manifest.clear_staging, run_id)  # type: ignore[union-attr]
                     await db.call(manifest.finish_run, run_id, outcome, counts)  # type: ignore[union-attr]
+
+
+def _adopt_and_journal(
+    state: StateFolder, files: ShardFiles, manifest: Manifest
+) -> PlacedJournal | None:
+    """Adopt what the last run put in place without recording it, then open this run's journal
+    (None if it cannot be: the run goes on without, at the cost of a download after a kill)."""
+    path = state.placed_journal(files)
+    last = manifest.last_run()
+    adopted = adopt_placed(path, state.dest, manifest, last.run_id) if last is not None else 0
+    if adopted:
+        log.info("adopted %d files a killed run had put in place without recording them", adopted)
+    journal = PlacedJournal(path)
+    try:
+        journal.open()
+    except OSError as exc:
+        log.warning("cannot write %s (%s): files are journaled no more", path, exc.strerror)
+        return None
+    return journal
 
 
 async def _close_manifest(manifest: Manifest) -> None:

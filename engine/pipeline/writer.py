@@ -32,6 +32,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.errors import LocalStorageError
 from engine.manifest import AssetState, AssetUpdate, Manifest
+from engine.pipeline.placed_journal import PlacedJournal
 
 __all__ = [
     "MAX_BATCH",
@@ -131,6 +132,10 @@ class ManifestWriter:
     ``barrier``: awaited before a transaction that records a file (see the module docstring);
     it returns once every file placed before the call is durable, or raises
     :class:`~engine.errors.LocalStorageError`.
+
+    ``journal``: each file put here is written to it first, and it is emptied whenever
+    everything put has been committed (:mod:`engine.pipeline.placed_journal`: a run killed in
+    between leaves files the next run adopts instead of fetching them again).
     """
 
     def __init__(
@@ -140,8 +145,10 @@ class ManifestWriter:
         on_committed: Callable[[Collection[str]], None] | None = None,
         *,
         barrier: Callable[[], Awaitable[object]] | None = None,
+        journal: PlacedJournal | None = None,
     ) -> None:
         self.db = db
+        self.journal = journal
         self.run_id = run_id
         self.on_committed = on_committed
         self.commits = 0
@@ -153,6 +160,8 @@ class ManifestWriter:
         self._tx, self._rx = anyio.create_memory_object_stream[Item](math.inf)
 
     def put(self, item: Item) -> None:
+        if self.journal is not None and isinstance(item, AssetUpdate) and item.file is not None:
+            self.journal.record(item)
         self._tx.send_nowait(item)
 
     async def flush(self) -> None:
@@ -170,6 +179,12 @@ class ManifestWriter:
             try:
                 async for first in self._rx:
                     await self._commit(take_batch(self._rx, first))
+                    if (
+                        self.journal is not None
+                        and self._barrier_failed is None
+                        and self._rx.statistics().current_buffer_used == 0
+                    ):
+                        self.journal.clear()  # every file journaled so far has its row
             finally:
                 # Cancelled (a signal, a fatal error): files already in place must still reach
                 # the database, or the next run would fetch them again.
