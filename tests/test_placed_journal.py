@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -97,7 +97,10 @@ def test_clear_empties_and_the_journal_never_follows_a_symlink(tmp_path: Path) -
     assert path.read_bytes().count(b"\n") == 1
     journal = PlacedJournal(path)
     journal.open()
-    journal.record(_placed(dest, "a2", b"y"))
+    second = _placed(dest, "a2", b"y")
+    journal.record(second)
+    journal.record(second)  # again with its metadata: the same file, one line
+    assert path.read_bytes().count(b"\n") == 2
     journal.clear()
     journal.close()
     assert path.stat().st_size == 0
@@ -165,7 +168,9 @@ def test_a_journal_past_its_bound_stops_recording(tmp_path: Path) -> None:
     update = _placed(dest, "a1", b"x")
     journal = PlacedJournal(dest / ".assetsync" / "placed.jsonl")
     journal.open()
-    for _ in range(module.MAX_LINES + 10):
-        journal.record(update)
+    for n in range(module.MAX_LINES + 10):
+        journal.record(replace(update, asset_id=f"a{n:06d}"))
     journal.close()
-    assert os.path.getsize(journal.path) == module.MAX_LINES * len(_encode(update))
+    lines = journal.path.read_bytes().splitlines()
+    assert len(lines) == module.MAX_LINES
+    assert _decode(lines[-1]).asset_id == f"a{module.MAX_LINES - 1:06d}"  # type: ignore[union-attr]

@@ -46,6 +46,9 @@ class PlacedJournal:
         self.path = path
         self._fd: int | None = None
         self._lines = 0
+        # Since the last clear: a file recorded at once, then again with its metadata, is one
+        # line (the same file either way).
+        self._ids: set[str] = set()
 
     def open(self) -> None:
         self._fd = os.open(
@@ -56,6 +59,8 @@ class PlacedJournal:
         """``update``'s file is in place; its row is about to be put to the writer."""
         if self._fd is None or update.file is None or self._lines >= MAX_LINES:
             return
+        if update.asset_id in self._ids:
+            return
         line = _encode(update)
         if len(line) > _MAX_LINE:
             return
@@ -64,6 +69,7 @@ class PlacedJournal:
         except OSError:
             return  # a journal that cannot be written costs a download on a rerun, no more
         self._lines += 1
+        self._ids.add(update.asset_id)
 
     def clear(self) -> None:
         """Everything recorded so far is committed to the manifest."""
@@ -72,6 +78,7 @@ class PlacedJournal:
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, 0)
         self._lines = 0
+        self._ids.clear()
 
     def close(self) -> None:
         if self._fd is not None:
