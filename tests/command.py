@@ -25,6 +25,21 @@ __all__ = ["ASSETSYNC", "Run", "command_env", "run_measured"]
 ASSETSYNC = [sys.executable, "-m", "engine"]
 
 
+def mirror_command(emu: Any, dest: Path, *more: str) -> list[str]:
+    """``assetsync mirror`` of the emulator's version into ``dest``, then ``more``."""
+    return [
+        *ASSETSYNC,
+        "mirror",
+        "--api-url",
+        emu.api_url,
+        "--dataset-version",
+        emu.dataset_version_id,
+        "--dest",
+        str(dest),
+        *more,
+    ]
+
+
 def command_env(token: str | None, **extra: str) -> dict[str, str]:
     """The caller's environment without ``ASSETSYNC_*``/``PICSELLIA_*``, the token in
     ``PICSELLIA_TOKEN`` (none: unset), quick retries (a test must not sit in a backoff for

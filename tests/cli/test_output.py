@@ -24,6 +24,7 @@ import pytest
 
 from engine.emulator import Emulator
 from tests.cli.helpers import ASSETSYNC, Result, env_for, run_pipe, run_pty
+from tests.command import mirror_command
 from tests.hostile.scripted import Conn, ScriptedServer, hostile_storage
 
 pytestmark = pytest.mark.slow
@@ -38,17 +39,7 @@ def emu() -> Iterator[Emulator]:
 
 
 def _mirror(emu: Emulator, dest: Path, *more: str) -> list[str]:
-    return [
-        *ASSETSYNC,
-        "mirror",
-        "--api-url",
-        emu.api_url,
-        "--dataset-version",
-        emu.dataset_version_id,
-        "--dest",
-        str(dest),
-        *more,
-    ]
+    return mirror_command(emu, dest, *more)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +13,10 @@ import pytest
 
 from engine.emulator import Emulator, FaultRule
 from engine.manifest import Manifest
-from tests.command import command_env
+from tests.command import ASSETSYNC, command_env, mirror_command
 from tests.mirror.helpers import assert_mirror_matches
 
 pytestmark = pytest.mark.slow
-
-ASSETSYNC = [sys.executable, "-m", "engine"]
 
 
 @pytest.fixture
@@ -36,18 +33,7 @@ def _env(token: str | None, **extra: str) -> dict[str, str]:
 
 
 def _mirror_args(emu: Emulator, dest: Path, *more: str) -> list[str]:
-    return [
-        *ASSETSYNC,
-        "mirror",
-        "--api-url",
-        emu.api_url,
-        "--dataset-version",
-        emu.dataset_version_id,
-        "--dest",
-        str(dest),
-        "-q",
-        *more,
-    ]
+    return mirror_command(emu, dest, "-q", *more)
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -49,7 +49,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ import pytest
 from engine.emulator import Emulator, ExpectedAsset, FaultRule
 from engine.errors import EngineError
 from engine.manifest import Manifest
-from tests.command import command_env
+from tests.command import ASSETSYNC, command_env, mirror_command
 from tests.mirror.helpers import assert_mirror_matches
 
 pytestmark = pytest.mark.slow
@@ -80,8 +79,6 @@ LARGE_SIZE = 4 * MiB
 # 10 s, a whole run in well under 30 s on a loaded 2-core machine.
 MOMENT_DEADLINE = 120.0
 RUN_TIMEOUT = 300.0
-
-ASSETSYNC = [sys.executable, "-m", "engine"]
 
 
 def _faults() -> list[FaultRule]:
@@ -130,18 +127,7 @@ def _env(emu: Emulator) -> dict[str, str]:
 
 
 def _mirror_args(emu: Emulator, dest: Path, *more: str) -> list[str]:
-    return [
-        *ASSETSYNC,
-        "mirror",
-        "--api-url",
-        emu.api_url,
-        "--dataset-version",
-        emu.dataset_version_id,
-        "--dest",
-        str(dest),
-        "-q",
-        *more,
-    ]
+    return mirror_command(emu, dest, "-q", *more)
 
 
 def _schedule(rng: random.Random) -> list[str]:
