@@ -236,6 +236,11 @@ class ManifestWriter:
             await self._barrier()
         except LocalStorageError as exc:
             self._barrier_failed = exc
+            if self.journal is not None:
+                # Files a barrier could not vouch for are never adopted by a later run either:
+                # after a write-back error their bytes on disk are not to be trusted.
+                self.journal.clear()
+                self.journal = None
             return exc
         self.barriers += 1
         return None

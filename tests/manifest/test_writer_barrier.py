@@ -15,6 +15,7 @@ import pytest
 
 from engine.errors import LocalStorageError
 from engine.manifest import Manifest
+from engine.pipeline.placed_journal import PlacedJournal
 from engine.pipeline.writer import ManifestAccess, ManifestWriter
 from tests.manifest.helpers import update
 
@@ -77,10 +78,15 @@ async def test_a_failed_barrier_keeps_its_files_out_records_the_rest_and_stops(
             writer.put(update("d"))  # left over when the writer stops
             raise LocalStorageError("cannot make the placed files durable: EIO")
 
-        writer = ManifestWriter(ManifestAccess(manifest), run_id, barrier=barrier)
+        journal = PlacedJournal(tmp_path / "placed.jsonl")
+        journal.open()
+        writer = ManifestWriter(ManifestAccess(manifest), run_id, barrier=barrier, journal=journal)
         writer.put(update("a"))
         with anyio.fail_after(30), pytest.raises(LocalStorageError, match="EIO"):
             await writer.run()
+        journal.close()
+        # Nor will a later run adopt b or d from the journal: a write-back error was reported.
+        assert (tmp_path / "placed.jsonl").read_bytes() == b""
         # The failed barrier's file (b) is not recorded, the failure (c) is; the leftover (d),
         # committed by the stopping writer, is not recorded either: no later barrier could
         # vouch for it, so none is called.
