@@ -36,6 +36,7 @@ __all__ = ["MAX_LINES", "PlacedJournal", "adopt_placed"]
 MAX_LINES = 100_000
 # A line longer than this is not one of ours (an asset's metadata is bounded by the API's).
 _MAX_LINE = 1 << 20
+_APPLY_CHUNK = 500
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -197,7 +198,8 @@ def _holds(dest: Path, rel_path: str, size: int, sha256: str) -> bool:
 def adopt_placed(journal: Path, dest: Path, manifest: Manifest, run_id: int) -> int:
     """Record the journal's files the manifest does not hold (see the module docstring), then
     empty the journal. Returns how many were adopted. Runs under DEST's lock."""
-    adopted: list[AssetUpdate] = []
+    adopted: list[AssetUpdate] = []  # a chunk at a time: the journal may hold MAX_LINES
+    count = 0
     seen: set[str] = set()
     for line in _lines(journal):
         update = _decode(line)
@@ -215,12 +217,17 @@ def adopt_placed(journal: Path, dest: Path, manifest: Manifest, run_id: int) -> 
         if not _holds(dest, file.path, file.size, file.sha256):
             continue
         adopted.append(update)
+        if len(adopted) >= _APPLY_CHUNK:
+            manifest.apply(adopted, run_id)
+            count += len(adopted)
+            adopted.clear()
     if adopted:
         manifest.apply(adopted, run_id)
+        count += len(adopted)
     with contextlib.suppress(OSError):
         fd = os.open(journal, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.ftruncate(fd, 0)
         finally:
             os.close(fd)
-    return len(adopted)
+    return count
