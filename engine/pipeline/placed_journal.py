@@ -6,7 +6,8 @@ between leaves a complete, verified file that the manifest does not know, and th
 fetched it again: in the kill soak the same 4 MiB object was fetched four times, each time
 killed just after its rename, because every rerun starts with the same unfinished work.
 
-So each file in place is first written to ``DEST/.assetsync/placed.jsonl`` (one line, one
+So each file in place is first written to the journal beside the run's manifest
+(``DEST/.assetsync/manifest.placed.jsonl``, ``shard-K-of-N.placed.jsonl``: one line, one
 ``write`` on an ``O_APPEND`` descriptor: cheap, and kept by the page cache through a kill), and the
 journal is emptied whenever the writer has committed everything put to it. A run that opens a
 DEST adopts what the journal names and the manifest does not hold: a file at that path, a regular
