@@ -174,19 +174,30 @@ def run_mirror(
         if proc.returncode != 0:
             tail = stderr_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{name}: assetsync mirror exited {proc.returncode}:\n{tail}")
-        if timing.exists():
-            _, user, system, max_kb = timing.read_text().split()[-4:]
-            cpu, peak = float(user) + float(system), int(max_kb) / 1024
-        else:  # no GNU time: rusage of our children (the peak may be overestimated)
-            cpu = (children.ru_utime + children.ru_stime) - (
-                children_before.ru_utime + children_before.ru_stime
-            )
-            peak = children.ru_maxrss / 1024
-    # The summary is the one JSON line (py-spy, when it wraps the run, prints its own lines).
-    lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
-    summary = json.loads(lines[-1])
+        cpu, peak = cpu_and_peak(timing, children_before, children)
+    summary = json_summary(stdout)
     counters = emulator.counters()
     return RunResult(name, wall, cpu, peak, emulator_cpu, summary, counters["requests"])
+
+
+def cpu_and_peak(
+    timing: Path, before: resource.struct_rusage, after: resource.struct_rusage
+) -> tuple[float, float]:
+    """CPU seconds and peak RSS (MB) of the measured run: from GNU time's output file when it
+    wrapped the run, else from the rusage of our children (the peak may then be overestimated:
+    it is the largest child's ever, the emulator's included)."""
+    if timing.exists():
+        _, user, system, max_kb = timing.read_text().split()[-4:]
+        return float(user) + float(system), int(max_kb) / 1024
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return cpu, after.ru_maxrss / 1024
+
+
+def json_summary(stdout: bytes) -> dict[str, Any]:
+    """The run's ``--json`` summary: its one JSON line (py-spy, when it wraps the run, prints
+    its own lines)."""
+    lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
+    return dict(json.loads(lines[-1]))
 
 
 def local_files(dest: Path) -> int:

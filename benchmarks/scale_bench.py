@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.emulator_proc import EmulatorProcess, emulator_process  # noqa: E402
+from benchmarks.mirror_bench import cpu_and_peak, json_summary  # noqa: E402
 
 BIN = Path(sys.executable).parent
 GNU_TIME = Path("/usr/bin/time")
@@ -179,16 +180,8 @@ def run_phase(phase: str, emulator: EmulatorProcess, dest: Path, assets: int) ->
         if proc.returncode != 0:
             tail = stderr_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{phase} {assets}: assetsync exited {proc.returncode}:\n{tail}")
-        if timing.exists():
-            _, user, system, max_kb = timing.read_text().split()[-4:]
-            cpu, peak = float(user) + float(system), int(max_kb) / 1024
-        else:  # no GNU time: rusage of our children (the peak may be overestimated)
-            cpu = (children.ru_utime + children.ru_stime) - (
-                children_before.ru_utime + children_before.ru_stime
-            )
-            peak = children.ru_maxrss / 1024
-    lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
-    summary = json.loads(lines[-1])
+        cpu, peak = cpu_and_peak(timing, children_before, children)
+    summary = json_summary(stdout)
     counters = emulator.counters()
     run = Run(
         phase, assets, wall, cpu, peak, emulator_cpu, sampler.quarters(), summary,
