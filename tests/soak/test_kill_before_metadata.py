@@ -21,7 +21,7 @@ import pytest
 
 from engine.emulator import Emulator, FaultRule
 from engine.manifest import Manifest
-from tests.command import command_env
+from tests.command import command_env, mirror_command
 from tests.mirror.helpers import assert_mirror_matches, files_under
 
 pytestmark = pytest.mark.slow
@@ -40,6 +40,44 @@ def _recorded_ok(dest: Path) -> int:
         return manifest.status().states.get("ok", 0)
 
 
+def _kill_once_every_file_is_recorded(
+    victim: subprocess.Popen[bytes], dest: Path, who: str
+) -> None:
+    """Wait until every file is in place, then recorded (the metadata is still stalled for
+    minutes, so only a record without it can come), and SIGKILL ``victim``."""
+    try:
+        deadline = time.monotonic() + 60
+        while len(files_under(dest)) < ASSETS:
+            assert victim.poll() is None, f"{who} ended before its files were in place"
+            assert time.monotonic() < deadline, "the files never all came into place"
+            time.sleep(0.02)
+        # A file is renamed into place, then recorded: wait out that short window.
+        while _recorded_ok(dest) < ASSETS:
+            assert victim.poll() is None, f"{who} ended before recording its files"
+            assert time.monotonic() < deadline, "files in place were never recorded"
+            time.sleep(0.05)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+
+
+def _a_mirror_fetches_nothing_again(emu: Emulator, dest: Path) -> None:
+    emu.faults.clear()
+    emu.counters.reset()
+    done = subprocess.run(
+        mirror_command(emu, dest, "-q", "--json"),
+        env=_env(emu.token),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    emu.quiesce_sync()
+    assert_mirror_matches(emu, dest)
+    # Nothing the killed run had in place is fetched again.
+    assert (json.loads(done.stdout)["downloaded"], emu.counters.storage_bytes) == (0, 0)
+
+
 def test_files_in_place_before_their_page_metadata_survive_a_sigkill(tmp_path: Path) -> None:
     dest = tmp_path / "d"
     emulator = Emulator(assets=ASSETS, seed=3, large_share=0.0, nasty_filenames=False)
@@ -47,43 +85,17 @@ def test_files_in_place_before_their_page_metadata_survive_a_sigkill(tmp_path: P
         total = sum(emu.dataset.expected(a).size for a in emu.dataset.asset_ids())
         # The page's annotations come after the API timeout; the run is killed long before.
         emu.faults.add(FaultRule(target="annotations_bulk", kind="stall", seconds=120.0))
-        args = [
-            *(sys.executable, "-m", "engine", "mirror", "--api-url", emu.api_url),
-            *("--dataset-version", emu.dataset_version_id, "--dest", str(dest), "-q"),
-        ]
         victim = subprocess.Popen(
-            args, env=_env(emu.token), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            mirror_command(emu, dest, "-q"),
+            env=_env(emu.token),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        try:
-            deadline = time.monotonic() + 60
-            while len(files_under(dest)) < ASSETS:
-                assert victim.poll() is None, "the run ended before its files were in place"
-                assert time.monotonic() < deadline, "the files never all came into place"
-                time.sleep(0.02)
-            # A file is renamed into place, then recorded: wait out that short window (the
-            # metadata is still stalled for minutes, so only a record without it can come).
-            while _recorded_ok(dest) < ASSETS:
-                assert victim.poll() is None, "the run ended before its files were recorded"
-                assert time.monotonic() < deadline, "files in place were never recorded"
-                time.sleep(0.05)
-        finally:
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
+        _kill_once_every_file_is_recorded(victim, dest, "the run")
         emu.quiesce_sync()
         assert emu.counters.storage_bytes == total  # every file came, whole, once
         print(f"killed with {ASSETS} files in place, {_recorded_ok(dest)} recorded")
-
-        emu.faults.clear()
-        emu.counters.reset()
-        done = subprocess.run(
-            [*args, "--json"], env=_env(emu.token), capture_output=True, text=True, timeout=120
-        )
-        assert done.returncode == 0, done.stderr
-        emu.quiesce_sync()
-        assert_mirror_matches(emu, dest)
-        summary = json.loads(done.stdout)
-        # Nothing the killed run had in place is fetched again.
-        assert (summary["downloaded"], emu.counters.storage_bytes) == (0, 0)
+        _a_mirror_fetches_nothing_again(emu, dest)
 
 
 # The prefetcher, over one run of the same pipeline: its items wait for their metadata, but its
@@ -117,33 +129,7 @@ def test_a_prefetchers_files_in_place_before_their_metadata_survive_a_sigkill(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        try:
-            deadline = time.monotonic() + 60
-            while len(files_under(dest)) < ASSETS:
-                assert victim.poll() is None, "the prefetcher ended before its files were in place"
-                assert time.monotonic() < deadline, "the files never all came into place"
-                time.sleep(0.02)
-            while _recorded_ok(dest) < ASSETS:
-                assert victim.poll() is None, "the prefetcher ended before recording its files"
-                assert time.monotonic() < deadline, "files in place were never recorded"
-                time.sleep(0.05)
-        finally:
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
+        _kill_once_every_file_is_recorded(victim, dest, "the prefetcher")
         emu.quiesce_sync()
         assert emu.counters.storage_bytes == total  # every file came, whole, once
-
-        emu.faults.clear()
-        emu.counters.reset()
-        mirror = [
-            *(sys.executable, "-m", "engine", "mirror", "--api-url", emu.api_url),
-            *("--dataset-version", emu.dataset_version_id, "--dest", str(dest), "-q", "--json"),
-        ]
-        done = subprocess.run(
-            mirror, env=_env(emu.token), capture_output=True, text=True, timeout=120
-        )
-        assert done.returncode == 0, done.stderr
-        emu.quiesce_sync()
-        assert_mirror_matches(emu, dest)
-        # Nothing the killed prefetcher had in place is fetched again.
-        assert (json.loads(done.stdout)["downloaded"], emu.counters.storage_bytes) == (0, 0)
+        _a_mirror_fetches_nothing_again(emu, dest)
