@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from engine.manifest import AssetUpdate, FileInfo, Manifest
+from engine.pipeline.dest_files import folder_fd
 
 __all__ = ["MAX_LINES", "PlacedJournal", "adopt_placed"]
 
@@ -38,7 +39,6 @@ MAX_LINES = 100_000
 # A line longer than this is not one of ours (an asset's metadata is bounded by the API's).
 _MAX_LINE = 1 << 20
 _APPLY_CHUNK = 500
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class PlacedJournal:
@@ -163,18 +163,12 @@ def _lines(path: Path) -> Iterator[bytes]:
 def _holds(dest: Path, rel_path: str, size: int, sha256: str) -> bool:
     """Whether ``dest/rel_path`` is a regular file of ``size`` bytes and this SHA-256, reached
     without following a symlink anywhere below DEST; if so it is synced, with its folder."""
-    parts = PurePosixPath(rel_path).parts
-    if not parts or any(p in ("", ".", "..", "/") for p in parts):
-        return False
+    parts = PurePosixPath(rel_path).parts  # relative, no "..": FileInfo checked it
     try:
-        fd = os.open(dest, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        fd = folder_fd(dest, parts[:-1])
     except OSError:
         return False
     try:
-        for name in parts[:-1]:
-            next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = next_fd
         file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
     except OSError:
         os.close(fd)
