@@ -29,7 +29,7 @@ import pytest
 
 from engine.emulator import Emulator
 from engine.manifest import Manifest
-from tests.command import ASSETSYNC, Run, command_env, run_measured
+from tests.command import Run, command_env, mirror_command, run_measured
 from tests.hostile.scripted import Conn, Request, ScriptedServer, hostile_storage, object_bytes
 
 KiB = 1024
@@ -72,12 +72,7 @@ def run_mirror(emu: Emulator, dest: Path, **settings: str) -> Run:
         **{name.upper(): value for name, value in settings.items()},  # the case's own
     }
     env = command_env(emu.token, **{f"ASSETSYNC_TRANSFER__{k}": v for k, v in transfer.items()})
-    args = [
-        *ASSETSYNC,
-        "mirror",
-        *("--api-url", emu.api_url, "--dataset-version", emu.dataset_version_id),
-        *("--dest", str(dest), "--no-fsync", "--json"),
-    ]
+    args = mirror_command(emu, dest, "--no-fsync", "--json")
     run = run_measured(args, env, hang_guard=HANG_GUARD, address_space=ADDRESS_SPACE)
     assert "Traceback" not in run.stdout + run.stderr, run.stderr[-3000:]
     assert emu.token not in run.stdout + run.stderr

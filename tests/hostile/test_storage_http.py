@@ -31,7 +31,7 @@ import trustme
 
 from engine.emulator import Emulator
 from engine.manifest import Manifest
-from tests.command import ASSETSYNC, Run, command_env, run_measured
+from tests.command import Run, command_env, mirror_command, run_measured
 from tests.hostile.scripted import Conn, ScriptedServer, hostile_storage, object_bytes
 
 pytestmark = pytest.mark.slow
@@ -53,12 +53,7 @@ def run_mirror(emu: Emulator, dest: Path, env_extra: dict[str, str] | None = Non
         ASSETSYNC_TRANSFER__TIMEOUTS__STALL="2",
         **(env_extra or {}),
     )
-    args = [
-        *ASSETSYNC,
-        "mirror",
-        *("--api-url", emu.api_url, "--dataset-version", emu.dataset_version_id),
-        *("--dest", str(dest), "--json", "--no-fsync"),
-    ]
+    args = mirror_command(emu, dest, "--json", "--no-fsync")
     return run_measured(args, env, hang_guard=HANG_GUARD)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 import trustme
 
 from engine.emulator import Emulator, FaultRule
-from tests.command import command_env
+from tests.command import command_env, mirror_command
 from tests.mirror.helpers import assert_mirror_matches, files_under
 
 pytestmark = pytest.mark.slow
@@ -60,11 +59,7 @@ def _run(emu: Emulator, dest: Path, cert_file: Path) -> subprocess.CompletedProc
             "ASSETSYNC_TRANSFER__SEGMENT_SIZE": str(256 * 1024),
         }
     )
-    args = [
-        *(sys.executable, "-m", "engine", "mirror"),
-        *("--api-url", emu.api_url, "--dataset-version", emu.dataset_version_id),
-        *("--dest", str(dest), "-q", "--json"),
-    ]
+    args = mirror_command(emu, dest, "-q", "--json")
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -36,7 +36,7 @@ import pytest
 from engine.emulator import Emulator, ExpectedAsset
 from engine.errors import EngineError
 from engine.manifest import Manifest
-from tests.command import ASSETSYNC, command_env
+from tests.command import command_env, mirror_command
 
 pytestmark = [
     pytest.mark.slow,
@@ -191,17 +191,7 @@ def test_a_power_cut_after_a_kill_during_group_commits_leaves_no_row_without_its
             ASSETSYNC_TRANSFER__BARRIER=barrier,
             ASSETSYNC_TRANSFER__DISK_RESERVE="0",
         )
-        argv = [
-            *ASSETSYNC,
-            "mirror",
-            "--api-url",
-            running.api_url,
-            "--dataset-version",
-            running.dataset_version_id,
-            "--dest",
-            str(dest),
-            "-q",
-        ]
+        argv = mirror_command(running, dest, "-q")
         while kills < MIN_KILLS:
             assert runs < MAX_RUNS, f"only {kills} of {runs} runs were killed while committing"
             runs += 1
