@@ -10,6 +10,8 @@
         <manifest>.placed.jsonl          files in place before their rows, adopted by the next run
                                          after a kill (engine.pipeline.placed_journal)
         claims.lock                      prefetchers sharing DEST claim paths under it
+        <manifest>.holders.lock          a byte locked by each live prefetcher: its disk budget's
+                                         pins and reservations die with it (engine.prefetch.budget)
         fetching.lock                    one download of an object at a time across processes
         partial/<name>.part              downloads in progress, resumable
         partial/<name>.part.state        their resume sidecars (SIDECAR_SUFFIX)
@@ -84,6 +86,11 @@ class StateFolder:
         """The journal of files in place before their rows, one per manifest
         (:mod:`engine.pipeline.placed_journal`)."""
         return files.manifest.with_name(files.manifest.stem + ".placed.jsonl")
+
+    def holders_lock(self, manifest: Path) -> Path:
+        """The liveness locks of the prefetchers using ``manifest``, a byte each
+        (:mod:`engine.prefetch.budget`)."""
+        return manifest.with_name(manifest.stem + ".holders.lock")
 
     def manifests(self) -> list[ShardFiles]:
         """Every manifest in the state folder, the whole version's first, then by N and K."""

@@ -40,6 +40,9 @@ class Migration:
     version: int
     description: str
     apply: Callable[[sqlite3.Connection], None]
+    # False for a step that only adds what readers never read (the budget's tables): a
+    # read-only open (``status``, a dry run) of a manifest written before it still works.
+    readers_need: bool = True
 
 
 def statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
@@ -186,7 +189,45 @@ STAGED_ANNOTATIONS_INDEX = (
 )
 DROP_STAGED_ANNOTATIONS_INDEX = "DROP INDEX IF EXISTS temp.staged_annotations_by_asset"
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _V1),)
+# The disk budget shared by the prefetchers of one DEST (engine.manifest.budget): who holds it,
+# the files it counts (in eviction order) and the files each holder must keep.
+_V2 = statements(
+    # One row per live prefetcher (with or without a budget: they must agree on it). ``reserved``:
+    # bytes of its downloads in flight, counted against the budget until their files are recorded.
+    """CREATE TABLE budget_holders (
+        holder   INTEGER PRIMARY KEY AUTOINCREMENT,
+        budget   INTEGER,
+        reserved INTEGER NOT NULL DEFAULT 0,
+        pid      INTEGER NOT NULL,
+        joined   REAL NOT NULL
+    )""",
+    # The files on disk the budget counts; ``seq``: when last used (evictions take the highest
+    # first). One row per asset, written only once the asset's manifest row is committed.
+    """CREATE TABLE budget_files (
+        asset_id TEXT PRIMARY KEY NOT NULL,
+        path     TEXT NOT NULL,
+        size     INTEGER NOT NULL,
+        seq      INTEGER NOT NULL
+    )""",
+    "CREATE INDEX budget_files_by_seq ON budget_files (seq)",
+    """CREATE TABLE budget_pins (
+        asset_id TEXT NOT NULL,
+        holder   INTEGER NOT NULL REFERENCES budget_holders (holder) ON DELETE CASCADE,
+        PRIMARY KEY (asset_id, holder)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX budget_pins_by_holder ON budget_pins (holder)",
+    # Running totals: 'files' (sum of budget_files.size) and 'seq' (the last one given).
+    """CREATE TABLE budget_totals (
+        key   TEXT PRIMARY KEY NOT NULL,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "INSERT INTO budget_totals (key, value) VALUES ('files', 0), ('seq', 0)",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _V1),
+    Migration(2, "a disk budget shared by prefetchers", _V2, readers_need=False),
+)
 
 
 def _scalar(conn: sqlite3.Connection, sql: str) -> int:

@@ -25,7 +25,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 from engine.digests import path_key
 from engine.errors import ManifestError
@@ -56,6 +56,8 @@ from engine.manifest.schema import (
 )
 from engine.manifest.writes import apply_batch
 from engine.state_folder import StateFolder
+
+T = TypeVar("T")
 
 __all__ = ["Manifest"]
 
@@ -176,7 +178,7 @@ class Manifest:
                 conn.execute("COMMIT")
             set_pragmas(conn, path, busy_timeout, read_only=read_only)
             if read_only:
-                if version < len(migrations):
+                if any(step.readers_need for step in migrations[version:]):
                     raise ManifestError(
                         f"{path} has manifest schema v{version} and needs an upgrade to "
                         f"v{len(migrations)}, which a read-only open cannot do: run a mirror first"
@@ -580,6 +582,12 @@ class Manifest:
             if seen:
                 _mark_seen(conn, self._lists, run_id, list(dict.fromkeys(seen)))
             return result
+
+    def budget_books(self, doing: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` (one of :mod:`engine.manifest.budget`'s steps) in one write transaction:
+        the books of a disk budget shared by prefetchers change only under the write lock."""
+        with self._write(doing) as conn:
+            return fn(conn)
 
     def mark_seen(self, run_id: int, asset_ids: Sequence[str]) -> None:
         """These assets are in this run's listing (so :meth:`unseen` leaves them out).

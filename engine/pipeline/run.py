@@ -7,8 +7,8 @@ platform has answered:
    it — :class:`~engine.errors.UsageError`;
 2. the platform: who we are (:class:`~engine.errors.AuthError`), the version, the tags a filter
    names (:mod:`engine.preflight`);
-3. DEST and its state folder created, and DEST's lock taken — exclusive (a mirror, a prefetcher
-   that deletes files) or shared (prefetchers together), :class:`~engine.errors.LockHeldError`
+3. DEST and its state folder created, and DEST's lock taken — exclusive (a mirror) or shared
+   (prefetchers together), :class:`~engine.errors.LockHeldError`
    when busy; a dry run does neither. A mirror of shard ``K/N`` takes its shard's lock instead,
    and uses its shard's manifest (:meth:`StateFolder.shard_files`), so the shards of one DEST
    run side by side;

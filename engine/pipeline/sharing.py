@@ -4,12 +4,14 @@ The rule (the README's "Concurrency" section says it to users):
 
 * ``mirror`` (and ``verify``) hold DEST's lock **exclusively**
   (:class:`engine.pipeline.lock.DestLock`): nothing else touches DEST while they run.
-* A prefetcher **without** a disk budget holds the same lock file **shared** (``flock(LOCK_SH)``):
-  any number of them may read from and download into one DEST at once (the workers of a
-  DataLoader, several training jobs), and a mirror refuses to start meanwhile (exit 4), as a
-  prefetcher refuses to start during a mirror (:class:`~engine.errors.LockHeldError`).
-* A prefetcher **with** a disk budget deletes files, so it takes the lock **exclusively**, like a
-  mirror: no other process can be reading a file it evicts.
+* A prefetcher holds the same lock file **shared** (``flock(LOCK_SH)``): any number of them may
+  read from and download into one DEST at once (the workers of a DataLoader, DDP ranks, several
+  training jobs), and a mirror refuses to start meanwhile (exit 4), as a prefetcher refuses to
+  start during a mirror (:class:`~engine.errors.LockHeldError`).
+* With a disk budget, prefetchers delete files: they share one budget, kept in the manifest
+  (:mod:`engine.prefetch.budget`), where each pins the files its consumer has still to read, so
+  no process evicts a file another one is about to hand out. Prefetchers of one DEST must agree
+  on the budget (or all have none); one that does not is refused with a usage error.
 
 Prefetchers sharing a DEST write one manifest: SQLite serialises their transactions (WAL,
 ``BEGIN IMMEDIATE``, a busy timeout). Before downloading to a path nobody recorded yet, a

@@ -1,156 +1,267 @@
-"""The disk budget's side of an epoch: making room, and deleting without following links.
+"""This prefetcher's seat in DEST's shared disk budget (the books: :mod:`engine.manifest.budget`).
 
-:class:`~engine.prefetch.window.DiskBooks` (pure) decides how much must go and which passed
-files; this module deletes them and records it, and visits the manifest for *cold* files
-(recorded before the session and untouched since), in manifest order. See the README's "A disk
-budget" for the rule.
+Every prefetcher of a DEST takes a seat when its session opens, with or without a budget: the
+prefetchers of one DEST must agree on ``max_bytes`` (a prefetcher without one would fill the
+disk behind the others' backs; two budgets cannot both hold), and a seat says which one is in
+force. The seat is alive while this process holds a lock on its byte of
+``<manifest>.holders.lock`` (Linux open-file-description locks, as for the fetch locks): a killed
+prefetcher's pins and reservations are cleared by the next one that looks, and never block the
+others for longer.
+
+With a budget, the seat carries what the books must learn from this process, in order:
+
+* pins (:class:`~engine.prefetch.window.Pins`): the items of its epochs not passed yet. New pins
+  are written (:meth:`BudgetSeat.flush`) before the planner looks at the disk, so a file the
+  planner finds in place cannot be evicted by another process before the consumer has it;
+* files placed: a download's file joins the books once its manifest row is committed (an
+  ``After`` item of the manifest writer), so an eviction never marks evicted a row whose commit
+  is still to come; until then the download's reservation counts its bytes;
+* reservations given back (failed or cut downloads), and files found in place that the books did
+  not count yet.
+
+A download starts after :meth:`BudgetSeat.admit` reserved its bytes, evicting unpinned files in
+the books' order (most recently used first: :mod:`engine.manifest.budget` says why). Evictions
+delete the file without following links (:func:`engine.pipeline.dest_files.remove_file`) and
+mark the asset ``evicted`` in the same transaction.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import functools
 import logging
-from collections.abc import Iterator
-from itertools import islice
-from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
-from engine.manifest import AssetRow
+import anyio
+
+from engine.errors import EngineError, LocalStorageError, UsageError
+from engine.manifest import Manifest
+from engine.manifest import budget as books
 from engine.pipeline.dest_files import remove_file
-from engine.pipeline.writer import Evicted
-from engine.prefetch.window import Start
+from engine.pipeline.sharing import NO_FLOCK, open_lock_file
+from engine.pipeline.writer import ManifestAccess
+from engine.prefetch.items import PrefetchStats
+from engine.prefetch.locking import range_lock
+from engine.prefetch.window import Pins
+from engine.state_folder import StateFolder
 
-if TYPE_CHECKING:
-    from engine.prefetch.session import Session
-
-__all__ = ["BudgetKeeper"]
+__all__ = ["BudgetSeat"]
 
 log = logging.getLogger("engine.prefetch")
 
-_COLD_BATCH = 256
-COLD_MIN = 32  # untouched rows kept at hand, for evictions that cannot wait for the manifest
+T = TypeVar("T")
 
 
-class BudgetKeeper:
-    def __init__(self, session: Session) -> None:
-        self.s = session
+class BudgetSeat:
+    """``await seat.join()`` … ``await seat.leave()``; see the module docstring."""
 
-    def track(self, asset_id: str, rel_path: str | None) -> None:
-        if self.s.books is not None and rel_path is not None:
-            self.s.resident_paths[asset_id] = rel_path
+    def __init__(
+        self,
+        manifest: Manifest,
+        db: ManifestAccess,
+        dest: Path,
+        budget: int | None,
+        stats: PrefetchStats,
+    ) -> None:
+        self.manifest = manifest
+        self.db = db
+        self.dest = dest
+        self.budget = budget
+        self.stats = stats
+        self.pins = Pins()
+        self.changes = books.Changes()
+        self.holder: int | None = None
+        # One transaction at a time from this seat, in the order they were asked: the pins and
+        # releases each carries must reach the books in order.
+        self._lock = anyio.Lock()
+        self._fd = -1
+        self._locks = True
 
-    def peak(self) -> None:
-        books = self.s.books
-        if books is not None:
-            self.s.stats.peak_usage = max(self.s.stats.peak_usage, books.usage)
+    # -- liveness ------------------------------------------------------------------------------
 
-    def delete(self, asset_id: str, rel_path: str, size: int) -> None:
-        try:
-            removed = remove_file(self.s.dest, PurePosixPath(rel_path))
-        except OSError as exc:
-            log.warning("could not evict %s: %s", rel_path, exc.strerror)
+    def _hold(self, holder: int) -> None:
+        if not self._locks:
             return
-        if removed:
-            self.s.stats.evicted += 1
-            self.s.stats.evicted_bytes += size
-        self.s.writer.put(Evicted(asset_id))
+        try:
+            range_lock(self._fd, fcntl.F_WRLCK, holder)
+        except OSError as exc:
+            if exc.errno not in NO_FLOCK:
+                raise UsageError(f"cannot lock {self.dest}: {exc.strerror}") from None
+            log.warning("no file locks on %s: prefetchers are known alive by their pid", self.dest)
+            self._locks = False
 
-    def evict_passed(self, need: int) -> int:
-        books = self.s.books
-        assert books is not None
-        freed = 0
-        for asset_id, size in books.victims(need):
-            rel_path = self.s.resident_paths.pop(asset_id, None)
-            if rel_path is not None:
-                self.delete(asset_id, rel_path, size)
-            freed += size
-        return freed
+    def _alive(self, holder: int, pid: int) -> bool:
+        if self._locks:
+            try:
+                range_lock(self._fd, fcntl.F_WRLCK, holder)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    return True
+                if exc.errno not in NO_FLOCK:
+                    raise
+            else:
+                range_lock(self._fd, fcntl.F_UNLCK, holder)
+                return False
+        # No locks here: a process of that pid on this machine stands for the holder.
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
-    async def make_room(self, start: Start) -> bool:
-        """Evict for ``start``; False when the books turned out wrong and it must be asked
-        again (untouched files the manifest counted were not there)."""
-        books = self.s.books
-        assert books is not None
-        freed = 0
-        if books.cold:
-            freed += await self.evict_cold(start.free)
-        if freed < start.free:
-            freed += self.evict_passed(start.free - freed)
-        self.peak()
-        if start.forced:
-            self.s.stats.over_budget_starts += 1
+    # -- joining and leaving --------------------------------------------------------------------
+
+    async def join(self) -> bool:
+        """Take a seat; True if this is the only prefetcher of DEST now."""
+        path = StateFolder(self.dest).holders_lock(self.manifest.path)
+        self._fd = open_lock_file(path)
+        joined = functools.partial(
+            books.join,
+            budget=self.budget,
+            pid=os.getpid(),
+            now=time.time(),
+            alive=self._alive,
+            hold=self._hold,
+        )
+        try:
+            self.holder, first = await self._books("join the prefetchers of DEST", joined)
+        except BaseException:
+            self._close_fd()
+            raise
+        return first
+
+    async def leave(self) -> None:
+        try:
+            async with self._lock:
+                holder, self.holder = self.holder, None
+                if holder is not None:
+                    left = functools.partial(books.leave, holder=holder, changes=self._take())
+                    await self._books("leave the prefetchers of DEST", left)
+        finally:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)  # drops the liveness lock: a seat left behind is cleared by the next
+
+    # -- what the books learn -------------------------------------------------------------------
+
+    def known(self, asset_id: str, path: str, size: int) -> None:
+        """A file the planner found in place (the books count it if they did not yet)."""
+        self.changes.known.append((asset_id, path, size))
+
+    def placed(self, asset_id: str, path: str, size: int, reserved: int) -> None:
+        """A download's file is in place and its row committed: it replaces its reservation."""
+        self.changes.placed.append((asset_id, path, size))
+        self.changes.released += reserved
+
+    def released(self, reserved: int) -> None:
+        """A download that placed nothing gives its reservation back."""
+        self.changes.released += reserved
+
+    def _take(self) -> books.Changes:
+        """Everything the books have not heard yet (the pins included), handed over."""
+        added, removed = self.pins.drain()
+        self.changes.pinned += added
+        self.changes.unpinned += removed
+        changes, self.changes = self.changes, books.Changes()
+        return changes
+
+    @property
+    def pending(self) -> bool:
+        return self.pins.pending or bool(self.changes)
+
+    async def flush(self) -> None:
+        """Write what the books must know now (new pins: before the planner looks at the disk)."""
+        async with self._lock:
+            if self.holder is None or not self.pending:
+                return
+            step = functools.partial(books.apply_changes, holder=self.holder, changes=self._take())
+            await self._books("record the prefetcher's pins", step)
+
+    # -- room -----------------------------------------------------------------------------------
+
+    async def admit(self, asset_id: str, path: str, reserve: int, *, must: bool) -> books.Admission:
+        """Reserve room for a download (evicting as needed); not granted: wait and ask again."""
+        assert self.holder is not None and self.budget is not None
+        async with self._lock:
+            holder, budget = self.holder, self.budget
+            changes = self._take()
+
+            def step(conn: sqlite3.Connection) -> books.Admission:
+                books.apply_changes(conn, holder, changes)
+                return books.admit(
+                    conn,
+                    holder,
+                    budget,
+                    asset_id=asset_id,
+                    path=path,
+                    reserve=reserve,
+                    must=must,
+                    unlink=self._unlink,
+                    alive=self._alive,
+                )
+
+            admission = await self._books("reserve disk room", step)
+        self._account(admission)
+        if admission.forced:
+            self.stats.over_budget_starts += 1
             log.warning(
                 "disk budget too small for the look-ahead: fetching the next item over it "
                 "(%d bytes on the books, budget %d)",
-                books.usage + start.reserve,
-                books.budget,
+                admission.usage,
+                budget,
             )
-            return True
-        return books.usage + start.reserve <= books.budget
+        return admission
 
-    async def evict_cold(self, need: int) -> int:
-        """Delete untouched files (recorded before this session), in manifest order, reading
-        more rows as needed."""
-        s = self.s
-        books = s.books
-        assert books is not None
-        freed = 0
-        while freed < need and books.cold:
-            freed += self.evict_cold_now(need - freed)
-            if freed >= need or s.cold_done:
-                break
-            await self.fill_cold(len(s.cold_rows) + _COLD_BATCH)
-        return freed
+    def grow(self, extra: int) -> None:
+        """A download in flight is ``extra`` bytes larger than its reservation, and writes its
+        first byte when this returns: reserve and evict now, on the caller's thread (the
+        transfer core's progress callback cannot wait). Only the reservation and evictions are
+        written here, never the pins and releases in waiting, which must reach the books in
+        order; the pins the evictions respect are all written (they are before the planner
+        looks at the disk)."""
+        if self.holder is None or self.budget is None:
+            return
+        step = functools.partial(
+            books.grow, holder=self.holder, budget=self.budget, extra=extra, unlink=self._unlink
+        )
+        try:
+            admission = self.manifest.budget_books("reserve disk room", step)
+        except EngineError as exc:
+            log.warning("could not reserve disk room for a larger download: %s", exc)
+            self.changes.released -= extra  # counted when its release comes: keep it balanced
+            return
+        self._account(admission)
+        if admission.forced:
+            self.stats.over_budget_starts += 1
+            log.warning("disk budget exceeded by a download larger than its reservation")
 
-    def evict_cold_now(self, need: int) -> int:
-        """:meth:`_evict_cold` from the rows already read: no I/O but the deletions, so the
-        transfer core's size announcement can be answered before its first byte lands.
+    def _account(self, admission: books.Admission) -> None:
+        stats = self.stats
+        stats.peak_usage = max(stats.peak_usage, admission.usage)
+        for _, _, size in admission.evicted:
+            stats.evicted += 1
+            stats.evicted_bytes += size
 
-        A row whose asset the epoch registered but has not resolved yet is still untouched
-        (its bytes are in ``cold``) but must stay: it is put back for a later visit. Once every
-        row was visited, ``cold`` is exactly what such rows still hold.
-        """
-        s = self.s
-        books = s.books
-        assert books is not None
-        freed = 0
-        deferred: list[AssetRow] = []
-        while freed < need and s.cold_rows:
-            row = s.cold_rows.popleft()
-            if books.known(row.asset_id):
-                if not books.resident(row.asset_id):
-                    deferred.append(row)  # registered, unresolved: untouched but protected
-                continue  # touched: no longer cold
-            size = row.size or 0
-            books.cold_evicted(size)
-            assert row.path is not None
-            self.delete(row.asset_id, row.path, size)
-            freed += size
-        s.cold_rows.extendleft(reversed(deferred))
-        if s.cold_done and len(s.cold_rows) == len(deferred):
-            books.cold = min(books.cold, sum(row.size or 0 for row in deferred))
-        return freed
+    def _unlink(self, path: str) -> bool:
+        """Delete an evicted file; False if it must stay on the books (it could not go)."""
+        try:
+            remove_file(self.dest, PurePosixPath(path))
+        except (OSError, LocalStorageError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            log.warning("could not evict %s: %s", path, why)
+            return False
+        return True
 
-    async def fill_cold(self, want: int) -> None:
-        """Read untouched rows until ``want`` are buffered or every row was read."""
-        s = self.s
-        while len(s.cold_rows) < want and not s.cold_done:
-            if s.cold_iter is None:
-                s.cold_iter = s.manifest.iter_rows()
-            rows = await s.db.call(_take, s.cold_iter, _COLD_BATCH)
-            if not rows:
-                s.cold_done = True
-                break
-            s.cold_rows.extend(
-                row
-                for row in rows
-                if row.state == "ok"
-                and row.path is not None
-                and (row.fetched_at or 0.0) < s.started_at
-            )
-        books = s.books
-        if books is not None and s.cold_done and not s.cold_rows:
-            books.cold = 0  # every untouched row was visited: none is left
-
-
-def _take(rows: Iterator[AssetRow], count: int) -> list[AssetRow]:
-    return list(islice(rows, count))
+    async def _books(self, doing: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.db.call(self.manifest.budget_books, doing, fn)

@@ -34,9 +34,9 @@ hang.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-import stat
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -51,7 +51,7 @@ from engine.pipeline.commit import Page
 from engine.pipeline.jobs import AssetJob, Outcome, transfer_job
 from engine.pipeline.metadata import fetch_page_annotations
 from engine.pipeline.planning import ContentPlan
-from engine.prefetch.budget import COLD_MIN, BudgetKeeper
+from engine.pipeline.writer import After
 from engine.prefetch.items import AssetUnavailable, PrefetchItem
 from engine.prefetch.resume import Share
 from engine.prefetch.source import EpochSource, Listed
@@ -71,6 +71,9 @@ log = logging.getLogger("engine.prefetch")
 CANCEL_GRACE = 2.0
 _MAX_CLAIM_ROUNDS = 4
 _MAX_LISTED_FAILURES = 20
+# A download the disk budget cannot admit yet asks again after this long (seconds), or sooner if
+# something changes here: room is also made by other processes, which wake nobody here.
+ROOM_POLL = 0.05
 
 
 @dataclass(slots=True)
@@ -99,7 +102,7 @@ class EpochRun:
         self.s = session
         self.number = number
         self.share = share if share is not None else Share(s.shard, equal=o.equal_shards)
-        budget = s.books is not None
+        budget = s.budget is not None
         # With a budget, plan no further than the window: files found on disk are protected
         # from registration on, and must not crowd the budget from beyond the look-ahead.
         self.chunk_cap = min(s.settings.page_size, o.window) if budget else s.settings.page_size
@@ -107,7 +110,7 @@ class EpochRun:
         self.window = Window(
             items=o.window,
             bytes_ahead=o.window_bytes,
-            books=s.books,
+            pins=s.budget.pins if s.budget is not None else None,
             hold=o.hold,
             ordered=o.order == "ordered",
             unknown_size=s.settings.transfer.chunk_size,
@@ -127,11 +130,10 @@ class EpochRun:
         self._meta_limiter = anyio.CapacityLimiter(2)
         self._transfers: set[anyio.CancelScope] = set()
         self._active: dict[str, int] = {}  # asset id -> position of its download in flight
-        self._cut: list[AssetJob] = []  # downloads cut short by a cancel
         self._tg: TaskGroup | None = None
         self._closed = False
         self._idle: deque[anyio.Event] = deque()  # fetchers waiting for a download to start
-        self.budget = BudgetKeeper(session)
+        self._reserved: dict[int, int] = {}  # position -> bytes the disk budget set aside for it
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -164,16 +166,11 @@ class EpochRun:
         """The epoch's tasks are over (what is in place was recorded as it landed). Stopped
         early, let go of everything the epoch holds; finished, the items left wait for the
         consumer."""
-        s = self.s
-        if s.books is not None:
-            # A cache keeps no half files: a cut download's partial would sit outside the books.
-            state = StateFolder(s.dest)
-            folder = PartialDir(state.path)
-            for job in self._cut:
-                part = Partial(folder, job.asset.id, job.asset.data.id).path
-                for path in state.partial_files(part):
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
+        budget = self.s.budget
+        if budget is not None:
+            for reserved in self._reserved.values():
+                budget.released(reserved)  # downloads that never reported back (a fatal error)
+            self._reserved.clear()
         if self.scope.cancel_called or self.fatal is not None:
             self.close()
 
@@ -237,10 +234,18 @@ class EpochRun:
                 if not everyone:
                     return
 
-    async def _idle_wait(self) -> None:
+    async def _idle_wait(self, poll: float | None = None) -> None:
+        """Wait to be woken (or ``poll`` seconds at most)."""
         waiter = anyio.Event()
         self._idle.append(waiter)
-        await waiter.wait()
+        if poll is None:
+            await waiter.wait()
+            return
+        with anyio.move_on_after(poll) as waited:
+            await waiter.wait()
+        if waited.cancelled_caught:
+            with contextlib.suppress(ValueError):
+                self._idle.remove(waiter)  # a wake must never go to a fetcher that left
 
     # -- the consumer ------------------------------------------------------------------------
 
@@ -390,6 +395,10 @@ class EpochRun:
             self.entries[position] = _Entry(listed)
             positions[listed.asset_id] = position
         found = [listed.asset for listed in chunk if listed.asset is not None]
+        if s.budget is not None:
+            # The pins are in the books before the planner looks for files on disk: another
+            # process cannot evict a file between our finding it and our consumer reading it.
+            await s.budget.flush()
         content = await s.planner.plan_content(found)
         gave_up = await self._claim(content, found)
         page = s.ledger.open(content)
@@ -411,14 +420,14 @@ class EpochRun:
                 window.skip(position)
                 del self.entries[position]
             elif asset_id in kept:
-                entry.row = kept[asset_id]
-                window.on_disk(position, kept[asset_id].size or 0)
-                self.budget.track(asset_id, kept[asset_id].path)
+                row = entry.row = kept[asset_id]
+                window.on_disk(position, row.size or 0)
+                if s.budget is not None and row.path is not None:
+                    s.budget.known(asset_id, row.path, row.size or 0)
             else:
                 job = jobs[asset_id]
                 entry.job = job
-                hint, replaces = self._sizes(job, content.rows.get(asset_id))
-                window.queue(position, hint=hint, replaces=replaces)
+                window.queue(position, hint=self._hint(job, content.rows.get(asset_id)))
         self._notify()
         assert self._tg is not None
         self._tg.start_soon(self._metadata, page, positions)
@@ -444,25 +453,12 @@ class EpochRun:
             content.not_ready += again.not_ready
         return set()
 
-    def _sizes(self, job: AssetJob, row: AssetRow | None) -> tuple[int | None, int]:
-        """The size to reserve if the manifest knows it (an evicted file of the same data),
-        and the bytes of an untouched file the download will replace at its path."""
-        if row is None:
-            return None, 0
-        hint = row.size if row.data_id == job.asset.data.id and row.sha256 else None
-        books = self.s.books
-        if (
-            books is None
-            or row.path is None
-            or row.path != job.rel_path.as_posix()
-            or books.known(row.asset_id)
-        ):
-            return hint, 0
-        try:
-            st = os.lstat(self.s.dest / row.path)
-        except OSError:
-            return hint, 0
-        return hint, st.st_size if stat.S_ISREG(st.st_mode) else 0
+    @staticmethod
+    def _hint(job: AssetJob, row: AssetRow | None) -> int | None:
+        """The size to reserve if the manifest knows it (an evicted file of the same data)."""
+        if row is None or row.data_id != job.asset.data.id or not row.sha256:
+            return None
+        return row.size
 
     async def _metadata(self, page: Page, positions: dict[str, int]) -> None:
         s = self.s
@@ -499,7 +495,7 @@ class EpochRun:
 
     async def _next_start(self) -> Start | None:
         while True:
-            if self.s.books is None:
+            if self.s.budget is None:
                 # No budget: nothing to evict, no await between choosing and starting, so no
                 # lock either (the event loop runs one fetcher at a time).
                 start = self.window.next_download()
@@ -514,21 +510,37 @@ class EpochRun:
                 await self._idle_wait()
                 continue
             async with self._start_lock:
-                books = self.s.books
-                if books is not None and books.cold and len(self.s.cold_rows) < COLD_MIN:
-                    # Untouched rows at hand, for evictions that cannot wait for the manifest.
-                    await self.budget.fill_cold(2 * COLD_MIN)
                 start = self.window.next_download()
-                if start is not None and (not start.free or await self.budget.make_room(start)):
+                refused = start is not None and not await self._admitted(start)
+                if start is not None and not refused:
                     self.window.start(start)
                     self._wake_fetcher()  # there may be more to start: the next idle one looks
                     return start
             if start is None and not self._more_to_fetch():
                 self._wake_fetcher(everyone=True)  # the others end too
                 return None
-            # Nothing allowed yet, or the room counted on is held by items being planned:
-            # wait for the consumer or the planner to change something.
-            await self._idle_wait()
+            # Nothing allowed yet, or no room: wait for the consumer or the planner to change
+            # something (or, for room, for other processes to: ask again shortly).
+            await self._idle_wait(ROOM_POLL if refused else None)
+
+    async def _admitted(self, start: Start) -> bool:
+        """The disk budget's books reserved room for ``start`` (evicting as needed)."""
+        budget = self.s.budget
+        assert budget is not None
+        job = self.entries[start.position].job
+        assert job is not None
+        admission = await budget.admit(
+            job.asset.id, job.rel_path.as_posix(), start.reserve, must=start.must
+        )
+        if not admission.granted:
+            return False
+        if self.window.next_download() != start:
+            # The window moved while the books were asked (an item taken, a chunk planned):
+            # give the room back and choose again.
+            budget.released(admission.reserved)
+            return False
+        self._reserved[start.position] = admission.reserved
+        return True
 
     async def _fetcher(self) -> None:
         s = self.s
@@ -554,11 +566,16 @@ class EpochRun:
                             dest=s.dest,
                             counters=s.counters,
                         )
+                    if s.budget is not None and (scope.cancelled_caught or outcome.result is None):
+                        # A cache keeps no half files (a partial sits outside the books); under
+                        # the object's fetch lock, so no other process is resuming it.
+                        self._discard_partial(job)
             finally:
                 self._transfers.discard(scope)
                 self._active.pop(job.asset.id, None)
+            reserved = self._reserved.pop(position, 0)
             if scope.cancelled_caught:
-                self._cut.append(job)
+                self._give_back(reserved)
                 self.window.fail(position)
                 return
             entry.outcome = outcome
@@ -566,21 +583,34 @@ class EpochRun:
             if outcome.result is not None:
                 s.stats.downloaded += 1
                 self.window.finished(position, outcome.result.size)
-                self.budget.track(job.asset.id, outcome.result.rel_path.as_posix())
+                if s.budget is not None:
+                    # The file joins the books once its row is committed (see budget.py).
+                    path = outcome.result.rel_path.as_posix()
+                    size = outcome.result.size
+                    record = functools.partial(s.budget.placed, job.asset.id, path, size, reserved)
+                    s.writer.put(After(record))
             else:
                 entry.error = outcome.error
                 self.window.fail(position)
-            self.budget.peak()
+                self._give_back(reserved)
             self._notify()
+
+    def _give_back(self, reserved: int) -> None:
+        if self.s.budget is not None and reserved:
+            self.s.budget.released(reserved)
+
+    def _discard_partial(self, job: AssetJob) -> None:
+        state = StateFolder(self.s.dest)
+        part = Partial(PartialDir(state.path), job.asset.id, job.asset.data.id).path
+        for path in state.partial_files(part):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     @contextlib.asynccontextmanager
     async def _one_fetcher(self, job: AssetJob) -> AsyncIterator[AssetRow | None]:
-        """Shared DEST: hold the object's fetch lock; if another process held it, yield the
+        """Hold the object's fetch lock (DEST is shared); if another process held it, yield the
         row of the file it put in place meanwhile (None: download it)."""
         locks = self.s.fetch_locks
-        if locks is None:
-            yield None
-            return
         async with locks.hold(job.asset.id) as waited:
             yield await self._in_place(job) if waited else None
 
@@ -596,6 +626,9 @@ class EpochRun:
         entry.elsewhere = True
         self.s.ledger.ended_elsewhere(entry.job)
         self.window.finished(position, row.size or 0)
+        self._give_back(self._reserved.pop(position, 0))
+        if self.s.budget is not None and row.path is not None:
+            self.s.budget.known(row.asset_id, row.path, row.size or 0)
         self._notify()
 
     def _upcoming(self) -> Iterator[AssetJob]:
@@ -613,10 +646,8 @@ class EpochRun:
         position = self._active.get(event.asset_id)
         if position is None:
             return
-        over = self.window.size_known(position, event.total)
-        if over > 0:
-            over -= self.budget.evict_cold_now(over) if self.s.books and self.s.books.cold else 0
-            if over > 0 and self.budget.evict_passed(over) < over:
-                self.s.stats.over_budget_starts += 1
-                log.warning("disk budget exceeded by a download larger than its reservation")
-        self.budget.peak()
+        extra = self.window.size_known(position, event.total)
+        budget = self.s.budget
+        if extra > 0 and budget is not None:
+            self._reserved[position] = self._reserved.get(position, 0) + extra
+            budget.grow(extra)

@@ -32,14 +32,14 @@ from engine.errors import UsageError
 from engine.pipeline.sharing import NO_FLOCK, open_lock_file
 from engine.state_folder import StateFolder
 
-__all__ = ["FETCH_RANGE", "FetchLocks"]
+__all__ = ["FETCH_RANGE", "FetchLocks", "range_lock"]
 
 log = logging.getLogger("engine.prefetch")
 
 FETCH_RANGE = 1 << 30
 
 
-def _range_lock(fd: int, op: int, offset: int) -> None:
+def range_lock(fd: int, op: int, offset: int) -> None:
     """Lock (``F_WRLCK``) or unlock (``F_UNLCK``) one byte of ``fd``, without waiting."""
     ofd = getattr(fcntl, "F_OFD_SETLK", None)
     if ofd is None:  # no open-file-description locks here: POSIX record locks
@@ -82,7 +82,7 @@ class FetchLocks:
         delay = 0.01
         while self._working:
             try:
-                _range_lock(self._fd, fcntl.F_WRLCK, index)
+                range_lock(self._fd, fcntl.F_WRLCK, index)
                 return waited
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.EACCES):
@@ -127,7 +127,7 @@ class FetchLocks:
                 del self._stripes[index]
                 if stripe.locked and self._working:
                     with contextlib.suppress(OSError):
-                        _range_lock(self._fd, fcntl.F_UNLCK, index)
+                        range_lock(self._fd, fcntl.F_UNLCK, index)
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1

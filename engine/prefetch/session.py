@@ -2,12 +2,12 @@
 
 The run is opened and closed by :func:`engine.pipeline.run.open_run`, as a mirror's is
 (settings, platform, DEST and its lock, manifest, run record, transfer core): DEST's lock is
-held shared by prefetchers without a disk budget, exclusively with one (see
-:mod:`engine.pipeline.sharing`). Explicit asset ids are checked and stored before anything is
-asked of the platform. The session adds what every epoch of the prefetcher shares: the planner
-(its in-flight paths), the URL freshener, the manifest writer and the commit rule
-(:mod:`engine.pipeline.commit`), tags staged in the background from the start, the disk budget's
-books, and on a shared DEST the fetch locks and path claims.
+held shared, prefetchers together (see :mod:`engine.pipeline.sharing`), and each takes a seat
+in DEST's disk budget (:mod:`engine.prefetch.budget`), which all of them must agree on.
+Explicit asset ids are checked and stored before anything is asked of the platform. The session
+adds what every epoch of the prefetcher shares: the planner (its in-flight paths), the URL
+freshener, the manifest writer and the commit rule (:mod:`engine.pipeline.commit`), tags staged
+in the background from the start, the budget seat, the fetch locks and path claims.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -26,7 +25,7 @@ import anyio
 import anyio.to_thread
 
 from engine.errors import UsageError
-from engine.manifest import AssetRow, AssetUpdate, FileInfo
+from engine.manifest import AssetUpdate, FileInfo
 from engine.pipeline.commit import Ledger
 from engine.pipeline.freshness import UrlFreshener
 from engine.pipeline.jobs import AssetJob, update_for
@@ -37,12 +36,12 @@ from engine.pipeline.sharing import claims_locked
 from engine.pipeline.summary import LiveCounters
 from engine.pipeline.writer import ManifestWriter
 from engine.platform.query import tags_filter
+from engine.prefetch.budget import BudgetSeat
 from engine.prefetch.items import PrefetchStats
 from engine.prefetch.locking import FetchLocks
 from engine.prefetch.options import PrefetchOptions
 from engine.prefetch.order import OrderStore
 from engine.prefetch.split import Shard
-from engine.prefetch.window import DiskBooks
 from engine.settings import Settings
 from engine.sharding import WHOLE, AssetShard
 from engine.state_folder import StateFolder
@@ -53,6 +52,9 @@ __all__ = ["Session"]
 log = logging.getLogger("engine.prefetch")
 
 CLAIM_NOTE = "being fetched by a prefetcher"
+# How often pins let go of (items passed) reach the shared books when nothing else carries them:
+# another process may be waiting for room they hold.
+PIN_FLUSH = 0.05
 
 
 def _prefixes(path: str) -> list[str]:
@@ -61,7 +63,8 @@ def _prefixes(path: str) -> list[str]:
 
 
 def _remove_partials(folder: StateFolder) -> int:
-    """Budget mode: leftover partial files are not worth their disk (a cache keeps no halves)."""
+    """Budget mode, first prefetcher in: leftover partial files are not worth their disk (a
+    cache keeps no halves)."""
     removed = 0
     with contextlib.suppress(FileNotFoundError), os.scandir(folder.partial) as entries:
         for entry in entries:
@@ -81,7 +84,8 @@ class Session:
     writer: ManifestWriter
     ledger: Ledger
     tags: TagStaging
-    fetch_locks: FetchLocks | None
+    fetch_locks: FetchLocks
+    seat: BudgetSeat
 
     def __init__(
         self,
@@ -105,17 +109,10 @@ class Session:
         self.query = tags_filter(settings.tags, settings.data_tags)
         self.stats = PrefetchStats()
         self.counters = LiveCounters()
-        self.books: DiskBooks | None = None
+        self.budget: BudgetSeat | None = None  # the seat, with a disk budget
         self.on_progress: Callable[[ProgressEvent], None] | None = None
         self.error: BaseException | None = None  # the manifest writer failed: nothing is safe
         self.on_error: Callable[[], None] | None = None
-        # The disk budget's side tables: where each tracked file is, and the untouched rows
-        # (recorded before this session) still to visit when cold files must go.
-        self.resident_paths: dict[str, str] = {}
-        self.cold_rows: deque[AssetRow] = deque()
-        self.cold_iter: Iterator[AssetRow] | None = None
-        self.cold_done = False
-        self.started_at = time.time()
         self._stack: AsyncExitStack | None = None
         self._fatal = False
 
@@ -141,7 +138,7 @@ class Session:
         if self._asset_ids is not None:
             await anyio.to_thread.run_sync(self._stage_ids, self._asset_ids)
             self._asset_ids = None
-        spec = RunSpec(options=self._run_options(), shared=budget is None)
+        spec = RunSpec(options=self._run_options(), shared=True)
         run = await stack.enter_async_context(
             open_run(settings, spec, on_progress=self._progress, clock=self.clock)
         )
@@ -151,15 +148,18 @@ class Session:
         self.client, self.db, self.run_id = run.client, run.db, run.run_id
         assert run.manifest is not None and run.transferer is not None  # never a dry run
         self.manifest, self.transferer = run.manifest, run.transferer
-        # Shared DEST: other processes may fetch the same assets (exclusive: nobody else).
-        self.fetch_locks = None
-        if budget is None:
-            self.fetch_locks = await anyio.to_thread.run_sync(FetchLocks, self.dest)
-            stack.callback(self.fetch_locks.close)
-        else:
-            status = await self.db.call(self.manifest.status)
-            self.books = DiskBooks(budget, cold=status.total_bytes)
-            await anyio.to_thread.run_sync(_remove_partials, run.state)
+        # Shared DEST: other processes may fetch the same assets.
+        self.fetch_locks = await anyio.to_thread.run_sync(FetchLocks, self.dest)
+        stack.callback(self.fetch_locks.close)
+        # Leaves after the writer drained (callbacks run last-in first-out): the files placed
+        # reach the books before the seat goes.
+        self.seat = BudgetSeat(self.manifest, self.db, self.dest, budget, self.stats)
+        first = await self.seat.join()
+        stack.push_async_callback(self.seat.leave)
+        if budget is not None:
+            self.budget = self.seat
+            if first:
+                await anyio.to_thread.run_sync(_remove_partials, run.state)
         self.planner = PagePlanner(
             db=self.db,
             run_id=self.run_id,
@@ -182,10 +182,13 @@ class Session:
         self.ledger = Ledger(self.planner, self.writer, dry_run=False)
         self.tags = TagStaging(self.client, self.dv, self.db, self.run_id)
         self._stager_scope = anyio.CancelScope()
+        self._flusher_scope = anyio.CancelScope()
         tg = await stack.enter_async_context(anyio.create_task_group())
         self.tg = tg
         tg.start_soon(self._run_writer)
         tg.start_soon(self._stage_tags)
+        if self.budget is not None:
+            tg.start_soon(self._flush_pins)
         stack.callback(self._stop_tasks)  # runs before the task group waits for them
 
     def _stage_ids(self, asset_ids: Iterable[str]) -> None:
@@ -220,6 +223,15 @@ class Session:
         with self._stager_scope:
             await self.tags.run()  # an error waits in tags.error: epochs raise it when needed
 
+    async def _flush_pins(self) -> None:
+        seat = self.budget
+        assert seat is not None
+        with self._flusher_scope:
+            while True:
+                await anyio.sleep(PIN_FLUSH)
+                if seat.pending:
+                    await seat.flush()
+
     async def _run_writer(self) -> None:
         try:
             await self.writer.run()
@@ -243,8 +255,8 @@ class Session:
         """Record the new paths of ``jobs`` as claimed (shared DEST only); returns the asset
         ids whose path another asset got first (plan those again)."""
         wanted = [job for job in jobs if recorded.get(job.asset.id) != job.rel_path.as_posix()]
-        if self.books is not None or not wanted:
-            return set()  # exclusive: this process's in-flight claims are enough
+        if not wanted:
+            return set()
         return await self.db.call(self._claim, wanted)
 
     def _claim(self, jobs: Sequence[AssetJob]) -> set[str]:
@@ -295,6 +307,7 @@ class Session:
         stats = self.refresh_stats()
         self.run.outcome = "failed" if self._fatal else ("partial" if stats.failed else "ok")
         self._stager_scope.cancel()
+        self._flusher_scope.cancel()
         self.writer.close()
 
     def refresh_stats(self) -> PrefetchStats:
@@ -305,7 +318,8 @@ class Session:
             t = run.transferer.stats
             stats.bytes_downloaded = t.bytes
             stats.retries = t.retries
-            stats.url_refreshes = t.refreshes + self.freshener.refreshed
+            freshener = getattr(self, "freshener", None)  # None: the session failed to open
+            stats.url_refreshes = t.refreshes + (freshener.refreshed if freshener else 0)
         return stats
 
     def _counts(self) -> dict[str, int | float]:

@@ -47,8 +47,13 @@ loader without ``load_state_dict``)::
 A state loaded into the dataset applies to the iterations of its epoch until ``set_epoch``
 moves to another one.
 
-With ``max_bytes`` the prefetcher owns DEST (an exclusive lock: it deletes files), so only one
-worker can use it: ``num_workers`` 0 or 1.
+With ``max_bytes`` every worker (of every rank on the machine) keeps to one budget, shared
+through DEST's manifest (:mod:`engine.prefetch.budget`): no worker evicts a file another one is
+about to hand out. A worker hands items to the loader ahead of the training loop (the loader
+asks ``prefetch_factor`` batches ahead), so without a ``transform`` (which reads the file in the
+worker) the paths it yields must stay on disk until the loop is past them: build the loader with
+:meth:`PrefetchDataset.loader`, which sets ``hold`` to cover the batches in flight
+(``(prefetch_factor + 2) x batch_size`` items), or set ``hold`` yourself.
 
 This module imports torch; the rest of :mod:`engine.prefetch` never does.
 """
@@ -59,12 +64,12 @@ import multiprocessing
 import multiprocessing.context
 import multiprocessing.sharedctypes
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from engine.errors import UsageError
 from engine.prefetch.items import PrefetchItem
 from engine.prefetch.options import PrefetchOptions
 from engine.prefetch.prefetcher import EpochIterator, Prefetcher
@@ -75,13 +80,25 @@ from engine.settings import Settings
 __all__ = [
     "PrefetchDataset",
     "SharedEpoch",
-    "check_workers",
     "distributed_rank",
+    "loader_hold",
     "worker_shard",
     "worker_states",
 ]
 
 T = TypeVar("T")
+L = TypeVar("L", bound=DataLoader[Any])
+
+
+def loader_hold(batch_size: int | None, num_workers: int, prefetch_factor: int | None) -> int:
+    """How many items a worker must keep on disk after yielding them: the loader's batches in
+    flight (``prefetch_factor`` per worker, torch's default 2), the batch the training loop is
+    on, and the one before it (a loop may still read it). Without workers, the loop has the
+    item as soon as it is yielded: one."""
+    if num_workers <= 0:
+        return 1
+    batch = batch_size if batch_size is not None else 1
+    return ((prefetch_factor if prefetch_factor is not None else 2) + 2) * batch
 
 
 def worker_shard(rank: int = 0, world_size: int = 1) -> Shard:
@@ -89,15 +106,6 @@ def worker_shard(rank: int = 0, world_size: int = 1) -> Shard:
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
     return shard_for(worker, workers, rank, world_size)
-
-
-def check_workers(options: PrefetchOptions, num_workers: int) -> None:
-    """A disk budget makes a prefetcher own DEST: several workers cannot all own it."""
-    if options.max_bytes is not None and num_workers > 1:
-        raise UsageError(
-            "max_bytes makes the prefetcher own DEST (it deletes files): use num_workers "
-            "0 or 1 with it, or no max_bytes"
-        )
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -193,6 +201,7 @@ class PrefetchDataset(IterableDataset[T], Generic[T]):
         self._epoch = SharedEpoch(0)
         self._pending: dict[str, Any] | None = None  # a loaded state, for the next iteration
         self._current: Prefetcher | None = None  # this copy's last iteration
+        self.hold_for_loader: int | None = None  # set by loader()
 
     @property
     def epoch(self) -> int:
@@ -207,15 +216,48 @@ class PrefetchDataset(IterableDataset[T], Generic[T]):
         if self._pending is not None and self._pending.get("epoch") != epoch:
             self._pending = None  # a state of another epoch: that one is over
 
+    def loader(self, loader_class: type[L] = DataLoader, **kwargs: Any) -> L:  # type: ignore[assignment]
+        """``loader_class(self, **kwargs)`` (a ``DataLoader``, or torchdata's
+        ``StatefulDataLoader``), with ``hold`` set so that, under a disk budget, no file the
+        loader has handed out or may still hand out is evicted before the loop is past it
+        (:func:`loader_hold`). A ``transform`` reads the files in the workers: then the items
+        need no more than the ``hold`` given."""
+        if self.transform is None:
+            self.hold_for_loader = loader_hold(
+                kwargs.get("batch_size", 1),
+                kwargs.get("num_workers", 0),
+                kwargs.get("prefetch_factor"),
+            )
+        return loader_class(self, **kwargs)
+
     def prefetcher(self, shard: Shard) -> Prefetcher:
+        prefetch = dict(self.prefetch)
+        if self.hold_for_loader is not None:
+            given = prefetch.get("hold", self.options.hold if self.options is not None else 1)
+            prefetch["hold"] = max(given, self.hold_for_loader)
+        elif self._unprotected_paths():
+            warnings.warn(
+                "max_bytes with DataLoader workers and no transform: the items' files may be "
+                "evicted before the training loop reads them; build the loader with "
+                "dataset.loader(...) or give hold=(prefetch_factor + 2) * batch_size",
+                stacklevel=2,
+            )
         return Prefetcher(
             self.settings,
             asset_ids=self.asset_ids,
             options=self.options,
             shard=shard,
             clock=self.clock,
-            **self.prefetch,
+            **prefetch,
         )
+
+    def _unprotected_paths(self) -> bool:
+        """In a worker, under a budget, yielding paths with the default ``hold``."""
+        options = self.options
+        budget = self.prefetch.get("max_bytes", options.max_bytes if options else None)
+        hold = self.prefetch.get("hold", options.hold if options else 1)
+        in_worker = get_worker_info() is not None
+        return in_worker and budget is not None and self.transform is None and hold <= 1
 
     # -- mid-epoch resume (torchdata's Stateful protocol) ------------------------------------
 
@@ -244,9 +286,7 @@ class PrefetchDataset(IterableDataset[T], Generic[T]):
     def __iter__(self) -> Iterator[T]:
         # Set up now (the loader calls iter() before asking for a state): the state of a
         # worker that has yielded nothing yet is this iteration's start.
-        info = get_worker_info()
         prefetcher = self.prefetcher(worker_shard(self.rank, self.world_size))
-        check_workers(prefetcher.options, info.num_workers if info is not None else 0)
         pending, self._pending = self._pending, None
         if pending is not None:
             prefetcher.load_state_dict(pending)

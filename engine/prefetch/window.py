@@ -23,26 +23,23 @@ Priority. The next download is always the lowest queued position: the item the c
 next is never behind the rest of the window. The head itself is exempt from ``bytes_ahead`` (a
 file larger than the window still gets fetched).
 
-Disk budget (:class:`DiskBooks`, with ``max_bytes``). ``usage`` counts the files on disk
-(those the session tracks one by one, plus ``cold``: the bytes the manifest recorded at the start
-that nothing touched since) and a reservation for each download in flight (its size when known,
-else ``unknown_size``). A download starts only if ``usage + reservation`` fits once evictable
-files are gone. An item is *protected* from registration until it is taken, and the last ``hold``
-items taken stay protected (the consumer is reading them); every other file on disk is
-evictable, least recently used first: ``cold`` files (not touched since the start) before files
-the consumer passed, these in the order they were passed. When nothing can fit, only the head may
-start (over budget), so the epoch never deadlocks; the budget should leave room for the window
-and the held items.
+Disk budget (``max_bytes``). The budget's books are shared by every prefetcher of DEST and kept
+in the manifest (:mod:`engine.manifest.budget`); what the window owns is this process's side of
+them, :class:`Pins`: an item is *protected* from registration until it is taken, and the last
+``hold`` items taken stay protected (the consumer is reading them). A download the window offers
+(:meth:`Window.next_download`) starts only once the books admit it, evicting unprotected files
+first; ``Start.must`` marks the one the consumer waits for, which the books let go over the
+budget when nothing else can make room, so an epoch never deadlocks.
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["DiskBooks", "Slot", "SlotState", "Start", "Window"]
+__all__ = ["Pins", "Slot", "SlotState", "Start", "Window"]
 
 MiB = 1024 * 1024
 
@@ -61,7 +58,6 @@ class Slot:
     state: SlotState = SlotState.PLANNING
     size: int = 0  # DONE: the file's size; ACTIVE: its reservation
     hint: int | None = None  # QUEUED: the size if known beforehand
-    replaces: int = 0  # bytes of an untouched file at this path that the download replaces
     downloaded: bool = False  # DONE through a download (counts as look-ahead bytes)
     meta: bool = False  # tags and annotations are in
 
@@ -72,13 +68,12 @@ class Slot:
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """A download allowed to start: evict ``free`` bytes first; ``forced``: over budget, it is
-    the only way forward."""
+    """A download the window allows (a disk budget may still make it wait): ``reserve`` bytes
+    to set aside for it; ``must``: the consumer cannot go on without it."""
 
     position: int
     reserve: int
-    free: int = 0
-    forced: bool = False
+    must: bool = False
 
 
 class Window:
@@ -87,7 +82,7 @@ class Window:
         *,
         items: int,
         bytes_ahead: int | None = None,
-        books: DiskBooks | None = None,
+        pins: Pins | None = None,
         hold: int = 1,
         ordered: bool = True,
         unknown_size: int = MiB,
@@ -113,8 +108,8 @@ class Window:
         self._active = 0
         self._ahead = 0
         self._finished_ahead = 0  # downloads done and not taken (as_completed's count)
-        # The budget's books outlive the epoch (files stay on disk from one epoch to the next).
-        self.books = books
+        # The pins outlive the epoch (files stay on disk from one epoch to the next).
+        self.pins = pins
         self._held: deque[str] = deque()
 
     # -- what the async side reads ------------------------------------------------------------
@@ -161,25 +156,21 @@ class Window:
             raise ValueError(f"positions are registered in order: {self._planned} expected")
         self._slots[position] = Slot(key)
         self._planned += 1
-        if self.books is not None:
-            self.books.protect(key)
+        if self.pins is not None:
+            self.pins.protect(key)
 
     def on_disk(self, position: int, size: int) -> None:
         """The file is already on disk (mirrored earlier, or kept from an earlier epoch)."""
         slot = self._planning(position)
         slot.state = SlotState.DONE
         slot.size = size
-        if self.books is not None:
-            self.books.add_resident(slot.key, size, from_cold=size)
         self._maybe_resolve(position, slot)
 
-    def queue(self, position: int, *, hint: int | None = None, replaces: int = 0) -> None:
-        """The file must be downloaded. ``hint``: its size if known; ``replaces``: the size of a
-        file at its path that the download will replace (counted as cold until then)."""
+    def queue(self, position: int, *, hint: int | None = None) -> None:
+        """The file must be downloaded. ``hint``: its size if known."""
         slot = self._planning(position)
         slot.state = SlotState.QUEUED
         slot.hint = hint
-        slot.replaces = replaces
         heapq.heappush(self._queued, position)
         self._n_queued += 1
 
@@ -229,20 +220,9 @@ class Window:
         if self.bytes_ahead is not None and self._ahead >= self.bytes_ahead and not must:
             return None
         reserve = slot.hint if slot.hint is not None else self.unknown_size
-        books = self.books
-        if books is None:
-            return Start(position, reserve)
-        over = books.usage + reserve - books.budget
-        if over <= 0:
-            return Start(position, reserve)
-        if over <= books.evictable:
-            return Start(position, reserve, free=over)
-        # Nothing else can make room: later items wait for the consumer to pass some; the one it
-        # needs next goes over budget rather than stall everything (ordered: the downloads in
-        # flight are of later items, which the consumer cannot take before this one).
-        if must and (self.ordered or self._active == 0):
-            return Start(position, reserve, free=books.evictable, forced=True)
-        return None
+        # Over a budget, only the item the consumer waits for may go past it (ordered: the
+        # downloads in flight are of later items, which the consumer cannot take before it).
+        return Start(position, reserve, must=must and (self.ordered or self._active == 0))
 
     def start(self, start: Start) -> None:
         position = heapq.heappop(self._queued)
@@ -254,22 +234,17 @@ class Window:
         self._n_queued -= 1
         self._active += 1
         self._ahead += start.reserve
-        if self.books is not None:
-            self.books.reserved += start.reserve
 
     def size_known(self, position: int, total: int) -> int:
         """The server told the size of a download in flight (before any byte is written).
-        Returns how far over budget the books now are (to evict at once)."""
+        Returns how many bytes it needs beyond its reservation (to reserve at once)."""
         slot = self._slots.get(position)
         if slot is None or slot.state is not SlotState.ACTIVE or total <= slot.size:
             return 0
         grow = total - slot.size
         slot.size = total
         self._ahead += grow
-        if self.books is None:
-            return 0
-        self.books.reserved += grow
-        return max(0, self.books.usage - self.books.budget)
+        return grow
 
     def finished(self, position: int, size: int) -> None:
         """The download is complete and its file in place."""
@@ -280,8 +255,6 @@ class Window:
         slot.downloaded = True
         self._ahead += size
         self._finished_ahead += 1
-        if self.books is not None:
-            self.books.add_resident(slot.key, size, from_cold=slot.replaces)
         self._maybe_resolve(position, slot)
 
     # -- the consumer -----------------------------------------------------------------------
@@ -347,107 +320,62 @@ class Window:
     def _end_download(self, slot: Slot) -> None:
         self._active -= 1
         self._ahead -= slot.size
-        if self.books is not None:
-            self.books.reserved -= slot.size
 
     def _unprotect(self, key: str) -> None:
-        if self.books is not None:
-            self.books.unprotect(key)
+        if self.pins is not None:
+            self.pins.unprotect(key)
 
 
-class DiskBooks:
-    """The disk budget's books for a prefetcher's session (its epochs share them).
+class Pins:
+    """The files this process must keep on disk, and what changed since :meth:`drain`.
 
-    ``usage`` = files on disk known one by one (``resident``) + ``cold`` (bytes the manifest
-    recorded at the start that nothing touched since) + ``reserved`` (downloads in flight). A
-    file is *protected* while some epoch position or held item refers to it; the others are
-    evictable: cold ones first (least recently used: before this session), then the passed ones
-    in the order they were passed.
+    A key is protected while some epoch position or held item refers to it (counted: the same
+    asset can be in two epochs' windows). The shared books learn only the transitions: a key
+    protected and let go between two drains never reaches them.
     """
 
-    def __init__(self, budget: int, *, cold: int = 0) -> None:
-        if budget < 1:
-            raise ValueError("the disk budget must be positive")
-        self.budget = budget
-        self.cold = max(0, cold)
-        self.reserved = 0
-        self._resident: dict[str, int] = {}
-        self._resident_total = 0
-        self._protect: dict[str, int] = {}
-        self._lru: OrderedDict[str, int] = OrderedDict()
-        self._lru_total = 0
-
-    @property
-    def usage(self) -> int:
-        return self._resident_total + self.cold + self.reserved
-
-    @property
-    def evictable(self) -> int:
-        return self._lru_total + self.cold
-
-    @property
-    def passed(self) -> int:
-        """Bytes of files that were passed and can go (not counting cold ones)."""
-        return self._lru_total
+    def __init__(self) -> None:
+        self._count: dict[str, int] = {}
+        # Ordered sets (dicts): let-go keys keep the order they were passed in, the order in
+        # which the books will evict them.
+        self._added: dict[str, None] = {}
+        self._removed: dict[str, None] = {}
 
     def protected(self, key: str) -> bool:
-        """Whether ``key``'s file must stay: an item not taken yet, or one of the held ones."""
-        return key in self._protect
+        return key in self._count
 
-    def known(self, key: str) -> bool:
-        """Whether ``key`` is tracked one by one: its file, or an item registered for it."""
-        return key in self._resident or key in self._protect
-
-    def resident(self, key: str) -> bool:
-        """Whether ``key``'s file is on the books as on disk (so it is not part of ``cold``)."""
-        return key in self._resident
+    def __len__(self) -> int:
+        return len(self._count)
 
     def protect(self, key: str) -> None:
-        self._protect[key] = self._protect.get(key, 0) + 1
-        size = self._lru.pop(key, None)
-        if size is not None:
-            self._lru_total -= size
+        count = self._count.get(key, 0)
+        self._count[key] = count + 1
+        if count == 0:
+            if key in self._removed:
+                del self._removed[key]
+            else:
+                self._added[key] = None
 
     def unprotect(self, key: str) -> None:
-        left = self._protect.get(key, 0) - 1
-        if left > 0:
-            self._protect[key] = left
+        count = self._count.get(key, 0) - 1
+        if count > 0:
+            self._count[key] = count
             return
-        self._protect.pop(key, None)
-        size = self._resident.get(key)
-        if size is not None:
-            self._lru[key] = size
-            self._lru_total += size
-
-    def add_resident(self, key: str, size: int, *, from_cold: int) -> None:
-        """``key``'s file is on disk with ``size`` bytes; ``from_cold``: bytes of cold files
-        this accounts for (the file itself when it was found on disk, or the file a download
-        replaced at its path)."""
-        old = self._resident.get(key)
-        if old is None:
-            self.cold -= min(self.cold, from_cold)
+        if count < 0:
+            return  # never protected: nothing to let go
+        del self._count[key]
+        if key in self._added:
+            del self._added[key]
         else:
-            self._resident_total -= old
-            if key in self._lru:
-                self._lru_total += size - old
-                self._lru[key] = size
-        self._resident[key] = size
-        self._resident_total += size
+            self._removed[key] = None
 
-    def victims(self, need: int) -> list[tuple[str, int]]:
-        """Passed files to delete, least recently used first, until ``need`` bytes are freed
-        (or none is left). They leave the books now: the caller deletes them."""
-        out: list[tuple[str, int]] = []
-        freed = 0
-        while freed < need and self._lru:
-            key, size = self._lru.popitem(last=False)
-            self._lru_total -= size
-            del self._resident[key]
-            self._resident_total -= size
-            out.append((key, size))
-            freed += size
-        return out
+    @property
+    def pending(self) -> bool:
+        return bool(self._added or self._removed)
 
-    def cold_evicted(self, size: int) -> None:
-        """An untouched file (counted in ``cold``) was deleted, or found to be gone."""
-        self.cold -= min(self.cold, size)
+    def drain(self) -> tuple[list[str], list[str]]:
+        """(newly protected, let go in the order they were let go) since the last drain."""
+        added, removed = list(self._added), list(self._removed)
+        self._added.clear()
+        self._removed.clear()
+        return added, removed

@@ -119,20 +119,21 @@ def _v2(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE assets SET quality = length(asset_id)")
 
 
-def test_a_v1_database_is_migrated_by_a_later_migration(tmp_path: Path) -> None:
+def test_a_database_is_migrated_by_a_later_migration(tmp_path: Path) -> None:
+    now = len(MIGRATIONS)
     with Manifest.open(tmp_path) as m:
         run = m.begin_run("dv", "http://x", {})
         m.apply([update("asset-1"), update("asset-22")], run)
-        assert m.schema_version == 1
-    later = (*MIGRATIONS, Migration(2, "quality score", _v2))
+        assert m.schema_version == now
+    later = (*MIGRATIONS, Migration(now + 1, "quality score", _v2))
     with Manifest.open(tmp_path, migrations=later) as m:
-        assert m.schema_version == 2
+        assert m.schema_version == now + 1
         conn = m._connection()
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == now + 1
         scores = dict(conn.execute("SELECT asset_id, quality FROM assets"))
         assert scores == {"asset-1": 7.0, "asset-22": 8.0}
         assert m.rows(["asset-1"])["asset-1"].data_id == "data-asset-1-0"
-    # The code that only knows v1 now refuses the v2 database.
+    # The code that does not know the later migration now refuses the database.
     with pytest.raises(ManifestError, match="newer"):
         Manifest.open(tmp_path)
 
@@ -146,10 +147,12 @@ def test_a_failing_migration_leaves_the_previous_version_intact(tmp_path: Path) 
         "THIS IS NOT SQL",
     )
     with pytest.raises(ManifestError):
-        Manifest.open(tmp_path, migrations=(*MIGRATIONS, Migration(2, "broken", broken)))
+        Manifest.open(
+            tmp_path, migrations=(*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "broken", broken))
+        )
     with Manifest.open(tmp_path) as m:
         conn = m._connection()
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert (
             conn.execute("SELECT count(*) FROM sqlite_master WHERE name='half_done'").fetchone()[0]
             == 0
@@ -161,7 +164,9 @@ def test_a_failing_migration_leaves_the_previous_version_intact(tmp_path: Path) 
 
 def test_migrations_must_be_numbered_in_order(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="version"):
-        Manifest.open(tmp_path, migrations=(*MIGRATIONS, Migration(3, "skips 2", _v2)))
+        Manifest.open(
+            tmp_path, migrations=(*MIGRATIONS, Migration(len(MIGRATIONS) + 2, "skips one", _v2))
+        )
 
 
 def test_a_closed_manifest_says_so(tmp_path: Path) -> None:
@@ -174,11 +179,20 @@ def test_a_closed_manifest_says_so(tmp_path: Path) -> None:
 
 def test_read_only_refuses_a_manifest_that_needs_a_migration(tmp_path: Path) -> None:
     Manifest.open(tmp_path).close()
-    later = (*MIGRATIONS, Migration(2, "quality score", _v2))
+    later = (*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "quality score", _v2))
     with pytest.raises(ManifestError, match="read-only open cannot"):
         Manifest.open(tmp_path, read_only=True, migrations=later)
     with Manifest.open(tmp_path, create=False) as m:
+        assert m.schema_version == len(MIGRATIONS)
+
+
+def test_read_only_reads_a_manifest_from_before_the_budget_tables(tmp_path: Path) -> None:
+    """`status` after an upgrade: the budget's tables are for prefetchers, not for readers."""
+    with Manifest.open(tmp_path, migrations=MIGRATIONS[:1]) as m:
+        m.apply([update("asset-1")], m.begin_run("dv", "http://x", {}))
+    with Manifest.open(tmp_path, read_only=True) as m:
         assert m.schema_version == 1
+        assert m.status().assets == 1
 
 
 def test_a_full_disk_is_a_disk_full_error_and_the_batch_is_rolled_back(tmp_path: Path) -> None:
@@ -260,3 +274,15 @@ def test_switching_to_wal_gives_up_after_the_busy_timeout(tmp_path: Path) -> Non
             Manifest.open(tmp_path, busy_timeout=0.1)
     finally:
         writer.close()
+
+
+def test_a_v1_manifest_gains_the_budget_tables_and_keeps_its_rows(tmp_path: Path) -> None:
+    with Manifest.open(tmp_path, migrations=MIGRATIONS[:1]) as m:
+        m.apply([update("asset-1")], m.begin_run("dv", "http://x", {}))
+        assert m.schema_version == 1
+    with Manifest.open(tmp_path) as m:
+        assert m.schema_version == 2
+        conn = m._connection()
+        names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"budget_holders", "budget_files", "budget_pins", "budget_totals"} <= names
+        assert m.row("asset-1") is not None

@@ -10,6 +10,7 @@ import pytest
 
 from engine.errors import ManifestError, UsageError
 from engine.manifest import (
+    MIGRATIONS,
     AssetUpdate,
     FileInfo,
     Manifest,
@@ -360,7 +361,7 @@ def test_status(m: Manifest, run: int) -> None:
     assert status.runs == 1
     assert status.last_run is not None
     assert status.last_run.outcome == "ok"
-    assert status.schema_version == 1
+    assert status.schema_version == len(MIGRATIONS)
 
 
 def test_a_second_connection_sees_committed_batches(tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from engine.emulator import Emulator
-from engine.errors import LockHeldError
+from engine.errors import LockHeldError, UsageError
 from engine.manifest import Manifest
+from engine.mirroring import mirror
 from engine.prefetch import Prefetcher
 from tests.prefetch.helpers import data_bytes_on_disk, listing, settings_for, sha256_of
 
@@ -105,15 +106,28 @@ async def test_files_over_the_budget_already_go_only_when_room_is_needed(tmp_pat
         assert data_bytes_on_disk(dest) <= budget
 
 
-async def test_a_budgeted_prefetcher_owns_dest(tmp_path: Path):
+async def test_the_prefetchers_of_a_dest_agree_on_one_budget(tmp_path: Path):
+    """They share one budget's books: a second one with the same budget joins; one with
+    another budget, or none, would fill the disk behind the others' backs and is refused in one
+    line; a mirror is refused while they run."""
     dest = tmp_path / "d"
     async with _version(35) as emu:
         settings = _settings(emu, dest)
-        async with Prefetcher(settings, max_bytes=10**9):
+        async with Prefetcher(settings, max_bytes=10**9) as first:
+            async with Prefetcher(settings, max_bytes=10**9) as second:
+                assert len([item async for item in second]) == 60
+            assert len([item async for item in first]) == 60
+            for other in ({}, {"max_bytes": 10**8}):
+                with pytest.raises(UsageError, match="another disk budget") as info:
+                    async with Prefetcher(settings, **other):
+                        pass
+                assert "\n" not in str(info.value)
             with pytest.raises(LockHeldError):
-                async with Prefetcher(settings):
-                    pass
+                await mirror(settings)
         async with Prefetcher(settings):
-            with pytest.raises(LockHeldError):
+            with pytest.raises(UsageError, match="another disk budget"):
                 async with Prefetcher(settings, max_bytes=10**9):
                     pass
+        # Once they are gone, the next one may bring any budget.
+        async with Prefetcher(settings, max_bytes=10**8) as alone:
+            assert len([item async for item in alone]) == 60

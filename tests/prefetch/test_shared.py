@@ -58,8 +58,8 @@ async def test_what_a_mirror_fetched_the_prefetcher_yields_without_a_storage_req
 
 
 async def test_mirror_and_prefetchers_keep_to_the_lock_rule(tmp_path: Path):
-    """The rule (engine.prefetch.locking): mirror alone; prefetchers together (shared lock);
-    a prefetcher with a disk budget alone (it deletes files)."""
+    """The rule (engine.pipeline.sharing): mirror alone; prefetchers together (shared lock),
+    with a disk budget too (tests/prefetch/test_budget.py: they share it)."""
     dest = tmp_path / "d"
     async with Emulator(assets=10, seed=45) as emu:
         settings = settings_for(emu, dest)

@@ -13,10 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import anyio
-import pytest
 
 from engine.emulator import Emulator
-from engine.errors import LockHeldError, UsageError
 from engine.prefetch import Prefetcher, shard_for
 from tests.prefetch.helpers import listing, settings_for, sha256_of
 
@@ -88,29 +86,3 @@ def test_torch_is_installed_for_the_adapter_tests():
         import torch
 
         assert torch.__version__.startswith("2.13.0")
-
-
-def test_a_disk_budget_with_several_workers_is_refused(tmp_path: Path):
-    """max_bytes makes a prefetcher own DEST. With torch: the adapter refuses it with several
-    workers (checked directly: a DataLoader whose worker raises spends seconds shutting down)
-    and streams with one. Without torch: the second worker's prefetcher gets the lock refusal
-    that this check exists to explain."""
-    with Emulator(assets=4, seed=53).in_thread() as emu:
-        settings = settings_for(emu, tmp_path / "d")
-        if HAVE_TORCH:
-            from torch.utils.data import DataLoader
-
-            from engine.prefetch import PrefetchDataset, PrefetchOptions
-            from engine.prefetch.torch_dataset import check_workers
-
-            budget = PrefetchOptions(max_bytes=10**9)
-            with pytest.raises(UsageError, match="num_workers"):
-                check_workers(budget, 2)
-            check_workers(budget, 1)
-            check_workers(PrefetchOptions(), 8)
-            dataset = PrefetchDataset(settings, max_bytes=10**9)
-            assert len(list(DataLoader(dataset, batch_size=None, num_workers=1))) == 4
-        else:
-            second = Prefetcher(settings, max_bytes=10**9, shard=(1, 2))
-            with Prefetcher(settings, max_bytes=10**9, shard=(0, 2)), pytest.raises(LockHeldError):
-                second.__enter__()

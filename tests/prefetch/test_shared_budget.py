@@ -1,0 +1,220 @@
+"""One disk budget shared by the prefetchers of a DEST: a DataLoader's workers, or any processes.
+
+The budget's books live in the manifest (engine.manifest.budget); each prefetcher pins the
+items its consumer has still to read. What a user sees: the data under DEST stays within
+``max_bytes`` while several workers stream a version larger than it (sampled while they run),
+every item handed out is whole and correct, and a killed worker never blocks the others.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from engine.emulator import Emulator
+from engine.manifest import Manifest
+from engine.prefetch import Prefetcher
+from tests.command import command_env
+from tests.prefetch.helpers import data_bytes_on_disk, listing, settings_for, sha256_of
+
+KiB = 1024
+
+
+def _version(seed: int, assets: int = 60) -> Emulator:
+    # Small files and a few larger than the transfer's chunk size (these announce their size
+    # before any byte is written; the small ones are reserved a whole chunk until then).
+    return Emulator(
+        assets=assets,
+        seed=seed,
+        min_size=8 * KiB,
+        max_size=48 * KiB,
+        large_share=0.08,
+        large_size=160 * KiB,
+        empty_share=0.0,
+        nasty_filenames=False,
+    )
+
+
+def _settings(emu: Emulator, dest: Path):
+    return settings_for(emu, dest, transfer={"chunk_size": 64 * KiB}, limits={"concurrency": 4})
+
+
+class DiskSampler:
+    """Samples the data bytes under DEST from a thread while the prefetchers run."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.dest.exists():
+                self.samples.append(data_bytes_on_disk(self.dest))
+            time.sleep(0.002)
+
+    def __enter__(self) -> DiskSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _evicted_rows(dest: Path) -> int:
+    with Manifest.open(dest, create=False) as manifest:
+        return sum(1 for row in manifest.iter_rows() if row.state == "evicted")
+
+
+def test_a_budget_with_two_dataloader_workers_holds(tmp_path: Path):
+    """The issue's case: a DataLoader with 2 workers and max_bytes, two shuffled epochs of a
+    version twice the budget. DEST's data never exceeds the budget, sampled every few ms."""
+    pytest.importorskip("torch")
+    from engine.prefetch import PrefetchDataset
+
+    dest = tmp_path / "d"
+    with _version(61).in_thread() as emu:
+        ids = listing(emu)
+        total = sum(emu.dataset.expected(a).size for a in ids)
+        budget = total // 2
+        dataset = PrefetchDataset(
+            _settings(emu, dest), max_bytes=budget, window=4, shuffle=True, seed=7
+        )
+        # loader(): the workers keep what the loader holds in flight (hold = 4 items here).
+        loader = dataset.loader(batch_size=None, num_workers=2, persistent_workers=True)
+        with DiskSampler(dest) as sampler:
+            for epoch in range(2):
+                dataset.set_epoch(epoch)
+                seen = []
+                for item in loader:
+                    assert item.path is not None
+                    assert sha256_of(item.path) == emu.dataset.expected(item.asset_id).sha256
+                    seen.append(item.asset_id)
+                assert sorted(seen) == sorted(ids), f"epoch {epoch}: each asset once"
+        del loader  # the persistent workers leave their seats
+        assert len(sampler.samples) > 20
+        assert max(sampler.samples) <= budget, (max(sampler.samples), budget)
+        assert _evicted_rows(dest) > 0  # the version did not fit: files were evicted
+        assert data_bytes_on_disk(dest) <= budget
+
+
+def test_the_loader_hold_covers_the_batches_in_flight():
+    pytest.importorskip("torch")
+    from engine.prefetch.torch_dataset import loader_hold
+
+    assert loader_hold(None, 0, None) == 1  # in the loop's process: the item in hand
+    assert loader_hold(None, 2, None) == 4  # torch's prefetch_factor 2, + in hand + before
+    assert loader_hold(32, 4, 3) == 5 * 32
+
+
+async def test_two_prefetchers_stream_through_one_budget_side_by_side(tmp_path: Path):
+    """Two shards of a shuffled order in one process (as two workers), over two epochs: the
+    budget holds after every item either hands out, and neither ever hands out a file the
+    other evicted (each is read as it is handed out)."""
+    dest = tmp_path / "d"
+    async with _version(62) as emu:
+        ids = listing(emu)
+        total = sum(emu.dataset.expected(a).size for a in ids)
+        budget = total // 2
+        settings = _settings(emu, dest)
+        seen: list[str] = []
+        samples: list[int] = []
+
+        async def stream(shard: int) -> None:
+            options = {"max_bytes": budget, "window": 4, "shuffle": True, "seed": 3}
+            async with Prefetcher(settings, shard=(shard, 2), **options) as prefetcher:
+                for _epoch in range(2):
+                    async for item in prefetcher:
+                        assert item.path is not None
+                        digest = sha256_of(item.path)
+                        assert digest == emu.dataset.expected(item.asset_id).sha256
+                        seen.append(item.asset_id)
+                        samples.append(data_bytes_on_disk(dest))
+                        await anyio.sleep(0)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stream, 0)
+            tg.start_soon(stream, 1)
+        assert sorted(seen) == sorted(ids * 2)
+        assert max(samples) <= budget, (max(samples), budget)
+        assert _evicted_rows(dest) > 0
+
+
+_CHILD = """
+import sys, time
+from engine.prefetch import Prefetcher
+from engine.settings import load_settings
+
+api, version, dest, budget = sys.argv[1:5]
+settings = load_settings({
+    "api_url": api, "dataset_version": version, "dest": dest,
+    "transfer": {"chunk_size": 65536}, "limits": {"concurrency": 4},
+})
+with Prefetcher(settings, max_bytes=int(budget), window=6) as prefetcher:
+    for item in prefetcher:
+        print("item", flush=True)
+        time.sleep(60)  # a consumer stuck on its first item: its pins and reservations stay
+"""
+
+
+def _holders(dest: Path) -> list[int]:
+    conn = sqlite3.connect(f"file:{dest / '.assetsync' / 'manifest.sqlite'}?mode=ro", uri=True)
+    try:
+        return [holder for (holder,) in conn.execute("SELECT holder FROM budget_holders")]
+    finally:
+        conn.close()
+
+
+def test_a_killed_prefetcher_never_blocks_the_budget(tmp_path: Path):
+    """A worker SIGKILLed mid-epoch leaves its seat, pins and reservations in the manifest. The
+    next prefetcher finds it dead (its liveness lock went with it), clears it, and may even
+    bring another budget; the budget then holds for it alone."""
+    dest = tmp_path / "d"
+    with _version(63).in_thread() as emu:
+        ids = listing(emu)
+        total = sum(emu.dataset.expected(a).size for a in ids)
+        args = [sys.executable, "-c", _CHILD, emu.api_url, emu.dataset_version_id, str(dest)]
+        child = subprocess.Popen(
+            [*args, str(total)],
+            env=command_env(emu.token),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == b"item", "the child never got an item"
+            assert len(_holders(dest)) == 1
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert len(_holders(dest)) == 1  # the dead seat is still on record
+
+        budget = total // 3
+
+        async def main() -> None:
+            async with Prefetcher(_settings(emu, dest), max_bytes=budget, window=4) as p:
+                got = []
+                async for item in p:
+                    assert item.path is not None
+                    assert sha256_of(item.path) == emu.dataset.expected(item.asset_id).sha256
+                    assert data_bytes_on_disk(dest) <= budget
+                    got.append(item.asset_id)
+                assert sorted(got) == sorted(ids)
+                assert len(_holders(dest)) == 1  # itself: the dead one was cleared
+
+        anyio.run(main)
+        assert _holders(dest) == []
+        assert data_bytes_on_disk(dest) <= budget
