@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -28,6 +28,7 @@ __all__ = [
     "PrefetchOptions",
     "load_prefetch_config",
     "load_prefetch_options",
+    "options_with",
     "parse_size",
 ]
 
@@ -73,14 +74,15 @@ class PrefetchOptions(BaseSettings):
     ``window``: items fetched ahead of the consumer (ordered: never more than this many places
     ahead). ``window_bytes``: bytes fetched ahead (None: no byte bound). ``order``: "ordered"
     (the listing's or the given ids' order) or "as_completed". ``max_bytes``: a disk budget for
-    DEST (None: keep everything); files the consumer passed are evicted, least recently used
-    first. ``hold``: how many of the last items yielded stay protected from eviction (the
-    consumer may still be reading them). ``shuffle``/``seed``: a shuffled order per epoch.
-    ``on_failure``: "raise", "skip" (with a warning) or "yield" (an item with ``error`` set).
-    ``equal_shards``: every shard of the order yields the same number of items, as distributed
-    training needs: "pad" (repeat the order's first items, like ``DistributedSampler``), "drop"
-    (leave out the last few), or None (shares may differ by one). It lists the whole version
-    before the first item, as a shuffled order does.
+    DEST, shared by every prefetcher of DEST (None: keep everything); unpinned files are evicted,
+    most recently used first (:mod:`engine.manifest.budget`). ``hold``: how many of the last
+    items yielded stay protected from eviction (the consumer may still be reading them).
+    ``shuffle``/``seed``: a shuffled order per epoch. ``on_failure``: "raise", "skip" (with a
+    warning) or "yield" (an item with ``error`` set). ``equal_shards``: every shard of the order
+    yields the same number of items, as distributed training needs: "pad" (repeat the order's
+    first items, like ``DistributedSampler``), "drop" (leave out the last few), or None (shares
+    may differ by one). It lists the whole version before the first item, as a shuffled order
+    does; it needs ``on_failure`` "raise" or "yield" (a skipped item would make a shard short).
     """
 
     model_config = SettingsConfigDict(
@@ -101,6 +103,17 @@ class PrefetchOptions(BaseSettings):
     @classmethod
     def _none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
+
+    @model_validator(mode="after")
+    def _equal_shards_stay_equal(self) -> PrefetchOptions:
+        if self.equal_shards is not None and self.on_failure == "skip":
+            # A skipped item leaves its shard one short: a DDP rank with a batch less than the
+            # others waits forever in its collective. "yield" keeps the count (item.error set).
+            raise ValueError(
+                "equal shards need on_failure 'raise' or 'yield': a skipped item would leave "
+                "one shard shorter than the others"
+            )
+        return self
 
     @field_validator("window_bytes", "max_bytes", mode="before")
     @classmethod
@@ -157,13 +170,26 @@ def load_prefetch_options(
     explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
     reset = _table.set(table)
     try:
-        return PrefetchOptions(**explicit)
+        return _valid(explicit)
+    finally:
+        _table.reset(reset)
+
+
+def options_with(base: PrefetchOptions | None, changes: dict[str, Any]) -> PrefetchOptions:
+    """``base`` (default options if None) with ``changes``; a bad value is a usage error."""
+    if base is not None and not changes:
+        return base
+    return _valid({**(base.model_dump() if base is not None else {}), **changes})
+
+
+def _valid(values: dict[str, Any]) -> PrefetchOptions:
+    try:
+        return PrefetchOptions(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(part) for part in err["loc"]) or "prefetch"
-        raise UsageError(f"invalid prefetch setting {where}: {err['msg']}") from None
-    finally:
-        _table.reset(reset)
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise UsageError(f"invalid prefetch setting {where}: {msg}") from None
 
 
 def load_prefetch_config(

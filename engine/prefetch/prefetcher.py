@@ -32,7 +32,7 @@ from typing import Any, Literal
 from engine.errors import primary_error
 from engine.prefetch.epoch import CANCEL_GRACE, EpochRun
 from engine.prefetch.items import PrefetchItem, PrefetchStats
-from engine.prefetch.options import FailurePolicy, Order, PrefetchOptions
+from engine.prefetch.options import FailurePolicy, Order, PrefetchOptions, options_with
 from engine.prefetch.resume import EpochProgress, ResumeState, Share
 from engine.prefetch.session import Session
 from engine.prefetch.split import Shard
@@ -105,9 +105,8 @@ class Prefetcher:
             "on_failure": on_failure,
             "equal_shards": equal_shards,
         }
-        base = options if options is not None else PrefetchOptions()
         changes = {k: v for k, v in given.items() if v is not UNSET}
-        self.options = PrefetchOptions(**{**base.model_dump(), **changes}) if changes else base
+        self.options = options_with(options, changes)
         self.settings = settings
         self.shard = shard if isinstance(shard, Shard) else Shard(*(shard or (0, 1)))
         self.machine = (

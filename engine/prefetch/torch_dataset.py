@@ -71,7 +71,7 @@ from typing import Any, Generic, TypeVar
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from engine.prefetch.items import PrefetchItem
-from engine.prefetch.options import PrefetchOptions
+from engine.prefetch.options import PrefetchOptions, options_with
 from engine.prefetch.prefetcher import EpochIterator, Prefetcher
 from engine.prefetch.resume import ResumeState
 from engine.prefetch.split import Shard, shard_for
@@ -190,6 +190,7 @@ class PrefetchDataset(IterableDataset[T], Generic[T]):
         given = options.equal_shards if options is not None else None
         if world_size > 1 and "equal_shards" not in prefetch and given is None:
             prefetch["equal_shards"] = "pad"  # a rank with a batch more hangs the others
+        options_with(options, dict(prefetch))  # a bad setting fails here, not in every worker
         self.settings = settings
         self.transform = transform
         self.asset_ids = list(asset_ids) if asset_ids is not None else None

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from engine.errors import UsageError
-from engine.prefetch import PrefetchOptions, load_prefetch_config, load_prefetch_options
+from engine.prefetch import (
+    Prefetcher,
+    PrefetchOptions,
+    load_prefetch_config,
+    load_prefetch_options,
+)
 from engine.prefetch.options import parse_size
 from engine.settings import load_settings
 
@@ -47,3 +52,20 @@ def test_sizes_and_bad_values():
         load_prefetch_options({"window": 0})
     with pytest.raises(UsageError, match="on_failure"):
         load_prefetch_options({"on_failure": "ignore"})
+
+
+def test_a_bad_option_given_to_a_prefetcher_is_a_usage_error_in_one_line(tmp_path):
+    settings = load_settings(
+        {"api_url": "http://127.0.0.1:9", "dataset_version": "v", "dest": str(tmp_path)}
+    )
+    with pytest.raises(UsageError, match="window") as info:
+        Prefetcher(settings, window=0)
+    assert "\n" not in str(info.value)
+
+
+def test_equal_shards_refuse_skipping_failures():
+    """A skipped item leaves its shard short: the rank with a batch less hangs the others."""
+    with pytest.raises(UsageError, match="equal shards need on_failure") as info:
+        load_prefetch_options({"equal_shards": "pad", "on_failure": "skip"})
+    assert "Value error" not in str(info.value)
+    assert load_prefetch_options({"equal_shards": "pad", "on_failure": "yield"}).equal_shards
