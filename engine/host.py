@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 
-__all__ = ["boot_id"]
+__all__ = ["boot_id", "pid_alive"]
 
 
 @functools.cache
@@ -19,3 +20,16 @@ def boot_id() -> str | None:
             return fh.read().strip() or None
     except OSError:
         return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid exists on this machine (ours or not)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it is just not ours
+    return True

@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import Any
 
 from engine.errors import LockHeldError, UsageError
-from engine.host import boot_id
+from engine.host import boot_id, pid_alive
 from engine.state_folder import StateFolder
 
 __all__ = ["DestLock", "LockInfo", "read_holder"]
@@ -60,18 +60,6 @@ __all__ = ["DestLock", "LockInfo", "read_holder"]
 log = logging.getLogger("engine.pipeline.lock")
 
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, it is just not ours
-    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +244,7 @@ class DestLock:
         else:  # no boot ids (not Linux): the host name is all we have
             same_kernel, rebooted = previous.host == host, False
         if same_kernel:
-            if flocked or not _pid_alive(previous.pid):
+            if flocked or not pid_alive(previous.pid):
                 return  # flock (or a dead pid) proves the holder is gone
             raise LockHeldError(f"another run holds the lock on {self.dest}: {previous.describe()}")
         if rebooted:

@@ -41,6 +41,7 @@ from typing import TypeVar
 import anyio
 
 from engine.errors import EngineError, LocalStorageError, UsageError
+from engine.host import pid_alive
 from engine.manifest import Manifest
 from engine.manifest import budget as books
 from engine.pipeline.dest_files import remove_file
@@ -109,13 +110,7 @@ class BudgetSeat:
                 range_lock(self._fd, fcntl.F_UNLCK, holder)
                 return False
         # No locks here: a process of that pid on this machine stands for the holder.
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(pid)
 
     # -- joining and leaving --------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from engine.emulator import Emulator
+from engine.settings import Settings
 from tests.mirror.helpers import settings_for
 
 __all__ = [
@@ -67,3 +68,23 @@ def engine_threads() -> set[str]:
         for t in threading.enumerate()
         if t.name.startswith("assetsync-") and t.name != "assetsync-emulator"
     }
+
+
+def budget_version(seed: int, assets: int = 60) -> Emulator:
+    """A version for disk-budget tests: small files and a few larger than the transfer's chunk
+    size (these announce their size before any byte is written; the small ones are reserved a
+    whole chunk until then)."""
+    return Emulator(
+        assets=assets,
+        seed=seed,
+        min_size=8 * 1024,
+        max_size=48 * 1024,
+        large_share=0.08,
+        large_size=160 * 1024,
+        empty_share=0.0,
+        nasty_filenames=False,
+    )
+
+
+def budget_settings(emu: Emulator, dest: Path) -> Settings:
+    return settings_for(emu, dest, transfer={"chunk_size": 64 * 1024}, limits={"concurrency": 4})

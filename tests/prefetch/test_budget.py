@@ -6,42 +6,26 @@ from pathlib import Path
 
 import pytest
 
-from engine.emulator import Emulator
 from engine.errors import LockHeldError, UsageError
 from engine.manifest import Manifest
 from engine.mirroring import mirror
 from engine.prefetch import Prefetcher
-from tests.prefetch.helpers import data_bytes_on_disk, listing, settings_for, sha256_of
-
-KiB = 1024
-
-
-def _version(seed: int) -> Emulator:
-    # Small files and a few larger than the transfer's chunk size (these announce their size
-    # before any byte is written; the small ones are reserved a whole chunk until then).
-    return Emulator(
-        assets=60,
-        seed=seed,
-        min_size=8 * KiB,
-        max_size=48 * KiB,
-        large_share=0.08,
-        large_size=160 * KiB,
-        empty_share=0.0,
-        nasty_filenames=False,
-    )
-
-
-def _settings(emu: Emulator, dest: Path):
-    return settings_for(emu, dest, transfer={"chunk_size": 64 * KiB}, limits={"concurrency": 4})
+from tests.prefetch.helpers import (
+    budget_settings,
+    budget_version,
+    data_bytes_on_disk,
+    listing,
+    sha256_of,
+)
 
 
 async def test_a_version_twice_the_budget_streams_through_it(tmp_path: Path):
     dest = tmp_path / "d"
-    async with _version(31) as emu:
+    async with budget_version(31) as emu:
         order = listing(emu)
         total = sum(emu.dataset.expected(a).size for a in order)
         budget = total // 2
-        settings = _settings(emu, dest)
+        settings = budget_settings(emu, dest)
         samples = []
         async with Prefetcher(settings, window=4, max_bytes=budget) as prefetcher:
             for epoch in range(2):
@@ -84,8 +68,8 @@ async def test_a_version_twice_the_budget_streams_through_it(tmp_path: Path):
 
 async def test_files_over_the_budget_already_go_only_when_room_is_needed(tmp_path: Path):
     dest = tmp_path / "d"
-    async with _version(33) as emu:
-        settings = _settings(emu, dest)
+    async with budget_version(33) as emu:
+        settings = budget_settings(emu, dest)
         async with Prefetcher(settings) as prefetcher:  # no budget: everything stays
             assert len([item async for item in prefetcher]) == 60
         full = data_bytes_on_disk(dest)
@@ -111,8 +95,8 @@ async def test_the_prefetchers_of_a_dest_agree_on_one_budget(tmp_path: Path):
     another budget, or none, would fill the disk behind the others' backs and is refused in one
     line; a mirror is refused while they run."""
     dest = tmp_path / "d"
-    async with _version(35) as emu:
-        settings = _settings(emu, dest)
+    async with budget_version(35) as emu:
+        settings = budget_settings(emu, dest)
         async with Prefetcher(settings, max_bytes=10**9) as first:
             async with Prefetcher(settings, max_bytes=10**9) as second:
                 assert len([item async for item in second]) == 60

@@ -19,32 +19,16 @@ from pathlib import Path
 import anyio
 import pytest
 
-from engine.emulator import Emulator
 from engine.manifest import Manifest
 from engine.prefetch import Prefetcher
 from tests.command import command_env
-from tests.prefetch.helpers import data_bytes_on_disk, listing, settings_for, sha256_of
-
-KiB = 1024
-
-
-def _version(seed: int, assets: int = 60) -> Emulator:
-    # Small files and a few larger than the transfer's chunk size (these announce their size
-    # before any byte is written; the small ones are reserved a whole chunk until then).
-    return Emulator(
-        assets=assets,
-        seed=seed,
-        min_size=8 * KiB,
-        max_size=48 * KiB,
-        large_share=0.08,
-        large_size=160 * KiB,
-        empty_share=0.0,
-        nasty_filenames=False,
-    )
-
-
-def _settings(emu: Emulator, dest: Path):
-    return settings_for(emu, dest, transfer={"chunk_size": 64 * KiB}, limits={"concurrency": 4})
+from tests.prefetch.helpers import (
+    budget_settings,
+    budget_version,
+    data_bytes_on_disk,
+    listing,
+    sha256_of,
+)
 
 
 class DiskSampler:
@@ -83,12 +67,12 @@ def test_a_budget_with_two_dataloader_workers_holds(tmp_path: Path):
     from engine.prefetch import PrefetchDataset
 
     dest = tmp_path / "d"
-    with _version(61).in_thread() as emu:
+    with budget_version(61).in_thread() as emu:
         ids = listing(emu)
         total = sum(emu.dataset.expected(a).size for a in ids)
         budget = total // 2
         dataset = PrefetchDataset(
-            _settings(emu, dest), max_bytes=budget, window=4, shuffle=True, seed=7
+            budget_settings(emu, dest), max_bytes=budget, window=4, shuffle=True, seed=7
         )
         # loader(): the workers keep what the loader holds in flight (hold = 4 items here).
         loader = dataset.loader(batch_size=None, num_workers=2, persistent_workers=True)
@@ -122,11 +106,11 @@ async def test_two_prefetchers_stream_through_one_budget_side_by_side(tmp_path: 
     budget holds after every item either hands out, and neither ever hands out a file the
     other evicted (each is read as it is handed out)."""
     dest = tmp_path / "d"
-    async with _version(62) as emu:
+    async with budget_version(62) as emu:
         ids = listing(emu)
         total = sum(emu.dataset.expected(a).size for a in ids)
         budget = total // 2
-        settings = _settings(emu, dest)
+        settings = budget_settings(emu, dest)
         seen: list[str] = []
         samples: list[int] = []
 
@@ -180,7 +164,7 @@ def test_a_killed_prefetcher_never_blocks_the_budget(tmp_path: Path):
     next prefetcher finds it dead (its liveness lock went with it), clears it, and may even
     bring another budget; the budget then holds for it alone."""
     dest = tmp_path / "d"
-    with _version(63).in_thread() as emu:
+    with budget_version(63).in_thread() as emu:
         ids = listing(emu)
         total = sum(emu.dataset.expected(a).size for a in ids)
         args = [sys.executable, "-c", _CHILD, emu.api_url, emu.dataset_version_id, str(dest)]
@@ -205,7 +189,7 @@ def test_a_killed_prefetcher_never_blocks_the_budget(tmp_path: Path):
         budget = total // 3
 
         async def main() -> None:
-            async with Prefetcher(_settings(emu, dest), max_bytes=budget, window=4) as p:
+            async with Prefetcher(budget_settings(emu, dest), max_bytes=budget, window=4) as p:
                 got = []
                 async for item in p:
                     assert item.path is not None
