@@ -511,11 +511,14 @@ class EpochRun:
                 continue
             async with self._start_lock:
                 start = self.window.next_download()
-                refused = start is not None and not await self._admitted(start)
-                if start is not None and not refused:
+                admitted = await self._admitted(start) if start is not None else False
+                if start is not None and admitted:
                     self.window.start(start)
                     self._wake_fetcher()  # there may be more to start: the next idle one looks
                     return start
+            if admitted is None:
+                continue  # the window moved while the books were asked: choose again now
+            refused = start is not None
             if start is None and not self._more_to_fetch():
                 self._wake_fetcher(everyone=True)  # the others end too
                 return None
@@ -523,8 +526,9 @@ class EpochRun:
             # something (or, for room, for other processes to: ask again shortly).
             await self._idle_wait(ROOM_POLL if refused else None)
 
-    async def _admitted(self, start: Start) -> bool:
-        """The disk budget's books reserved room for ``start`` (evicting as needed)."""
+    async def _admitted(self, start: Start) -> bool | None:
+        """Whether the disk budget's books reserved room for ``start`` (evicting as needed);
+        None: they did, but the window moved meanwhile, and the room was given back."""
         budget = self.s.budget
         assert budget is not None
         job = self.entries[start.position].job
@@ -538,7 +542,7 @@ class EpochRun:
             # The window moved while the books were asked (an item taken, a chunk planned):
             # give the room back and choose again.
             budget.released(admission.reserved)
-            return False
+            return None
         self._reserved[start.position] = admission.reserved
         return True
 
