@@ -105,13 +105,17 @@ def join(
     *,
     alive: Callable[[int, int], bool],
     hold: Callable[[int], None],
+    retire: int | None = None,
 ) -> tuple[int, bool]:
     """Register a prefetcher; returns its holder id and whether it is the first one alive.
 
     The first holder with a budget counts the files from the manifest (a mirror may have changed
     them since the last prefetchers left). ``hold(holder)`` takes the holder's liveness lock
     before the registration is committed, so nobody can see it registered and not alive.
+    ``retire``: a seat this process left behind (:func:`leave` with ``stay``), replaced now.
     """
+    if retire is not None:
+        conn.execute("DELETE FROM budget_holders WHERE holder = ?", (retire,))
     live, _ = _clear_dead(conn, None, alive)
     if live:
         others = {b for (b,) in conn.execute("SELECT DISTINCT budget FROM budget_holders")}
@@ -152,10 +156,25 @@ def _recount(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE budget_totals SET value = ? WHERE key = 'seq'", (int(count),))
 
 
-def leave(conn: sqlite3.Connection, holder: int, changes: Changes) -> None:
-    """A holder leaves: what it learnt last is recorded; its pins and reservations go."""
+def leave(
+    conn: sqlite3.Connection,
+    holder: int,
+    changes: Changes,
+    *,
+    stay: bool = False,
+    retire: int | None = None,
+) -> None:
+    """A holder leaves: what it learnt last is recorded; its pins and reservations go. With
+    ``stay`` its seat and remaining pins stay (its process is alive and its consumer may still
+    read the items handed out last), its reservations go. ``retire``: an older seat this
+    process left behind, gone now."""
     apply_changes(conn, holder, changes)
-    conn.execute("DELETE FROM budget_holders WHERE holder = ?", (holder,))
+    if retire is not None:
+        conn.execute("DELETE FROM budget_holders WHERE holder = ?", (retire,))
+    if stay:
+        conn.execute("UPDATE budget_holders SET reserved = 0 WHERE holder = ?", (holder,))
+    else:
+        conn.execute("DELETE FROM budget_holders WHERE holder = ?", (holder,))
 
 
 def apply_changes(conn: sqlite3.Connection, holder: int, changes: Changes) -> None:

@@ -19,6 +19,12 @@ With a budget, the seat carries what the books must learn from this process, in 
 * reservations given back (failed or cut downloads), and files found in place that the books did
   not count yet.
 
+A seat outlives its session while its process lives, if the session's last epoch handed items
+out (``hold``): its consumer may read them after the session closed (a DataLoader worker ends
+its iteration while the main process still has the items it yielded last in its queue). Such a
+seat keeps the pins of those items and its liveness lock until the process's next seat on the
+same manifest replaces it, or the process ends.
+
 A download starts after :meth:`BudgetSeat.admit` reserved its bytes, evicting unpinned files in
 the books' order (most recently used first: :mod:`engine.manifest.budget` says why). Evictions
 delete the file without following links (:func:`engine.pipeline.dest_files.remove_file`) and
@@ -35,6 +41,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
@@ -59,6 +66,25 @@ log = logging.getLogger("engine.prefetch")
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class _LeftBehind:
+    holder: int
+    fd: int
+    pid: int  # a forked child inherits the table: only its own process may retire the seat
+
+
+# Per holders lock (one per manifest): the seat this process's last session left behind.
+_LEFT_BEHIND: dict[Path, _LeftBehind] = {}
+
+
+def _take_left_behind(path: Path) -> _LeftBehind | None:
+    left = _LEFT_BEHIND.pop(path, None)
+    if left is not None and left.pid != os.getpid():
+        os.close(left.fd)  # our copy of the parent's descriptor: its seat is not ours
+        return None
+    return left
+
+
 class BudgetSeat:
     """``await seat.join()`` … ``await seat.leave()``; see the module docstring."""
 
@@ -78,6 +104,7 @@ class BudgetSeat:
         self.pins = Pins()
         self.changes = books.Changes()
         self.holder: int | None = None
+        self._path = Path()
         # One transaction at a time from this seat, in the order they were asked: the pins and
         # releases each carries must reach the books in order.
         self._lock = anyio.Lock()
@@ -116,8 +143,9 @@ class BudgetSeat:
 
     async def join(self) -> bool:
         """Take a seat; True if this is the only prefetcher of DEST now."""
-        path = StateFolder(self.dest).holders_lock(self.manifest.path)
-        self._fd = open_lock_file(path)
+        self._path = StateFolder(self.dest).holders_lock(self.manifest.path)
+        self._fd = open_lock_file(self._path)
+        left = _take_left_behind(self._path)
         joined = functools.partial(
             books.join,
             budget=self.budget,
@@ -125,23 +153,50 @@ class BudgetSeat:
             now=time.time(),
             alive=self._alive,
             hold=self._hold,
+            retire=left.holder if left is not None else None,
         )
         try:
             self.holder, first = await self._books("join the prefetchers of DEST", joined)
         except BaseException:
             self._close_fd()
+            if left is not None:
+                _LEFT_BEHIND[self._path] = left  # not retired: it still stands
             raise
+        if left is not None:
+            os.close(left.fd)
         return first
 
     async def leave(self) -> None:
+        stay = False
         try:
             async with self._lock:
                 holder, self.holder = self.holder, None
-                if holder is not None:
-                    left = functools.partial(books.leave, holder=holder, changes=self._take())
+                if holder is None:
+                    return
+                # The items handed out last stay pinned while this process lives (see above).
+                stay = bool(self.pins.bequest)
+                older = _take_left_behind(self._path) if stay else None
+                left = functools.partial(
+                    books.leave,
+                    holder=holder,
+                    changes=self._take(),
+                    stay=stay,
+                    retire=older.holder if older is not None else None,
+                )
+                try:
                     await self._books("leave the prefetchers of DEST", left)
+                except BaseException:
+                    stay = False
+                    if older is not None:
+                        _LEFT_BEHIND[self._path] = older
+                    raise
+                if older is not None:
+                    os.close(older.fd)
+                if stay:
+                    _LEFT_BEHIND[self._path] = _LeftBehind(holder, self._fd, os.getpid())
         finally:
-            self._close_fd()
+            if not stay:
+                self._close_fd()
 
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, -1

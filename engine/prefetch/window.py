@@ -288,8 +288,10 @@ class Window:
         return slot
 
     def close(self) -> None:
-        """The epoch is over (finished or cut short, its downloads ended): nothing it still
-        holds is protected any more."""
+        """The epoch is over (finished or cut short, its downloads ended): the items it did not
+        hand out are no longer protected. The last ``hold`` handed out stay protected, handed
+        to the pins (:meth:`Pins.bequeath`): the consumer may still be reading them after the
+        epoch ended (a DataLoader's main process reads what a worker yielded later)."""
         for slot in self._slots.values():
             if slot.state is SlotState.ACTIVE:
                 self._end_download(slot)
@@ -298,8 +300,9 @@ class Window:
         self._slots.clear()
         self._queued.clear()
         self._n_queued = 0
-        while self._held:
-            self._unprotect(self._held.popleft())
+        if self.pins is not None:
+            self.pins.bequeath(list(self._held))
+        self._held.clear()
 
     # -- internals --------------------------------------------------------------------------
 
@@ -336,6 +339,7 @@ class Pins:
 
     def __init__(self) -> None:
         self._count: dict[str, int] = {}
+        self._bequest: list[str] = []  # the items a closed epoch handed out last
         # Ordered sets (dicts): let-go keys keep the order they were passed in, the order in
         # which the books will evict them.
         self._added: dict[str, None] = {}
@@ -368,6 +372,17 @@ class Pins:
             del self._added[key]
         else:
             self._removed[key] = None
+
+    @property
+    def bequest(self) -> list[str]:
+        return list(self._bequest)
+
+    def bequeath(self, keys: list[str]) -> None:
+        """A closed epoch's last items handed out stay protected (their counts come with them)
+        until the next epoch closes and bequeaths its own."""
+        old, self._bequest = self._bequest, keys
+        for key in old:
+            self.unprotect(key)
 
     @property
     def pending(self) -> bool:

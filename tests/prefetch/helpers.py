@@ -34,8 +34,11 @@ def sha256_of(path: Path) -> str:
 
 def data_bytes_on_disk(dest: Path) -> int:
     """What the disk budget bounds: every data file under DEST, complete or partial (the
-    manifest, the lock files and the partial files' small resume sidecars excepted)."""
+    manifest, the lock files and the partial files' small resume sidecars excepted). A file is
+    counted once even if it is renamed from the partial folder into place during the walk (its
+    inode is the same)."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(dest):
         rel = Path(root).relative_to(dest)
         in_state = rel.parts[:1] == (".assetsync",)
@@ -43,7 +46,10 @@ def data_bytes_on_disk(dest: Path) -> int:
             if in_state and not (rel.parts[1:2] == ("partial",) and name.endswith(".part")):
                 continue
             with contextlib.suppress(FileNotFoundError):  # renamed or evicted meanwhile
-                total += os.lstat(os.path.join(root, name)).st_size
+                st = os.lstat(os.path.join(root, name))
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
         dirs.sort()
     return total
 
