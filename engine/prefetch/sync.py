@@ -3,10 +3,12 @@
 Each ``next()`` is one call into the loop thread (:func:`anyio.from_thread.start_blocking_portal`)
 that takes one item, so the consumer's pace drives the window exactly as with ``async for``:
 an item is "passed" when the consumer asks for the next one, not when a queue between the two
-threads happens to have room. When the item is there already, that call is one plain callback
-on the loop (:meth:`EpochRun.next_ready`); only an item that must be waited for goes through
-the portal, whose task costs more turns of a busy loop. An epoch over files already on disk
-went from 2,380 to 2,991-3,106 items/s (``benchmarks/prefetch_bench.py``, second epoch).
+threads happens to have room. That call is one plain callback on the loop
+(:meth:`EpochRun.next_ready`); only an item that must be waited for starts a task, from that
+same callback, which answers when the item is there. One hop each way per item, answered
+through a bare lock: a portal call per awaited item (a second hop, a task in the portal's group,
+a ``concurrent.futures.Future`` and its condition) was a fifth of the loop thread's time beyond
+a mirror's for a consumer that takes no time (``benchmarks/prefetch_bench.py``, py-spy).
 
 Shutdown is structured: leaving the loop early (``break``, an exception in the loop body, the
 generator being closed or collected) stops the epoch; leaving the ``with`` block (or the end of
@@ -18,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -51,24 +54,67 @@ async def _next(epoch: EpochIterator) -> tuple[bool, PrefetchItem | None]:
         return False, None
 
 
-def _take_ready(
-    loop: asyncio.AbstractEventLoop, epoch: EpochIterator
-) -> tuple[bool, PrefetchItem | None] | None:
-    """From the consumer's thread: an item the loop can hand out at once, or ``None``."""
-    answer: Future[tuple[bool, PrefetchItem | None] | None] = Future()
+class _Answer:
+    """One answer from the loop thread to the consumer's: a lock the consumer waits on (the
+    cheapest wake-up between two threads: no condition, no callbacks)."""
+
+    __slots__ = ("_error", "_lock", "_value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._value: tuple[bool, PrefetchItem | None] = (False, None)
+        self._error: BaseException | None = None
+
+    def set(self, value: tuple[bool, PrefetchItem | None]) -> None:
+        self._value = value
+        self._lock.release()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._lock.release()
+
+    def wait(self) -> tuple[bool, PrefetchItem | None]:
+        self._lock.acquire()  # a signal (Ctrl-C) interrupts it, as it did Future.result()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _take(
+    loop: asyncio.AbstractEventLoop, epoch: EpochIterator, tasks: set[asyncio.Task[Any]]
+) -> tuple[bool, PrefetchItem | None]:
+    """From the consumer's thread: the next item (``(False, None)`` at the end); raises what
+    the epoch raised."""
+    answer = _Answer()
+
+    def finished(task: asyncio.Task[tuple[bool, PrefetchItem | None]]) -> None:
+        tasks.discard(task)
+        if task.cancelled():
+            answer.fail(CancelledError())  # what a cancelled portal call raised
+        elif (error := task.exception()) is not None:
+            answer.fail(error)
+        else:
+            answer.set(task.result())
 
     def attempt() -> None:
         try:
             item = epoch.next_ready()
         except StopAsyncIteration:
-            answer.set_result((False, None))
+            answer.set((False, None))
         except BaseException as exc:  # raised in the consumer's thread, as portal.call does
-            answer.set_exception(exc)
+            answer.fail(exc)
         else:
-            answer.set_result(None if item is None else (True, item))
+            if item is not None:
+                answer.set((True, item))
+                return
+            # Not there yet: wait for it in a task started here, not by a second call.
+            task = loop.create_task(_next(epoch))
+            tasks.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(finished)
 
     loop.call_soon_threadsafe(attempt)
-    return answer.result()
+    return answer.wait()
 
 
 class SyncRunner:
@@ -80,6 +126,7 @@ class SyncRunner:
         self._portal: BlockingPortal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session_cm: AbstractContextManager[Prefetcher] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # waiting for an item for the consumer
 
     def start(self) -> None:
         portal_cm = start_blocking_portal("asyncio", _backend_options())
@@ -100,8 +147,7 @@ class SyncRunner:
             raise RuntimeError("the prefetcher is closed")
         try:
             while True:
-                ready = _take_ready(loop, epoch)
-                more, item = ready if ready is not None else portal.call(_next, epoch)
+                more, item = _take(loop, epoch, self._tasks)
                 if not more:
                     return
                 assert item is not None
