@@ -33,6 +33,7 @@ hang.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -130,7 +131,10 @@ class EpochRun:
         self._cut: list[AssetJob] = []  # downloads cut short by a cancel
         self._tg: TaskGroup | None = None
         self._closed = False
-        self._idle: deque[anyio.Event] = deque()  # fetchers waiting for a download to start
+        # Fetchers waiting for a download to start: bare futures of the loop (an anyio.Event
+        # asks anyio, sniffio and the loop which library runs, at every wait).
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.budget = BudgetKeeper(session)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -232,15 +236,17 @@ class EpochRun:
     def _wake_fetcher(self, everyone: bool = False) -> None:
         while self._idle:
             waiter = self._idle.popleft()
-            if not waiter.is_set():
-                waiter.set()
+            if not waiter.done():  # a cancelled fetcher's is done: wake the next one instead
+                waiter.set_result(None)
                 if not everyone:
                     return
 
     async def _idle_wait(self) -> None:
-        waiter = anyio.Event()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        waiter = self._loop.create_future()
         self._idle.append(waiter)
-        await waiter.wait()
+        await waiter
 
     # -- the consumer ------------------------------------------------------------------------
 

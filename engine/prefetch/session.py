@@ -57,9 +57,10 @@ CLAIM_NOTE = "being fetched by a prefetcher"
 # window bounds the downloads in flight), so the writer committed every few rows: 257-305
 # transactions for 2,000 files, against 8 for a mirror of the same version, each rewriting
 # the pages the rows touch (77,000 pwrite64 against 10,000: benchmarks/prefetch_bench.py
-# under strace). Spaced, a transaction takes what landed meanwhile; a row waits at most this
-# long more (and the barrier of group commit, when fsync is on, takes its time anyway).
-COMMIT_SPACING = 0.05
+# under strace), and with fsync on each preceded by a barrier (a syncfs, a thread hop). Spaced,
+# a transaction takes what landed meanwhile; a row waits at most this long more (a SIGKILL
+# meanwhile costs those files a download, or their adoption from the placed journal).
+COMMIT_SPACING = 0.1
 
 
 def _prefixes(path: str) -> list[str]:
