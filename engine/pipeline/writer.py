@@ -139,7 +139,8 @@ class ManifestWriter:
 
     ``spacing``: seconds from the start of one transaction to the next at least (0: none).
     A caller whose rows trickle in (a prefetcher's window lands a few files at a time) gets
-    fewer, larger transactions; what was put waits at most that long more.
+    fewer, larger transactions; what was put waits at most that long more, and a
+    :meth:`flush` does not wait for it.
     """
 
     def __init__(
@@ -155,6 +156,7 @@ class ManifestWriter:
         self.db = db
         self.spacing = spacing
         self._last_start = -math.inf
+        self._hurry = anyio.Event()  # set by flush(): someone waits, commit now
         self.journal = journal
         self.run_id = run_id
         self.on_committed = on_committed
@@ -175,6 +177,7 @@ class ManifestWriter:
         """Return once everything put so far is committed."""
         done = anyio.Event()
         self.put(After(done.set))
+        self._hurry.set()
         await done.wait()
 
     def close(self) -> None:
@@ -189,8 +192,11 @@ class ManifestWriter:
                     held = [first]
                     if self.spacing > 0:
                         wait = self._last_start + self.spacing - anyio.current_time()
-                        if wait > 0:
-                            await anyio.sleep(wait)
+                        if wait > 0 and not self._hurry.is_set():
+                            with anyio.move_on_after(wait):
+                                await self._hurry.wait()
+                        if self._hurry.is_set():
+                            self._hurry = anyio.Event()
                         self._last_start = anyio.current_time()
                     batch = take_batch(self._rx, first)
                     held = []
