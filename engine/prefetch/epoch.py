@@ -39,7 +39,7 @@ import logging
 import os
 import stat
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +135,9 @@ class EpochRun:
         # asks anyio, sniffio and the loop which library runs, at every wait).
         self._idle: deque[asyncio.Future[None]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Called at the end of every _notify (the plain iterator serves a consumer waiting in
+        # another thread from here: as soon as its item is ready, not a loop turn later).
+        self.on_change: Callable[[], None] | None = None
         self.budget = BudgetKeeper(session)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -212,6 +215,8 @@ class EpochRun:
             # A woken fetcher that finds nothing to start costs a task switch and a lock: most
             # events (an item taken far behind the window's edge, metadata in) allow none.
             self._wake_fetcher()
+        if self.on_change is not None:
+            self.on_change()
 
     def _could_start(self) -> bool:
         return self.window.queued > 0 and self.window.next_download() is not None

@@ -1,14 +1,14 @@
 """The plain iterator: the engine's event loop on a background thread, one item per ``next``.
 
-Each ``next()`` is one call into the loop thread (:func:`anyio.from_thread.start_blocking_portal`)
+Each ``next()`` is one request to the loop thread (:func:`anyio.from_thread.start_blocking_portal`)
 that takes one item, so the consumer's pace drives the window exactly as with ``async for``:
 an item is "passed" when the consumer asks for the next one, not when a queue between the two
-threads happens to have room. That call is one plain callback on the loop
-(:meth:`EpochRun.next_ready`); only an item that must be waited for starts a task, from that
-same callback, which answers when the item is there. One hop each way per item, answered
-through a bare lock: a portal call per awaited item (a second hop, a task in the portal's group,
-a ``concurrent.futures.Future`` and its condition) was a fifth of the loop thread's time beyond
-a mirror's for a consumer that takes no time (``benchmarks/prefetch_bench.py``, py-spy).
+threads happens to have room. The request is a plain callback on the loop
+(:meth:`EpochRun.next_ready`); if its item is not ready, the epoch answers it from its next
+notification that makes it so (:class:`_Handoff`), and only before an epoch has started does a
+task wait for it. Answered from its own callback alone, a consumer that takes no time got one
+item per turn of the busy loop: every item was ready when asked, the window stood full, the
+fetchers idle (``benchmarks/prefetch_bench.py``: 1-2 of 2,000 requests ever waited).
 
 Shutdown is structured: leaving the loop early (``break``, an exception in the loop body, the
 generator being closed or collected) stops the epoch; leaving the ``with`` block (or the end of
@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -81,40 +82,80 @@ class _Answer:
         return self._value
 
 
-def _take(
-    loop: asyncio.AbstractEventLoop, epoch: EpochIterator, tasks: set[asyncio.Task[Any]]
-) -> tuple[bool, PrefetchItem | None]:
-    """From the consumer's thread: the next item (``(False, None)`` at the end); raises what
-    the epoch raised."""
-    answer = _Answer()
+class _Handoff:
+    """One epoch's items, one ``next()`` at a time, from the loop thread to the consumer's.
 
-    def finished(task: asyncio.Task[tuple[bool, PrefetchItem | None]]) -> None:
-        tasks.discard(task)
+    The consumer's request is served on the loop: at once if the item is ready, else at the
+    epoch's first change that makes it so (:attr:`EpochRun.on_change <engine.prefetch.epoch.
+    EpochRun.on_change>`: a download landed, metadata came, the epoch ended), within the same
+    turn of the loop. Served only from the request's own callback, a consumer that takes no
+    time got one item per turn of a busy loop (every item was ready when asked: the window
+    stood full and the fetchers idle)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, epoch: EpochIterator, tasks: set[asyncio.Task[Any]]
+    ) -> None:
+        self.loop = loop
+        self.epoch = epoch
+        self.tasks = tasks
+        self.pending: _Answer | None = None  # the consumer's request not answered yet
+        self._serving = False
+
+    def take(self) -> tuple[bool, PrefetchItem | None]:
+        """From the consumer's thread: the next item (``(False, None)`` at the end); raises
+        what the epoch raised."""
+        answer = _Answer()
+        self.pending = answer
+        self.loop.call_soon_threadsafe(self._attempt, answer)
+        return answer.wait()
+
+    def _serve(self) -> None:
+        """On the loop: answer the pending request if its item (or the end, or an error) is
+        there. Not re-entered: taking an item notifies the epoch, which calls back here."""
+        answer = self.pending
+        if answer is None or self._serving:
+            return
+        self._serving = True
+        try:
+            item = self.epoch.next_ready()
+        except StopAsyncIteration:
+            self.pending = None
+            answer.set((False, None))
+        except BaseException as exc:  # raised in the consumer's thread, as portal.call does
+            self.pending = None
+            answer.fail(exc)
+        else:
+            if item is not None:
+                self.pending = None
+                answer.set((True, item))
+        finally:
+            self._serving = False
+
+    def _attempt(self, answer: _Answer) -> None:
+        if self.pending is not answer:
+            return  # answered already, from the epoch's notification
+        run = self.epoch._run
+        if run is not None and run.on_change is None:
+            run.on_change = self._serve
+        self._serve()
+        if self.pending is not answer or (run is not None and run.on_change == self._serve):
+            return  # answered, or the epoch's next change answers it
+        # The epoch has not started: start it in a task, which owns the answer from now on.
+        self.pending = None
+        task = self.loop.create_task(_next(self.epoch))
+        self.tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(partial(self._finished, answer))
+
+    def _finished(
+        self, answer: _Answer, task: asyncio.Task[tuple[bool, PrefetchItem | None]]
+    ) -> None:
+        self.tasks.discard(task)
         if task.cancelled():
             answer.fail(CancelledError())  # what a cancelled portal call raised
         elif (error := task.exception()) is not None:
             answer.fail(error)
         else:
             answer.set(task.result())
-
-    def attempt() -> None:
-        try:
-            item = epoch.next_ready()
-        except StopAsyncIteration:
-            answer.set((False, None))
-        except BaseException as exc:  # raised in the consumer's thread, as portal.call does
-            answer.fail(exc)
-        else:
-            if item is not None:
-                answer.set((True, item))
-                return
-            # Not there yet: wait for it in a task started here, not by a second call.
-            task = loop.create_task(_next(epoch))
-            tasks.add(task)  # the loop keeps only a weak reference
-            task.add_done_callback(finished)
-
-    loop.call_soon_threadsafe(attempt)
-    return answer.wait()
 
 
 class SyncRunner:
@@ -145,14 +186,16 @@ class SyncRunner:
         portal, loop = self._portal, self._loop
         if portal is None or loop is None:
             raise RuntimeError("the prefetcher is closed")
+        handoff = _Handoff(loop, epoch, self._tasks)
         try:
             while True:
-                more, item = _take(loop, epoch, self._tasks)
+                more, item = handoff.take()
                 if not more:
                     return
                 assert item is not None
                 yield item
         finally:
+            handoff.pending = None  # a request left by an interrupted wait is nobody's now
             if self._portal is portal:  # still open: stop this epoch now
                 portal.call(epoch.aclose)
 
