@@ -1,7 +1,7 @@
 """Prefetcher vs mirror-then-read, on one emulated version, in one run.
 
     .venv/bin/python -m benchmarks.prefetch_bench [--assets 2000] [--size 128KiB] [--nginx]
-        [--window 64] [--concurrency 32] [--step-ms 0] [--repeat 3] [--url-ttl 21600]
+        [--window 64] [--concurrency 32] [--step-ms 0] [--repeat 3] [--url-ttl 21600] [--fsync]
 
 A training loop wants its first sample early and then a steady stream. Both ways of feeding it
 run against the same emulated version (loopback only), into fresh folders, in turns:
@@ -9,6 +9,9 @@ run against the same emulated version (loopback only), into fresh folders, in tu
 * **prefetch**: ``for item in Prefetcher(settings, window=...)``, reading each file as it comes;
 * **mirror-then-read**: ``mirror(settings)``, then reading every file in listing order (the
   manifest's paths), as a loader over a finished mirror would.
+
+Both run without fsync (a training cache) unless ``--fsync`` asks for the default durability
+(files made durable before their rows are committed: group commit, for both sides).
 
 Each reports the time to the first item (from the start of the run), the steady rate (items/s
 after the first item, to the last), and the total. ``--step-ms`` adds a simulated training step
@@ -60,7 +63,7 @@ class Timing:
         return (self.items - 1) / span if span > 0 and self.items > 1 else float("inf")
 
 
-def _settings(emu: Emulator, dest: Path, concurrency: int) -> Settings:
+def _settings(emu: Emulator, dest: Path, concurrency: int, fsync: bool = False) -> Settings:
     return load_settings(
         {
             "api_url": emu.api_url,
@@ -68,8 +71,8 @@ def _settings(emu: Emulator, dest: Path, concurrency: int) -> Settings:
             "dest": dest,
             "token": SecretStr(emu.token),
             "limits": {"concurrency": concurrency, "per_host": concurrency},
-            # A training cache: no fsync (the same for both sides).
-            "transfer": {"fsync": False},
+            # A training cache: no fsync by default (the same for both sides).
+            "transfer": {"fsync": fsync},
         }
     )
 
@@ -163,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--nginx", action="store_true", help="serve the bytes with nginx")
     parser.add_argument("--url-ttl", type=float, default=6 * 3600.0, help="signed URL life (s)")
+    parser.add_argument("--fsync", action="store_true", help="durable files (both sides)")
     args = parser.parse_args(argv)
     if not 1 <= args.assets <= 200_000 or not 1 <= args.repeat <= 20:
         parser.error("--assets in 1..200000, --repeat in 1..20")
@@ -180,12 +184,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(order)} assets, {total_bytes / 2**20:.1f} MiB, window {args.window}, "
                 f"concurrency {args.concurrency}, step {args.step_ms:g} ms, "
                 f"storage {'nginx' if args.nginx else 'emulator'}, URLs live {args.url_ttl:g} s, "
+                f"fsync {'on' if args.fsync else 'off'}, "
                 f"{args.repeat} rounds"
             )
             for round_ in range(args.repeat):
                 for side in ("prefetch", "mirror") if round_ % 2 == 0 else ("mirror", "prefetch"):
                     dest = work / f"{side}-{round_}"
-                    settings = _settings(emu, dest, args.concurrency)
+                    settings = _settings(emu, dest, args.concurrency, args.fsync)
                     if side == "prefetch":
                         first, second = run_prefetch(settings, args.window, step_s)
                         results["prefetch"].append(first)

@@ -136,6 +136,11 @@ class ManifestWriter:
     ``journal``: each file put here is written to it first, and it is emptied whenever
     everything put has been committed (:mod:`engine.pipeline.placed_journal`: a run killed in
     between leaves files the next run adopts instead of fetching them again).
+
+    ``spacing``: seconds from the start of one transaction to the next at least (0: none).
+    A caller whose rows trickle in (a prefetcher's window lands a few files at a time) gets
+    fewer, larger transactions; what was put waits at most that long more, and a
+    :meth:`flush` does not wait for it.
     """
 
     def __init__(
@@ -146,8 +151,12 @@ class ManifestWriter:
         *,
         barrier: Callable[[], Awaitable[object]] | None = None,
         journal: PlacedJournal | None = None,
+        spacing: float = 0.0,
     ) -> None:
         self.db = db
+        self.spacing = spacing
+        self._last_start = -math.inf
+        self._hurry = anyio.Event()  # set by flush(): someone waits, commit now
         self.journal = journal
         self.run_id = run_id
         self.on_committed = on_committed
@@ -168,6 +177,7 @@ class ManifestWriter:
         """Return once everything put so far is committed."""
         done = anyio.Event()
         self.put(After(done.set))
+        self._hurry.set()
         await done.wait()
 
     def close(self) -> None:
@@ -176,9 +186,21 @@ class ManifestWriter:
 
     async def run(self) -> None:
         async with self._rx:
+            held: list[Item] = []  # taken from the stream, not yet handed to a transaction
             try:
                 async for first in self._rx:
-                    await self._commit(take_batch(self._rx, first))
+                    held = [first]
+                    if self.spacing > 0:
+                        wait = self._last_start + self.spacing - anyio.current_time()
+                        if wait > 0 and not self._hurry.is_set():
+                            with anyio.move_on_after(wait):
+                                await self._hurry.wait()
+                        if self._hurry.is_set():
+                            self._hurry = anyio.Event()
+                        self._last_start = anyio.current_time()
+                    batch = take_batch(self._rx, first)
+                    held = []
+                    await self._commit(batch)
                     if (
                         self.journal is not None
                         and self._barrier_failed is None
@@ -189,7 +211,7 @@ class ManifestWriter:
                 # Cancelled (a signal, a fatal error): files already in place must still reach
                 # the database, or the next run would fetch them again.
                 with anyio.CancelScope(shield=True):
-                    leftover = take_leftovers(self._rx)
+                    leftover = held + take_leftovers(self._rx)
                     if leftover:
                         await self._commit(leftover)
 

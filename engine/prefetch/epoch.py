@@ -33,12 +33,13 @@ hang.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +133,13 @@ class EpochRun:
         self._active: dict[str, int] = {}  # asset id -> position of its download in flight
         self._tg: TaskGroup | None = None
         self._closed = False
-        self._idle: deque[anyio.Event] = deque()  # fetchers waiting for a download to start
+        # Fetchers waiting for a download to start: bare futures of the loop (an anyio.Event
+        # asks anyio, sniffio and the loop which library runs, at every wait).
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Called at the end of every _notify (the plain iterator serves a consumer waiting in
+        # another thread from here: as soon as its item is ready, not a loop turn later).
+        self.on_change: Callable[[], None] | None = None
         self._reserved: dict[int, int] = {}  # position -> bytes the disk budget set aside for it
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -205,6 +212,8 @@ class EpochRun:
             # A woken fetcher that finds nothing to start costs a task switch and a lock: most
             # events (an item taken far behind the window's edge, metadata in) allow none.
             self._wake_fetcher()
+        if self.on_change is not None:
+            self.on_change()
 
     def _could_start(self) -> bool:
         return self.window.queued > 0 and self.window.next_download() is not None
@@ -229,23 +238,23 @@ class EpochRun:
     def _wake_fetcher(self, everyone: bool = False) -> None:
         while self._idle:
             waiter = self._idle.popleft()
-            if not waiter.is_set():
-                waiter.set()
+            if not waiter.done():  # a cancelled fetcher's is done: wake the next one instead
+                waiter.set_result(None)
                 if not everyone:
                     return
 
     async def _idle_wait(self, poll: float | None = None) -> None:
-        """Wait to be woken (or ``poll`` seconds at most)."""
-        waiter = anyio.Event()
+        """Wait to be woken (or ``poll`` seconds at most: a timed-out waiter is cancelled, so
+        :meth:`_wake_fetcher` passes over it)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        waiter = self._loop.create_future()
         self._idle.append(waiter)
         if poll is None:
-            await waiter.wait()
+            await waiter
             return
-        with anyio.move_on_after(poll) as waited:
-            await waiter.wait()
-        if waited.cancelled_caught:
-            with contextlib.suppress(ValueError):
-                self._idle.remove(waiter)  # a wake must never go to a fetcher that left
+        with anyio.move_on_after(poll):
+            await waiter
 
     # -- the consumer ------------------------------------------------------------------------
 

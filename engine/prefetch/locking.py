@@ -76,27 +76,32 @@ class FetchLocks:
         digest = hashlib.blake2b(asset_id.encode("utf-8", "surrogatepass"), digest_size=8)
         return int.from_bytes(digest.digest(), "big") % FETCH_RANGE
 
-    async def _lock(self, index: int) -> bool:
-        """Take the byte's lock; True if another process held it meanwhile."""
-        waited = False
+    def _try_lock(self, index: int) -> bool:
+        """One attempt at the byte's lock, without waiting: True once it is ours (or when this
+        file system has no locks: the claims still keep paths apart)."""
+        if not self._working:
+            return True
+        try:
+            range_lock(self._fd, fcntl.F_WRLCK, index)
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            if exc.errno in NO_FLOCK:
+                log.warning("no file locks on %s: downloads are not serialised", self.path)
+                self._working = False
+                return True
+            raise UsageError(f"cannot lock {self.path}: {exc.strerror}") from None
+
+    async def _lock(self, index: int) -> None:
+        """Take the byte's lock, which another process held a moment ago: poll until it lets
+        go."""
         delay = 0.01
-        while self._working:
-            try:
-                range_lock(self._fd, fcntl.F_WRLCK, index)
-                return waited
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    waited = True
-                elif exc.errno in NO_FLOCK:
-                    # No locks on this file system: the claims still keep paths apart.
-                    log.warning("no file locks on %s: downloads are not serialised", self.path)
-                    self._working = False
-                else:
-                    raise UsageError(f"cannot lock {self.path}: {exc.strerror}") from None
-            if waited:
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.2)
-        return waited
+        while True:
+            await anyio.sleep(delay)
+            if self._try_lock(index):
+                return
+            delay = min(delay * 2, 0.2)
 
     @contextlib.asynccontextmanager
     async def hold(self, asset_id: str) -> AsyncIterator[bool]:
@@ -113,9 +118,14 @@ class FetchLocks:
                     await stripe.acquiring.wait()
                     waited = True
                     continue
+                if self._try_lock(index):
+                    # Nobody had it: the usual case, with no event and no wait to pay for.
+                    stripe.locked = True
+                    break
                 stripe.acquiring = anyio.Event()
                 try:
-                    waited = await self._lock(index) or waited
+                    await self._lock(index)
+                    waited = True
                     stripe.locked = True
                 finally:
                     stripe.acquiring.set()

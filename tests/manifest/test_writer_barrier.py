@@ -95,3 +95,32 @@ async def test_a_failed_barrier_keeps_its_files_out_records_the_rest_and_stops(
         assert rows == {"a": "ok", "c": "failed"}
     finally:
         manifest.close()
+
+
+async def test_spaced_transactions_take_what_landed_meanwhile_and_lose_nothing_when_cancelled(
+    tmp_path: Path,
+) -> None:
+    manifest = Manifest.open(tmp_path)
+    try:
+        run_id = manifest.begin_run("dv", "http://127.0.0.1", {})
+        # Far longer than the test may take: only a flush, or the end, makes the writer go.
+        writer = ManifestWriter(ManifestAccess(manifest), run_id, spacing=600.0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run)
+            with anyio.fail_after(30):
+                writer.put(update("a"))
+                await writer.flush()  # the first transaction goes at once
+                for name in "bcde":  # rows trickling in, one per turn of the loop
+                    writer.put(update(name))
+                    await anyio.sleep(0)
+                await anyio.sleep(0.05)
+                assert _ok_ids(manifest) == {"a"}  # held back by the spacing...
+                await writer.flush()  # ...which a flush does not wait out
+            assert writer.commits == 2  # b..e went in one transaction together
+            assert _ok_ids(manifest) == set("abcde")
+            writer.put(update("f"))
+            await anyio.sleep(0.05)  # the writer holds f, waiting out the spacing
+            tg.cancel_scope.cancel()
+        assert _ok_ids(manifest) == set("abcdef")  # committed on the way out
+    finally:
+        manifest.close()

@@ -1,5 +1,5 @@
-"""Group commit: a mirror SIGKILLed while it commits, then a power cut, leaves no row without
-its bytes.
+"""Group commit: a mirror (or a prefetcher) SIGKILLed while it commits, then a power cut, leaves
+no row without its bytes.
 
 The mirror writes small files without an fsync each and records them only after a barrier made
 them durable (:mod:`engine.pipeline.writer`). A SIGKILL alone cannot tell whether that barrier
@@ -26,6 +26,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -172,13 +173,39 @@ def _power_cut_copy(image: Path, where: Path, expected: dict[str, ExpectedAsset]
         copy.unlink()
 
 
+# The prefetcher over the same pipeline: items go out as their files land, rows after the barrier.
+_PREFETCH_CHILD = """
+import sys
+from engine.prefetch import Prefetcher
+from engine.settings import load_settings
+
+api, version, dest = sys.argv[1:4]
+settings = load_settings({"api_url": api, "dataset_version": version, "dest": dest})
+with Prefetcher(settings, window=64) as prefetcher:
+    for item in prefetcher:
+        pass
+"""
+
+
+def _command(tool: str, emu: Emulator, dest: Path) -> list[str]:
+    if tool == "mirror":
+        return mirror_command(emu, dest, "-q")
+    return [sys.executable, "-c", _PREFETCH_CHILD, emu.api_url, emu.dataset_version_id, str(dest)]
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("barrier", ["files", "syncfs"])
+@pytest.mark.parametrize(
+    ("tool", "barrier"),
+    [("mirror", "files"), ("mirror", "syncfs"), ("prefetch", "files"), ("prefetch", "syncfs")],
+)
 def test_a_power_cut_after_a_kill_during_group_commits_leaves_no_row_without_its_bytes(
-    tmp_path: Path, barrier: str
+    tmp_path: Path, tool: str, barrier: str
 ) -> None:
     emu = Emulator(assets=ASSETS, seed=13, min_size=1 * KiB, max_size=64 * KiB, large_share=0.0)
-    rng = random.Random(f"group-commit-cut:{barrier}")
+    seed = (
+        f"group-commit-cut:{barrier}" if tool == "mirror" else f"group-commit-cut:{tool}:{barrier}"
+    )
+    rng = random.Random(seed)
     kills = runs = 0
     checked_on_copies = 0
     with emu.in_thread() as running, _loop_ext4(tmp_path / "fs") as (mnt, image):
@@ -191,7 +218,7 @@ def test_a_power_cut_after_a_kill_during_group_commits_leaves_no_row_without_its
             ASSETSYNC_TRANSFER__BARRIER=barrier,
             ASSETSYNC_TRANSFER__DISK_RESERVE="0",
         )
-        argv = mirror_command(running, dest, "-q")
+        argv = _command(tool, running, dest)
         while kills < MIN_KILLS:
             assert runs < MAX_RUNS, f"only {kills} of {runs} runs were killed while committing"
             runs += 1
