@@ -156,6 +156,26 @@ def _recount(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE budget_totals SET value = ? WHERE key = 'seq'", (int(count),))
 
 
+def _count_unbooked(conn: sqlite3.Connection) -> None:
+    """A holder died: files it placed whose rows it committed may never have reached the books
+    (its last changes died with it). Count every file on record that the books lack; a live
+    holder's file caught this way is counted twice until its own record replaces the entry
+    (too much, never too little)."""
+    seq = _total(conn, "seq")
+    added = conn.execute(
+        "INSERT INTO budget_files (asset_id, path, size, seq)"
+        " SELECT a.asset_id, a.path, coalesce(a.size, 0),"
+        " ? + row_number() OVER (ORDER BY coalesce(a.fetched_at, 0), a.asset_id)"
+        " FROM assets AS a WHERE a.state = 'ok' AND a.path IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM budget_files AS f WHERE f.asset_id = a.asset_id)",
+        (seq,),
+    ).rowcount
+    if added:
+        total = conn.execute("SELECT coalesce(sum(size), 0) FROM budget_files").fetchone()[0]
+        conn.execute("UPDATE budget_totals SET value = ? WHERE key = 'files'", (int(total),))
+        _add_total(conn, "seq", added)
+
+
 def leave(
     conn: sqlite3.Connection,
     holder: int,
@@ -287,6 +307,7 @@ def admit(
         if freed < need:
             # Dead holders may keep pins and reservations: clear them, and look again.
             if _clear_dead(conn, holder, alive)[1]:
+                _count_unbooked(conn)
                 total = usage(conn)
                 need = total + reserve - budget
                 victims, freed = _candidates(conn, need)

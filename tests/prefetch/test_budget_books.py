@@ -109,8 +109,11 @@ def test_the_books_keep_their_promises(data, cold, budget):
 
 
 def _cold(i: int, size: int) -> AssetUpdate:
-    key = f"c{i}"
-    file = FileInfo(_path(key), size, "0" * 64, None, 1.0e9 + i)  # fetched in this order
+    return _row(f"c{i}", size, fetched_at=1.0e9 + i)  # fetched in this order
+
+
+def _row(key: str, size: int, fetched_at: float | None = None) -> AssetUpdate:
+    file = FileInfo(_path(key), size, "0" * 64, None, fetched_at)
     return dataclasses.replace(update(key), file=file)
 
 
@@ -271,3 +274,38 @@ def _play(m: Manifest, data: st.DataObject, cold: list[int], budget: int) -> Non
     )
     assert {holder for _, holder in pins} <= {holders[0].id}
     _check(m, model, holders)
+
+
+def test_files_a_dead_holder_placed_are_counted_when_it_is_cleared(tmp_path: Path):
+    """A worker killed after committing a file's row, before its books heard of the file: once
+    it is found dead, the file is counted (and can be evicted), never left on disk unseen."""
+    dead: set[int] = set()
+
+    def alive(holder: int, pid: int) -> bool:
+        return holder not in dead
+
+    def admit(m: Manifest, holder: int, key: str, reserve: int) -> books.Admission:
+        step = functools.partial(
+            books.admit,
+            holder=holder,
+            budget=1000,
+            asset_id=key,
+            path=_path(key),
+            reserve=reserve,
+            must=False,
+            unlink=lambda path: True,
+            alive=alive,
+        )
+        return m.budget_books("admit", step)
+
+    with Manifest.open(tmp_path) as m:
+        run = m.begin_run("dv", "http://x", {})
+        a, b = _join(m, 1000, alive), _join(m, 1000, alive)
+        assert admit(m, b, "x", 300).granted
+        m.apply([_row("x", 300)], run)  # b placed x and committed its row, then was killed
+        dead.add(b)
+        admission = admit(m, a, "y", 800)  # room for y means x must go
+        assert admission.granted and not admission.forced
+        assert [asset_id for asset_id, _, _ in admission.evicted] == ["x"]
+        assert m.row("x").state == "evicted"
+        assert m.budget_books("read", books.usage) == 800

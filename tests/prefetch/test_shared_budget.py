@@ -8,6 +8,8 @@ every item handed out is whole and correct, and a killed worker never blocks the
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sqlite3
 import subprocess
@@ -31,8 +33,43 @@ from tests.prefetch.helpers import (
 )
 
 
+def _children() -> list[int]:
+    """This process's child processes (a DataLoader's workers)."""
+    me = os.getpid()
+    pids: set[int] = set()
+    for task in os.listdir(f"/proc/{me}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{me}/task/{task}/children") as fh:
+            pids.update(int(pid) for pid in fh.read().split())
+    return sorted(pids)
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is stopped (or the process is gone)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # that thread is gone
+        if state not in ("T", "t", "Z", "X"):
+            return False
+    return True
+
+
 class DiskSampler:
-    """Samples the data bytes under DEST from a thread while the prefetchers run."""
+    """Samples the data bytes under DEST from a thread while the prefetchers run.
+
+    A walk of DEST is not atomic: a file counted just before another process evicts it, and a
+    file that process then writes before the walk reaches it, are both counted though they
+    were never on disk together. With the books at the budget (as a streaming cache keeps
+    them) that alone reads as over the budget. So each sample stops the child processes (the
+    DataLoader's workers) with SIGSTOP, waits until they are stopped, walks, and lets them go
+    on: every file operation has either happened or not.
+    """
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
@@ -40,11 +77,27 @@ class DiskSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> int:
+        kids = _children()
+        for pid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 5
+            while not all(_stopped(pid) for pid in kids):
+                assert time.monotonic() < deadline, "a worker did not stop"
+                time.sleep(0.0005)
+            return data_bytes_on_disk(self.dest)
+        finally:
+            for pid in kids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             if self.dest.exists():
-                self.samples.append(data_bytes_on_disk(self.dest))
-            time.sleep(0.002)
+                self.samples.append(self._sample())
+            time.sleep(0.003)
 
     def __enter__(self) -> DiskSampler:
         self._thread.start()
