@@ -107,18 +107,29 @@ def join(
     hold: Callable[[int], None],
     retire: int | None = None,
 ) -> tuple[int, bool]:
-    """Register a prefetcher; returns its holder id and whether it is the first one alive.
+    """Register a prefetcher; returns its holder id and whether no other one is open.
 
-    The first holder with a budget counts the files from the manifest (a mirror may have changed
-    them since the last prefetchers left). ``hold(holder)`` takes the holder's liveness lock
-    before the registration is committed, so nobody can see it registered and not alive.
-    ``retire``: a seat this process left behind (:func:`leave` with ``stay``), replaced now.
+    With no other prefetcher open, nothing held DEST's lock shared, so a mirror may have changed
+    the files since: a holder with a budget then counts them again from the manifest.
+    ``hold(holder)`` takes the holder's liveness lock before the registration is committed, so
+    nobody can see it registered and not alive. ``retire``: a seat this process left behind
+    (:func:`leave` with ``stay``), replaced now. Seats left behind by other processes with
+    another budget are retired too: their sessions are over, and only open ones must agree.
     """
     if retire is not None:
         conn.execute("DELETE FROM budget_holders WHERE holder = ?", (retire,))
-    live, _ = _clear_dead(conn, None, alive)
+    _clear_dead(conn, None, alive)
+    conn.execute(
+        "DELETE FROM budget_holders WHERE closed IS NOT NULL AND budget IS NOT ?", (budget,)
+    )
+    (live,) = conn.execute("SELECT count(*) FROM budget_holders WHERE closed IS NULL").fetchone()
     if live:
-        others = {b for (b,) in conn.execute("SELECT DISTINCT budget FROM budget_holders")}
+        others = {
+            b
+            for (b,) in conn.execute(
+                "SELECT DISTINCT budget FROM budget_holders WHERE closed IS NULL"
+            )
+        }
         if others != {budget}:
             theirs = ", ".join(
                 "none" if b is None else f"{b} bytes" for b in sorted(others, key=str)
@@ -140,8 +151,8 @@ def join(
 
 
 def _recount(conn: sqlite3.Connection) -> None:
-    """The files on record, in the order they were fetched (the last fetched go first)."""
-    conn.execute("DELETE FROM budget_pins")
+    """The files on record, in the order they were fetched (the last fetched go first). The
+    pins stay: they are those of seats left behind, whose items are still being read."""
     conn.execute("DELETE FROM budget_files")
     conn.execute(
         "INSERT INTO budget_files (asset_id, path, size, seq)"
@@ -183,6 +194,7 @@ def leave(
     *,
     stay: bool = False,
     retire: int | None = None,
+    now: float = 0.0,
 ) -> None:
     """A holder leaves: what it learnt last is recorded; its pins and reservations go. With
     ``stay`` its seat and remaining pins stay (its process is alive and its consumer may still
@@ -192,7 +204,9 @@ def leave(
     if retire is not None:
         conn.execute("DELETE FROM budget_holders WHERE holder = ?", (retire,))
     if stay:
-        conn.execute("UPDATE budget_holders SET reserved = 0 WHERE holder = ?", (holder,))
+        conn.execute(
+            "UPDATE budget_holders SET reserved = 0, closed = ? WHERE holder = ?", (now, holder)
+        )
     else:
         conn.execute("DELETE FROM budget_holders WHERE holder = ?", (holder,))
 

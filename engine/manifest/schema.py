@@ -194,12 +194,14 @@ DROP_STAGED_ANNOTATIONS_INDEX = "DROP INDEX IF EXISTS temp.staged_annotations_by
 _V2 = statements(
     # One row per live prefetcher (with or without a budget: they must agree on it). ``reserved``:
     # bytes of its downloads in flight, counted against the budget until their files are recorded.
+    # ``closed``: its session ended, its process lives on (its last items stay pinned).
     """CREATE TABLE budget_holders (
         holder   INTEGER PRIMARY KEY AUTOINCREMENT,
         budget   INTEGER,
         reserved INTEGER NOT NULL DEFAULT 0,
         pid      INTEGER NOT NULL,
-        joined   REAL NOT NULL
+        joined   REAL NOT NULL,
+        closed   REAL
     )""",
     # The files on disk the budget counts; ``seq``: when last used (evictions take the highest
     # first). One row per asset, written only once the asset's manifest row is committed.

@@ -182,6 +182,7 @@ class BudgetSeat:
                     changes=self._take(),
                     stay=stay,
                     retire=older.holder if older is not None else None,
+                    now=time.time(),
                 )
                 try:
                     await self._books("leave the prefetchers of DEST", left)

@@ -309,3 +309,45 @@ def test_files_a_dead_holder_placed_are_counted_when_it_is_cleared(tmp_path: Pat
         assert [asset_id for asset_id, _, _ in admission.evicted] == ["x"]
         assert m.row("x").state == "evicted"
         assert m.budget_books("read", books.usage) == 800
+
+
+def test_a_seat_left_behind_keeps_its_pins_but_binds_no_one_to_its_budget(tmp_path: Path):
+    """A session that ended while its process lives leaves its seat, pinning the items it
+    handed out last. A prefetcher with the same budget keeps those pins (and, as no other one
+    is open, counts the files again: a mirror may have run meanwhile); one with another budget
+    is not refused for it: the seat is retired."""
+
+    def alive(holder: int, pid: int) -> bool:
+        return True
+
+    with Manifest.open(tmp_path) as m:
+        run = m.begin_run("dv", "http://x", {})
+        old = _join(m, 1000, alive)
+        pin = books.Changes(pinned=["x"])
+        m.budget_books("pin", functools.partial(books.apply_changes, holder=old, changes=pin))
+        left = functools.partial(
+            books.leave, holder=old, changes=books.Changes(), stay=True, now=1.0
+        )
+        m.budget_books("leave", left)
+        m.apply([_row("x", 300), _row("y", 200)], run)  # a mirror ran meanwhile
+
+        step = functools.partial(
+            books.join, budget=1000, pid=1, now=0.0, alive=alive, hold=lambda holder: None
+        )
+        same, first = m.budget_books("join", step)
+        assert first  # no other open: the files were counted again
+        assert m.budget_books("read", books.usage) == 500
+        pins = m.budget_books("pins", lambda c: c.execute("SELECT * FROM budget_pins").fetchall())
+        assert pins == [("x", old)]
+        m.budget_books(
+            "leave", functools.partial(books.leave, holder=same, changes=books.Changes())
+        )
+
+        step = functools.partial(
+            books.join, budget=2000, pid=1, now=0.0, alive=alive, hold=lambda holder: None
+        )
+        other, _ = m.budget_books("join", step)  # not refused
+        holders = m.budget_books(
+            "holders", lambda c: c.execute("SELECT holder FROM budget_holders").fetchall()
+        )
+        assert holders == [(other,)]
