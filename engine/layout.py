@@ -72,7 +72,8 @@ _BAD_CHARS = re.compile(r'[\x00-\x1f\x7f-\x9f<>:"|?*\ud800-\udfff]')
 _SEPARATORS = re.compile(r"[/\\]+")
 _DRIVE = re.compile(r"^[A-Za-z]:$")
 _SAFE_EXT = re.compile(r"^\.[A-Za-z0-9]{1,16}$")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+# Not ending with a dot: Windows and SMB drop a trailing dot, so "0." would become "0".
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?$")
 _RESERVED = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
     + [f"{dev}{n}" for dev in ("COM", "LPT") for n in ("0123456789¹²³")]
