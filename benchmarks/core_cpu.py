@@ -57,7 +57,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from benchmarks.corpus import KIB, Corpus, CorpusSpec, build, warm
-from benchmarks.per_file_cpu import PERF_SYSCALLS, parse_perf_stat
+from benchmarks.per_file_cpu import parse_perf_stat, perf_events
 
 ROOT = Path(__file__).resolve().parent
 MODES = ("nofsync", "fsync", "group-syncfs", "group-files")
@@ -174,18 +174,6 @@ class Runs:
         return path
 
 
-def _perf_events() -> list[str]:
-    tracing = Path("/sys/kernel/tracing/events")
-    events = ["context-switches"]
-    if (tracing / "raw_syscalls" / "sys_enter").exists():
-        events.append("raw_syscalls:sys_enter")
-    return events + [
-        f"syscalls:sys_enter_{name}"
-        for name in PERF_SYSCALLS
-        if (tracing / "syscalls" / f"sys_enter_{name}").exists()
-    ]
-
-
 def run_child(
     mode: str,
     urls: list[tuple[str, str]],
@@ -215,7 +203,7 @@ def run_child(
             "-o",
             str(perf_out),
             "-e",
-            ",".join(_perf_events()),
+            ",".join(perf_events()),
             "--",
             *argv,
         ]

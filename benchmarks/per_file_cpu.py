@@ -330,7 +330,8 @@ def parse_perf_stat(text: str) -> list[tuple[str, int]]:
     return rows
 
 
-def _perf_events() -> list[str]:
+def perf_events() -> list[str]:
+    """The perf events counted: context switches and the syscalls this kernel can trace."""
     tracing = Path("/sys/kernel/tracing/events")
     events = ["context-switches"]
     if (tracing / "raw_syscalls" / "sys_enter").exists():
@@ -365,7 +366,7 @@ def run_counted(
             "-o",
             str(out),
             "-e",
-            ",".join(_perf_events()),
+            ",".join(perf_events()),
             "--",
             *inv.argv,
         ]
