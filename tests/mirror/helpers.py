@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from engine.emulator import Emulator
+from engine.errors import EngineError
 from engine.manifest import Manifest
 from engine.settings import Settings, load_settings
 
@@ -31,7 +32,17 @@ def settings_for(emu: Emulator, dest: Path, **overrides: Any) -> Settings:
 
 
 def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def ok_count(dest: Path) -> int:
+    """Assets recorded ok, read from a read-only connection (0 before the manifest exists)."""
+    try:
+        with Manifest.open(dest, create=False, read_only=True) as manifest:
+            return manifest.status().states["ok"]
+    except EngineError:
+        return 0
 
 
 def files_under(dest: Path) -> set[str]:

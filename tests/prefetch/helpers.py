@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import threading
 from pathlib import Path
 
 from engine.emulator import Emulator
 from engine.settings import Settings
-from tests.mirror.helpers import settings_for
+from tests.mirror.helpers import settings_for, sha256_of
 
 __all__ = [
     "data_bytes_on_disk",
@@ -26,10 +25,6 @@ __all__ = [
 def listing(emu: Emulator) -> list[str]:
     """The version's asset ids in listing order."""
     return list(emu.dataset.asset_ids())
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def data_bytes_on_disk(dest: Path) -> int:

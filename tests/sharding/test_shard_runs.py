@@ -80,15 +80,16 @@ def _run_shards(emu: Emulator, dests: list[Path], *more: str) -> list[dict[str, 
     return summaries
 
 
+def _on_dest(*args: str) -> subprocess.CompletedProcess[str]:
+    """An ``assetsync`` command that reads DEST only (no token, no platform)."""
+    return subprocess.run(
+        [*ASSETSYNC, *args], env=command_env(None), capture_output=True, text=True, timeout=60
+    )
+
+
 def _export(dest: Path) -> dict[str, dict[str, Any]]:
     """``assetsync manifest export`` of DEST (all its manifests), by asset id."""
-    done = subprocess.run(
-        [*ASSETSYNC, "manifest", "export", "--dest", str(dest)],
-        env=command_env(None),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _on_dest("manifest", "export", "--dest", str(dest))
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     ids = [row["asset_id"] for row in rows]
@@ -98,14 +99,8 @@ def _export(dest: Path) -> dict[str, dict[str, Any]]:
 
 
 def _status(dest: Path) -> dict[str, Any]:
-    done = subprocess.run(
-        [*ASSETSYNC, "status", "--dest", str(dest), "--json"],
-        env=command_env(None),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = _on_dest("status", "--dest", str(dest), "--json")
+    assert done.returncode == 0, done.stderr
     payload = json.loads(done.stdout)
     assert isinstance(payload, dict)
     return payload
@@ -192,13 +187,7 @@ def test_shards_into_one_shared_dest_make_one_mirror(emu: Emulator, tmp_path: Pa
     # verify reads every shard's manifest: one damaged file of shard 2 is found and marked.
     victim = next(a for a, row in rows.items() if shard_of(a, COUNT) == 2)
     (dest / rows[victim]["path"]).write_bytes(b"damaged")
-    verified = subprocess.run(
-        [*ASSETSYNC, "verify", "--dest", str(dest), "--json"],
-        env=command_env(None),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    verified = _on_dest("verify", "--dest", str(dest), "--json")
     assert verified.returncode == 1, verified.stderr
     report = json.loads(verified.stdout)
     assert report["checked"] == len(rows)

@@ -20,7 +20,6 @@ runs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -35,9 +34,9 @@ from pathlib import Path
 import pytest
 
 from engine.emulator import Emulator, ExpectedAsset
-from engine.errors import EngineError
 from engine.manifest import Manifest
 from tests.command import command_env, mirror_command
+from tests.mirror.helpers import ok_count, sha256_of
 
 pytestmark = [
     pytest.mark.slow,
@@ -101,11 +100,6 @@ def _loop_ext4(where: Path) -> Iterator[tuple[Path, Path]]:
         _run("umount", "-l", str(back))
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _check_rows(dest: Path, expected: dict[str, ExpectedAsset], *, copy: bool = False) -> int:
     """Every row recorded ok has the object's bytes on disk, whole; returns how many rows.
 
@@ -123,16 +117,8 @@ def _check_rows(dest: Path, expected: dict[str, ExpectedAsset], *, copy: bool = 
         path = dest / row.path
         assert path.is_file(), f"{row.asset_id}: recorded, but {row.path} is missing"
         assert path.stat().st_size == row.size, f"{row.asset_id}: {row.path} is cut short"
-        assert _sha256(path) == row.sha256, f"{row.asset_id}: {row.path} has other bytes"
+        assert sha256_of(path) == row.sha256, f"{row.asset_id}: {row.path} has other bytes"
     return len(rows)
-
-
-def _ok_count(dest: Path) -> int:
-    try:
-        with Manifest.open(dest, create=False, read_only=True) as manifest:
-            return manifest.status().states["ok"]
-    except EngineError:
-        return 0
 
 
 def _manifest_written_back_first(dest: Path) -> None:
@@ -222,11 +208,11 @@ def test_a_power_cut_after_a_kill_during_group_commits_leaves_no_row_without_its
         while kills < MIN_KILLS:
             assert runs < MAX_RUNS, f"only {kills} of {runs} runs were killed while committing"
             runs += 1
-            if _ok_count(dest) == ASSETS:
+            if ok_count(dest) == ASSETS:
                 # A kill landed after the last commit (under load one barrier can cover all
                 # that was left): start over, so that the next run has commits to kill.
                 shutil.rmtree(dest)
-            before = _ok_count(dest)
+            before = ok_count(dest)
             # Somewhere in the first quarter of what is left: later runs still have work.
             target = before + rng.randint(1, max(1, (ASSETS - before) // 4))
             started = time.monotonic()
@@ -235,7 +221,7 @@ def test_a_power_cut_after_a_kill_during_group_commits_leaves_no_row_without_its
             )
             try:
                 while proc.poll() is None:
-                    if _ok_count(dest) >= target:
+                    if ok_count(dest) >= target:
                         time.sleep(rng.random() * 0.05)  # anywhere in the commits that follow
                         proc.send_signal(signal.SIGKILL)
                         break

@@ -43,7 +43,6 @@ printed with a line per cycle (``pytest -s`` shows them; a failure prints them a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -57,10 +56,9 @@ from pathlib import Path
 import pytest
 
 from engine.emulator import Emulator, ExpectedAsset, FaultRule
-from engine.errors import EngineError
 from engine.manifest import Manifest
 from tests.command import ASSETSYNC, command_env, mirror_command
-from tests.mirror.helpers import assert_mirror_matches
+from tests.mirror.helpers import assert_mirror_matches, ok_count, sha256_of
 
 pytestmark = pytest.mark.slow
 
@@ -140,15 +138,6 @@ def _schedule(rng: random.Random) -> list[str]:
     return early + late
 
 
-def _ok_count(dest: Path) -> int:
-    """Assets recorded ok, read from a read-only connection (0 before the manifest exists)."""
-    try:
-        with Manifest.open(dest, create=False, read_only=True) as manifest:
-            return manifest.status().states["ok"]
-    except EngineError:
-        return 0
-
-
 class _OkCounter:
     """:func:`_ok_count` read at most every 50 ms: opening the manifest costs a few ms of the
     CPU the run under test needs."""
@@ -161,7 +150,7 @@ class _OkCounter:
     def __call__(self) -> int:
         now = time.monotonic()
         if now - self._read_at >= 0.05:
-            self._value = _ok_count(self.dest)
+            self._value = ok_count(self.dest)
             self._read_at = now
         return self._value
 
@@ -184,7 +173,7 @@ class Baseline:
             c.requests["assets_list"],
             c.storage_requests,
             c.storage_bytes,
-            _ok_count(dest),
+            ok_count(dest),
         )
 
 
@@ -271,11 +260,6 @@ def _phase(emu: Emulator, base: Baseline, ok_after: int) -> str:
     return "finishing"
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _check_committed(dest: Path, expected: dict[str, ExpectedAsset]) -> int:
     """Every row recorded ok names the version's bytes, and its file holds exactly those.
 
@@ -294,7 +278,7 @@ def _check_committed(dest: Path, expected: dict[str, ExpectedAsset]) -> int:
         assert row.path is not None
         path = dest / row.path
         assert path.stat().st_size == row.size, (row.asset_id, row.path)
-        assert _sha256(path) == row.sha256, (row.asset_id, row.path)
+        assert sha256_of(path) == row.sha256, (row.asset_id, row.path)
     return len(rows)
 
 
