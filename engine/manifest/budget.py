@@ -154,24 +154,15 @@ def _recount(conn: sqlite3.Connection) -> None:
     """The files on record, in the order they were fetched (the last fetched go first). The
     pins stay: they are those of seats left behind, whose items are still being read."""
     conn.execute("DELETE FROM budget_files")
-    conn.execute(
-        "INSERT INTO budget_files (asset_id, path, size, seq)"
-        " SELECT asset_id, path, coalesce(size, 0),"
-        " row_number() OVER (ORDER BY coalesce(fetched_at, 0), asset_id)"
-        " FROM assets WHERE state = 'ok' AND path IS NOT NULL"
-    )
-    count, total = conn.execute(
-        "SELECT count(*), coalesce(sum(size), 0) FROM budget_files"
-    ).fetchone()
-    conn.execute("UPDATE budget_totals SET value = ? WHERE key = 'files'", (int(total),))
-    conn.execute("UPDATE budget_totals SET value = ? WHERE key = 'seq'", (int(count),))
+    conn.execute("UPDATE budget_totals SET value = 0 WHERE key IN ('files', 'seq')")
+    _count_unbooked(conn)
 
 
 def _count_unbooked(conn: sqlite3.Connection) -> None:
-    """A holder died: files it placed whose rows it committed may never have reached the books
-    (its last changes died with it). Count every file on record that the books lack; a live
-    holder's file caught this way is counted twice until its own record replaces the entry
-    (too much, never too little)."""
+    """Count every file on record that the books lack, after the files they have, in the order
+    they were fetched. When a holder died: files it placed whose rows it committed may never
+    have reached the books (its last changes died with it); a live holder's file caught this
+    way is counted twice until its own record replaces the entry (too much, never too little)."""
     seq = _total(conn, "seq")
     added = conn.execute(
         "INSERT INTO budget_files (asset_id, path, size, seq)"
