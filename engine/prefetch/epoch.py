@@ -244,8 +244,7 @@ class EpochRun:
                     return
 
     async def _idle_wait(self, poll: float | None = None) -> None:
-        """Wait to be woken (or ``poll`` seconds at most: a timed-out waiter is cancelled, so
-        :meth:`_wake_fetcher` passes over it)."""
+        """Wait to be woken (or ``poll`` seconds at most)."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         waiter = self._loop.create_future()
@@ -253,8 +252,13 @@ class EpochRun:
         if poll is None:
             await waiter
             return
-        with anyio.move_on_after(poll):
+        with anyio.move_on_after(poll) as waited:
             await waiter
+        if waited.cancelled_caught:
+            # Timed out: gone from the queue, or fetchers polling for room while nothing wakes
+            # them would add a future to it every poll (a cancelled one is passed over anyway).
+            with contextlib.suppress(ValueError):
+                self._idle.remove(waiter)
 
     # -- the consumer ------------------------------------------------------------------------
 
