@@ -62,6 +62,7 @@ from engine.transfer import ProgressEvent
 from engine.transfer.partial import Partial, PartialDir
 
 if TYPE_CHECKING:
+    from engine.prefetch.locking import HeldLock
     from engine.prefetch.session import Session
 
 __all__ = ["CANCEL_GRACE", "EpochRun"]
@@ -569,8 +570,9 @@ class EpochRun:
             self._active[job.asset.id] = position
             scope = anyio.CancelScope(shield=True)
             self._transfers.add(scope)
+            unlock: Callable[[], None] | None = None
             try:
-                async with self._one_fetcher(job) as placed:
+                async with self._one_fetcher(job) as (held, placed):
                     if placed is not None:
                         self._placed_by_another(position, entry, placed)
                         continue
@@ -587,16 +589,26 @@ class EpochRun:
                         # A cache keeps no half files (a partial sits outside the books); under
                         # the object's fetch lock, so no other process is resuming it.
                         self._discard_partial(job)
+                    unlock = held.keep()
             finally:
                 self._transfers.discard(scope)
                 self._active.pop(job.asset.id, None)
+            # From here to the writer's After below nothing awaits: the kept lock is released.
             reserved = self._reserved.pop(position, 0)
             if scope.cancelled_caught:
+                if unlock is not None:
+                    unlock()
                 self._give_back(reserved)
                 self.window.fail(position)
                 return
             entry.outcome = outcome
-            s.ledger.finished(outcome)
+            try:
+                s.ledger.finished(outcome)
+            finally:
+                if unlock is not None:
+                    # Released once the row is committed: a process that waited for this
+                    # object's lock then finds the row, not a file it would download again.
+                    s.writer.put(After(unlock))
             if outcome.result is not None:
                 s.stats.downloaded += 1
                 self.window.finished(position, outcome.result.size)
@@ -624,12 +636,14 @@ class EpochRun:
                 os.unlink(path)
 
     @contextlib.asynccontextmanager
-    async def _one_fetcher(self, job: AssetJob) -> AsyncIterator[AssetRow | None]:
-        """Hold the object's fetch lock (DEST is shared); if another process held it, yield the
-        row of the file it put in place meanwhile (None: download it)."""
+    async def _one_fetcher(self, job: AssetJob) -> AsyncIterator[tuple[HeldLock, AssetRow | None]]:
+        """Hold the object's fetch lock (DEST is shared); if another prefetcher may have put
+        the file in place since it was planned, yield with it that file's row (None: download
+        it)."""
         locks = self.s.fetch_locks
-        async with locks.hold(job.asset.id) as waited:
-            yield await self._in_place(job) if waited else None
+        async with locks.hold(job.asset.id) as held:
+            look = held.waited or not locks.alone()
+            yield held, await self._in_place(job) if look else None
 
     async def _in_place(self, job: AssetJob) -> AssetRow | None:
         s = self.s

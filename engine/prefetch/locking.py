@@ -5,7 +5,14 @@ asset and data) assume a single writer, and a second process reopening a partial
 has just renamed into place would write into the placed file. So a download holds an exclusive
 lock on one byte of ``.assetsync/fetching.lock`` (the byte is chosen by a hash of the asset id,
 :data:`FETCH_RANGE` of them: two assets rarely share one); a prefetcher that had to wait for it
-first checks whether the other one has put the file in place already. The locks are Linux's
+first checks whether the other one has put the file in place already. For that check to see
+the file, a download keeps its lock until the file's manifest row is committed (group commit
+holds rows back for up to a commit's spacing and barrier), not only until the file is renamed
+into place: :meth:`HeldLock.keep`. Whether another prefetcher could have placed it is asked of
+one more byte, :data:`PRESENCE`, which every open ``FetchLocks`` read-locks: a download made while
+another is present looks for the other's row first, whether or not it had to wait for the lock
+(the other may have fetched the object and let go before this one came to it, after this one
+had planned it from the manifest). Alone, no download pays for that look. The locks are Linux's
 open-file-description locks (``F_OFD_SETLK``): like ``flock`` they belong to the open file, so
 two prefetchers in one process exclude each other too, and one descriptor serves every object
 (the per-object lock files this replaces cost a file creation per object on a fresh DEST, a
@@ -22,8 +29,8 @@ import hashlib
 import logging
 import os
 import struct
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -32,23 +39,45 @@ from engine.errors import UsageError
 from engine.pipeline.sharing import NO_FLOCK, open_lock_file
 from engine.state_folder import StateFolder
 
-__all__ = ["FETCH_RANGE", "FetchLocks", "range_lock"]
+__all__ = ["FETCH_RANGE", "FetchLocks", "HeldLock", "range_lock"]
 
 log = logging.getLogger("engine.prefetch")
 
 FETCH_RANGE = 1 << 30
+# The byte past the stripes: read-locked by every open FetchLocks, to tell whether it is alone.
+PRESENCE = FETCH_RANGE
+
+
+# struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), padding.
+_FLOCK = "hhqqixxxx"
 
 
 def range_lock(fd: int, op: int, offset: int) -> None:
-    """Lock (``F_WRLCK``) or unlock (``F_UNLCK``) one byte of ``fd``, without waiting."""
+    """Lock (``F_WRLCK``, or shared: ``F_RDLCK``) or unlock (``F_UNLCK``) one byte of ``fd``,
+    without waiting."""
     ofd = getattr(fcntl, "F_OFD_SETLK", None)
     if ofd is None:  # no open-file-description locks here: POSIX record locks
-        fcntl.lockf(
-            fd, fcntl.LOCK_UN if op == fcntl.F_UNLCK else fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset
-        )
+        if op == fcntl.F_UNLCK:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+        else:
+            shared = op == fcntl.F_RDLCK
+            fcntl.lockf(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB, 1, offset)
         return
-    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), padding.
-    fcntl.fcntl(fd, ofd, struct.pack("hhqqixxxx", op, os.SEEK_SET, offset, 1, 0))
+    fcntl.fcntl(fd, ofd, struct.pack(_FLOCK, op, os.SEEK_SET, offset, 1, 0))
+
+
+def others_hold(fd: int, offset: int) -> bool:
+    """Whether another open file description holds a lock on the byte (True when it cannot be
+    told: without OFD locks, or on a file system without locks)."""
+    ofd = getattr(fcntl, "F_OFD_GETLK", None)
+    if ofd is None:
+        return True
+    probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+    try:
+        answer = fcntl.fcntl(fd, ofd, probe)
+    except OSError:
+        return True
+    return bool(struct.unpack(_FLOCK, answer)[0] != fcntl.F_UNLCK)
 
 
 @dataclass(slots=True)
@@ -56,6 +85,21 @@ class _Stripe:
     holders: int = 0
     locked: bool = False
     acquiring: anyio.Event | None = None
+
+
+@dataclass(slots=True)
+class HeldLock:
+    """An object's fetch lock while :meth:`FetchLocks.hold` holds it."""
+
+    _release: Callable[[], None] = field(repr=False)
+    waited: bool = False  # another process had it: look for the file it placed
+    kept: bool = False
+
+    def keep(self) -> Callable[[], None]:
+        """Keep the lock past the ``hold`` block; the call returned releases it (the caller
+        must make sure it is called, at the latest when the locks are closed)."""
+        self.kept = True
+        return self._release
 
 
 class FetchLocks:
@@ -70,6 +114,24 @@ class FetchLocks:
         self._fd = open_lock_file(self.path)
         self._stripes: dict[int, _Stripe] = {}
         self._working = True
+        try:
+            range_lock(self._fd, fcntl.F_RDLCK, PRESENCE)
+        except OSError as exc:
+            if exc.errno not in NO_FLOCK:
+                os.close(self._fd)
+                raise UsageError(f"cannot lock {self.path}: {exc.strerror}") from None
+            log.warning("no file locks on %s: downloads are not serialised", self.path)
+            self._working = False
+        self._met_another = False
+        self.alone()  # whoever is here already
+
+    def alone(self) -> bool:
+        """Whether no other prefetcher has had this DEST's fetch locks open since these were
+        opened (asked at the opening and at each call: one that came and went between two calls
+        goes unseen), so none can have placed a file planned here from an older manifest."""
+        if not self._met_another:
+            self._met_another = not self._working or others_hold(self._fd, PRESENCE)
+        return not self._met_another
 
     @staticmethod
     def stripe_of(asset_id: str) -> int:
@@ -104,13 +166,23 @@ class FetchLocks:
             delay = min(delay * 2, 0.2)
 
     @contextlib.asynccontextmanager
-    async def hold(self, asset_id: str) -> AsyncIterator[bool]:
-        """Hold the lock of ``asset_id``'s byte; yields whether it had to wait for it."""
+    async def hold(self, asset_id: str) -> AsyncIterator[HeldLock]:
+        """Hold the lock of ``asset_id``'s byte until the block ends (or, once kept, until
+        the release it returned is called)."""
         index = self.stripe_of(asset_id)
         stripe = self._stripes.get(index)
         if stripe is None:
             stripe = self._stripes[index] = _Stripe()
         stripe.holders += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._let_go(index, stripe)
+
+        held = HeldLock(release)
         try:
             waited = False
             while not stripe.locked:
@@ -130,14 +202,21 @@ class FetchLocks:
                 finally:
                     stripe.acquiring.set()
                     stripe.acquiring = None
-            yield waited
+            held.waited = waited
+            yield held
         finally:
-            stripe.holders -= 1
-            if stripe.holders == 0:
-                del self._stripes[index]
-                if stripe.locked and self._working:
-                    with contextlib.suppress(OSError):
-                        range_lock(self._fd, fcntl.F_UNLCK, index)
+            if not held.kept:
+                release()
+
+    def _let_go(self, index: int, stripe: _Stripe) -> None:
+        stripe.holders -= 1
+        if stripe.holders > 0:
+            return
+        if self._stripes.get(index) is stripe:
+            del self._stripes[index]
+        if stripe.locked and self._working and self._fd >= 0:
+            with contextlib.suppress(OSError):
+                range_lock(self._fd, fcntl.F_UNLCK, index)
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1

@@ -103,3 +103,33 @@ async def test_two_prefetchers_share_one_dest_and_one_manifest(tmp_path: Path):
         emu.counters.reset()
         summary = await mirror(settings)
         assert summary.downloaded == 0 and emu.counters.storage_requests == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_two_prefetchers_in_one_order_download_each_object_once(tmp_path: Path, seed: int):
+    """Two prefetchers walking one version in the same order race for every object: the one
+    that waited for an object's fetch lock finds the other's committed row and uses its file.
+    (The lock used to be released before the row was committed, which group commit delays, so
+    the waiter often found no row and downloaded the object a second time.)"""
+    dest = tmp_path / "d"
+    async with Emulator(assets=60, seed=50 + seed) as emu:
+        settings = settings_for(emu, dest, limits={"concurrency": 4})
+        results: dict[int, list] = {}
+
+        async def consume(name: int) -> None:
+            async with Prefetcher(settings, window=6) as prefetcher:
+                results[name] = [item async for item in prefetcher]
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume, 0)
+            tg.start_soon(consume, 1)
+        for items in results.values():
+            assert [i.asset_id for i in items] == listing(emu)
+        twice = {}
+        for asset_id in listing(emu):
+            asset = emu.dataset.expected(asset_id)
+            served = emu.counters.storage_bytes_for(asset.data_id)
+            if served != asset.size:
+                twice[asset_id] = (served, asset.size)
+        assert twice == {}
+        assert_mirror_matches(emu, dest)
