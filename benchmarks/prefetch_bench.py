@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.prefetch_bench [--assets 2000] [--size 128KiB] [--nginx]
         [--window 64] [--concurrency 32] [--step-ms 0] [--repeat 3] [--url-ttl 21600] [--fsync]
+        [--jobs N]
 
 A training loop wants its first sample early and then a steady stream. Both ways of feeding it
 run against the same emulated version (loopback only), into fresh folders, in turns:
@@ -18,6 +19,11 @@ after the first item, to the last), and the total. ``--step-ms`` adds a simulate
 per item (both sides pay it after their first item). The prefetcher's second epoch (every file
 on disk already) is timed too. Figures are medians over ``--repeat`` rounds.
 
+``--jobs N`` (N >= 2) adds rounds of N prefetchers started together on one fresh DEST (N
+training jobs sharing a cache, each in its own thread), in turns with one job alone: the
+storage bytes served over the version's bytes (1.00: each object fetched once between them) and
+the time to every job's last item.
+
 The bytes come from the emulator's own storage (generated, in Python) or, with ``--nginx``,
 from nginx serving files the emulator wrote (Python out of the data plane, as in
 ``benchmarks/servers.py``). The emulator runs on its own thread and loop (uvloop), the engine on
@@ -32,6 +38,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,6 +105,33 @@ def run_prefetch(settings: Settings, window: int, step_s: float) -> tuple[Timing
                 _step(step_s)
             timings.append(Timing(first, time.perf_counter() - start, count))
     return timings[0], timings[1]
+
+
+def run_jobs(settings: Settings, window: int, jobs: int) -> float:
+    """``jobs`` prefetchers on one DEST at once, one epoch each: seconds to the last item."""
+    opened = threading.Barrier(jobs)
+    errors: list[BaseException] = []
+
+    def one_job() -> None:
+        try:
+            with Prefetcher(settings, window=window) as prefetcher:
+                opened.wait()
+                for item in prefetcher:  # one epoch
+                    assert item.path is not None
+                    item.path.read_bytes()
+        except BaseException as exc:  # raised again below, in the caller's thread
+            opened.abort()
+            errors.append(exc)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=one_job) for _ in range(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - start
 
 
 def _paths_in_listing_order(dest: Path, order: list[str]) -> list[Path]:
@@ -167,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nginx", action="store_true", help="serve the bytes with nginx")
     parser.add_argument("--url-ttl", type=float, default=6 * 3600.0, help="signed URL life (s)")
     parser.add_argument("--fsync", action="store_true", help="durable files (both sides)")
+    parser.add_argument("--jobs", type=int, default=1, help="also N prefetchers on one DEST")
     args = parser.parse_args(argv)
+    if not 1 <= args.jobs <= 16:
+        parser.error("--jobs in 1..16")
     if not 1 <= args.assets <= 200_000 or not 1 <= args.repeat <= 20:
         parser.error("--assets in 1..200000, --repeat in 1..20")
     if not 1 <= args.url_ttl <= 7 * 86400:
@@ -176,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="assetsync-prefetch-bench-"))
     results: dict[str, list[Timing]] = {"prefetch": [], "epoch2": [], "mirror": []}
+    shared: dict[int, list[tuple[float, float]]] = {1: [], args.jobs: []}  # (seconds, served)
     try:
         with _platform(args, work) as emu:
             order = list(emu.dataset.asset_ids())
@@ -192,11 +230,22 @@ def main(argv: list[str] | None = None) -> int:
                     dest = work / f"{side}-{round_}"
                     settings = _settings(emu, dest, args.concurrency, args.fsync)
                     if side == "prefetch":
-                        first, second = run_prefetch(settings, args.window, step_s)
-                        results["prefetch"].append(first)
-                        results["epoch2"].append(second)
+                        epoch0, epoch1 = run_prefetch(settings, args.window, step_s)
+                        results["prefetch"].append(epoch0)
+                        results["epoch2"].append(epoch1)
                     else:
                         results["mirror"].append(run_mirror_then_read(settings, order, step_s))
+                    shutil.rmtree(dest, ignore_errors=True)
+            for round_ in range(args.repeat if args.jobs > 1 else 0):
+                counts = (1, args.jobs) if round_ % 2 == 0 else (args.jobs, 1)
+                for jobs in counts:
+                    dest = work / f"jobs{jobs}-{round_}"
+                    settings = _settings(emu, dest, args.concurrency, args.fsync)
+                    before = emu.counters.storage_bytes
+                    seconds = run_jobs(settings, args.window, jobs)
+                    shared[jobs].append(
+                        (seconds, (emu.counters.storage_bytes - before) / total_bytes)
+                    )
                     shutil.rmtree(dest, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -219,6 +268,16 @@ def main(argv: list[str] | None = None) -> int:
         f"\nfirst item: prefetch {sooner:.0f}x sooner; last item: prefetch/mirror-then-read "
         f"= {last:.2f}"
     )
+    if args.jobs > 1:
+        print(f"\n{'one DEST, started together':28} {'last item':>12} {'bytes served':>15}")
+        for jobs, runs in shared.items():
+            label = f"{jobs} prefetcher{'s' if jobs > 1 else ''}"
+            seconds = statistics.median(r[0] for r in runs)
+            served = statistics.median(r[1] for r in runs)
+            print(f"{label:28} {_fmt(seconds):>12} {served:14.2f}x")
+        alone = statistics.median(r[0] for r in shared[1])
+        together = statistics.median(r[0] for r in shared[args.jobs])
+        print(f"\n{args.jobs} jobs on one DEST / one job alone: last item {together / alone:.2f}")
     return 0
 
 
