@@ -54,7 +54,7 @@ from engine.pipeline.metadata import fetch_page_annotations
 from engine.pipeline.planning import ContentPlan
 from engine.pipeline.writer import After
 from engine.prefetch.items import AssetUnavailable, PrefetchItem
-from engine.prefetch.resume import Share
+from engine.prefetch.resume import OrderMark, Share
 from engine.prefetch.source import EpochSource, Listed
 from engine.prefetch.window import SlotState, Start, Window
 from engine.state_folder import StateFolder
@@ -98,12 +98,20 @@ class EpochRun:
     """One epoch: the items of ``share`` (default: the session's shard of the whole epoch; a
     resumed epoch: what is left of it)."""
 
-    def __init__(self, session: Session, number: int, *, share: Share | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        number: int,
+        *,
+        share: Share | None = None,
+        resumed: OrderMark | None = None,
+    ) -> None:
         s = session
         o = s.options
         self.s = session
         self.number = number
         self.share = share if share is not None else Share(s.shard, equal=o.equal_shards)
+        self.resumed = resumed  # a resumed epoch: the order its state's positions are of
         budget = s.budget is not None
         # With a budget, plan no further than the window: files found on disk are protected
         # from registration on, and must not crowd the budget from beyond the look-ahead.
@@ -377,7 +385,9 @@ class EpochRun:
     # -- the planner -------------------------------------------------------------------------
 
     async def _planner(self) -> None:
-        source = EpochSource(self.s, self.number, chunk_cap=self.chunk_cap, share=self.share)
+        source = EpochSource(
+            self.s, self.number, chunk_cap=self.chunk_cap, share=self.share, resumed=self.resumed
+        )
         try:
             await self.s.writer.flush()  # plan against everything earlier epochs recorded
             async with contextlib.aclosing(source.chunks()) as chunks:

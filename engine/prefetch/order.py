@@ -8,11 +8,16 @@ cursor: in order, or sorted by :func:`engine.prefetch.split.rank` (registered wi
 The database (opened with an empty file name) is deleted when it is closed, or by the OS with
 the process.
 
+The store also keeps a digest of the ids in order as they come (:attr:`OrderStore.listed`): a
+resume state carries it, so that a resumed epoch can tell whether the positions it skips are
+those of the order the state was taken in (:meth:`OrderStore.prefix_digest`).
+
 Synchronous: the prefetcher calls it from a worker thread, one call at a time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterable
 from itertools import islice
@@ -22,9 +27,22 @@ from engine.prefetch.resume import ShareScan
 from engine.prefetch.split import rank
 from engine.sharding import WHOLE, AssetShard
 
-__all__ = ["OrderCursor", "OrderStore"]
+__all__ = ["OrderCursor", "OrderDigest", "OrderStore"]
 
 _INSERT_BATCH = 1000
+
+
+class OrderDigest:
+    """The digest of an order's ids, fed one by one in order."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.blake2b(digest_size=16)
+
+    def feed(self, asset_id: str) -> None:
+        self._hash.update(asset_id.encode("utf-8", "surrogatepass") + b"\n")
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 class OrderStore:
@@ -44,6 +62,10 @@ class OrderStore:
         )
         self.count = 0
         self.complete = False
+        self._digest = OrderDigest()
+        # (ids stored, digest of them in order): replaced whole after each append, so another
+        # thread (the consumer's, taking a state) reads a consistent pair.
+        self.listed: tuple[int, str] = (0, self._digest.hexdigest())
 
     def close(self) -> None:
         self._conn.close()
@@ -52,6 +74,8 @@ class OrderStore:
         self._conn.execute("DELETE FROM ids")
         self.count = 0
         self.complete = False
+        self._digest = OrderDigest()
+        self.listed = (0, self._digest.hexdigest())
 
     def append(self, asset_ids: Iterable[str], *, strict: bool = False) -> list[str]:
         """Add ids after those already there; returns those that were new, in order.
@@ -82,8 +106,20 @@ class OrderStore:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+        for asset_id in added:
+            self._digest.feed(asset_id)
         self.count += len(added)
+        self.listed = (self.count, self._digest.hexdigest())
         return added
+
+    def prefix_digest(self, count: int) -> str:
+        """The digest of the first ``count`` ids in stored order (as :attr:`listed` had it when
+        that many were stored)."""
+        digest = OrderDigest()
+        rows = self._conn.execute("SELECT asset_id FROM ids ORDER BY pos LIMIT ?", (count,))
+        for (asset_id,) in rows:
+            digest.feed(asset_id)
+        return digest.hexdigest()
 
     def _ordered(self, key: bytes | None, offset: int, limit: int = -1) -> sqlite3.Cursor:
         if key is None:

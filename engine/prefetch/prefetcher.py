@@ -33,7 +33,7 @@ from engine.errors import primary_error
 from engine.prefetch.epoch import CANCEL_GRACE, EpochRun
 from engine.prefetch.items import PrefetchItem, PrefetchStats
 from engine.prefetch.options import FailurePolicy, Order, PrefetchOptions, options_with
-from engine.prefetch.resume import EpochProgress, ResumeState, Share
+from engine.prefetch.resume import EpochProgress, OrderMark, ResumeState, Share
 from engine.prefetch.session import Session
 from engine.prefetch.split import Shard
 from engine.settings import Settings
@@ -189,10 +189,12 @@ class Prefetcher:
         o = self.options
         share = Share(self.shard, equal=o.equal_shards)
         finished = False
+        order = None
         if resume is not None:
             share = resume.share_for(self.shard, o.equal_shards)
             finished = resume.finished
-        progress = EpochProgress(number, share, o.seed, o.shuffle, finished=finished)
+            order = resume.order  # what the epoch checks its order against before it goes on
+        progress = EpochProgress(number, share, o.seed, o.shuffle, finished=finished, order=order)
         self._progress = progress
         return EpochIterator(self, number, progress)
 
@@ -214,6 +216,7 @@ class Prefetcher:
                 o.seed,
                 o.shuffle,
                 finished=r.finished,
+                order=r.order,
             )
             return progress.state()
         return EpochProgress(self._next_epoch, Share(self.shard), o.seed, o.shuffle).state()
@@ -232,12 +235,12 @@ class Prefetcher:
         self._resume = parsed
         self._progress = None
 
-    async def _start(self, number: int, share: Share) -> EpochRun:
+    async def _start(self, number: int, share: Share, resumed: OrderMark | None) -> EpochRun:
         session = self._session
         if session is None:
             raise RuntimeError("open the prefetcher first: async with Prefetcher(...) as p")
         await self._stop_current()
-        run = EpochRun(session, number, share=share)
+        run = EpochRun(session, number, share=share, resumed=resumed)
         session.on_progress = run.on_progress
         session.stats.epochs += 1
         self._current = run
@@ -309,7 +312,11 @@ class EpochIterator:
         if self.progress.finished:
             raise StopAsyncIteration  # resumed from a state taken after the epoch's end
         if self._run is None:
-            self._run = await self.prefetcher._start(self.number, self.progress.share)
+            # A resumed epoch's progress starts with its state's order mark.
+            progress = self.progress
+            self._run = await self.prefetcher._start(
+                number=self.number, share=progress.share, resumed=progress.order
+            )
         try:
             return self._took(await self._run.next())
         except StopAsyncIteration:
@@ -334,9 +341,20 @@ class EpochIterator:
 
     def _took(self, item: PrefetchItem) -> PrefetchItem:
         self.progress.took(item.index, self._total())
+        self._mark_order()
         return item
 
+    def _mark_order(self) -> None:
+        """The state says which order its positions are of (as far as it is listed now)."""
+        assert self._run is not None
+        count, digest = self._run.s.order.listed
+        mark = self.progress.order
+        if count and (mark is None or mark.count != count):
+            self.progress.order = OrderMark(count, digest)
+
     def _ended(self) -> None:
+        if self._run is not None:
+            self._mark_order()
         total = self._total()
         if total is not None:
             self.progress.finish(total)

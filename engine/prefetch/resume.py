@@ -21,6 +21,11 @@ epoch stands is a few numbers, never a list of what was seen:
 A worker's state says its share and how many of its items were consumed; :func:`merge_states`
 turns the states of every worker of every rank into one state whose remainder is exactly what
 none of them consumed, to resume with another number of workers or ranks.
+
+Positions mean something only in the order they were taken in: a state also carries ``order``,
+how many ids its prefetcher had in its order and their digest (:class:`OrderMark`). A resumed
+epoch checks it against the order it lists (the same first ids; shuffled, the very same ids) and
+refuses to go on by position over another.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ __all__ = [
     "STATE_FORMAT",
     "EpochProgress",
     "EqualShards",
+    "OrderMark",
     "ResumeState",
     "Share",
     "ShareScan",
@@ -45,6 +51,34 @@ __all__ = [
 
 EqualShards = Literal["pad", "drop"]
 STATE_FORMAT = "assetsync.prefetch/1"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderMark:
+    """The first ``count`` ids of an order, by digest (:class:`~engine.prefetch.order.OrderStore`
+    keeps it as it stores ids)."""
+
+    count: int
+    digest: str
+
+    @classmethod
+    def parse(cls, value: object) -> OrderMark | None:
+        if value is None:
+            return None
+        if (
+            not isinstance(value, list | tuple)
+            or len(value) != 2
+            or not isinstance(value[0], int)
+            or isinstance(value[0], bool)
+            or value[0] < 0
+            or not isinstance(value[1], str)
+            or len(value[1]) != 32
+        ):
+            raise ValueError(f"a prefetcher state with a bad order mark: {value!r}")
+        return cls(value[0], value[1])
+
+    def state(self) -> list[Any]:
+        return [self.count, self.digest]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +218,7 @@ class EpochProgress:
     consumed: int = 0  # of the share's items, from its first (skipped ones included)
     finished: bool = False
     total: int | None = None
+    order: OrderMark | None = None  # the order the positions are of, as far as it was listed
 
     def __post_init__(self) -> None:
         self.consumed = max(self.consumed, self.share.skip)
@@ -212,6 +247,7 @@ class EpochProgress:
             "shard": [s.shard.index, s.shard.count],
             "consumed": self.consumed,
             "finished": self.finished,
+            "order": None if self.order is None else self.order.state(),
         }
 
 
@@ -227,6 +263,7 @@ class ResumeState:
     shard: Shard | None
     consumed: int
     finished: bool
+    order: OrderMark | None = None
 
     @classmethod
     def parse(cls, state: Mapping[str, Any]) -> ResumeState:
@@ -243,6 +280,8 @@ class ResumeState:
                 shard=None if shard is None else Shard(int(shard[0]), int(shard[1])),
                 consumed=int(state["consumed"]),
                 finished=bool(state["finished"]),
+                # States from before the mark have none: their order cannot be checked.
+                order=OrderMark.parse(state.get("order")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"a prefetcher state with a bad field: {exc}") from None
@@ -281,6 +320,8 @@ def merge_states(states: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             head.done,
         ):
             raise ValueError("these states are not of one epoch of one order")
+    order = _furthest_mark(parsed)
+    head = dataclasses.replace(head, order=order)
     if len(parsed) == 1 and head.shard is None:
         return _job_state(head, head.base, head.done, head.finished)
     shards = [p.shard for p in parsed]
@@ -306,6 +347,19 @@ def merge_states(states: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return _job_state(head, old.position(first), tuple(sorted(done)), False)
 
 
+def _furthest_mark(parsed: list[ResumeState]) -> OrderMark | None:
+    """The mark that covers every state's positions: each shard lists the order itself, so
+    their marks are prefixes of one order taken at different moments; the longest covers all
+    (two of one length must agree)."""
+    marks = [p.order for p in parsed if p.order is not None]
+    if not marks:
+        return None
+    furthest = max(marks, key=lambda m: m.count)
+    if any(m.count == furthest.count and m != furthest for m in marks):
+        raise ValueError("these states are not of one epoch of one order")
+    return furthest
+
+
 def _job_state(
     head: ResumeState, base: int, done: tuple[int, ...], finished: bool
 ) -> dict[str, Any]:
@@ -319,4 +373,5 @@ def _job_state(
         "shard": None,
         "consumed": 0,
         "finished": finished,
+        "order": None if head.order is None else head.order.state(),
     }

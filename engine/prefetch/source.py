@@ -12,6 +12,11 @@ The epoch's order is therefore the version as listed when the session first list
 epochs see the same assets (an asset deleted since comes as a failure; changed content is
 followed: the ``XGET`` gives the current data).
 
+A resumed epoch (a state loaded) lists the whole order before its first item and checks that
+the positions its state skips are of this order: the same first ids in listing order (assets
+added at the end change nothing before them), the very same ids when shuffled (any change moves
+every position). Otherwise it refuses in one line rather than skip or repeat assets.
+
 Chunks start small and double up to ``page_size``, so the first items need little metadata
 before they can go out, and later chunks cost few requests.
 """
@@ -26,8 +31,9 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 import anyio.to_thread
 
+from engine.errors import UsageError
 from engine.platform import models
-from engine.prefetch.resume import Share, ShareScan
+from engine.prefetch.resume import OrderMark, Share, ShareScan
 from engine.prefetch.split import shuffle_key
 
 if TYPE_CHECKING:
@@ -61,10 +67,19 @@ class _Sizer:
 
 
 class EpochSource:
-    def __init__(self, session: Session, epoch: int, *, chunk_cap: int, share: Share) -> None:
+    def __init__(
+        self,
+        session: Session,
+        epoch: int,
+        *,
+        chunk_cap: int,
+        share: Share,
+        resumed: OrderMark | None = None,
+    ) -> None:
         self.s = session
         self.epoch = epoch
         self.share = share  # the positions this prefetcher yields (a resumed epoch: the rest)
+        self.resumed = resumed  # the order a resumed epoch's share is of
         self._sizer = _Sizer(min(FIRST_CHUNK, session.options.window), chunk_cap)
         self._limiter = anyio.CapacityLimiter(1)
 
@@ -73,12 +88,15 @@ class EpochSource:
 
     async def chunks(self) -> AsyncGenerator[list[Listed], None]:
         s = self.s
-        if not s.order.complete and not s.options.shuffle and self.share.equal is None:
+        streams = not s.options.shuffle and self.share.equal is None and self.resumed is None
+        if not s.order.complete and streams:
             async for chunk in self._stream_listing():
                 yield chunk
             return
         if not s.order.complete:
             await self._list_all()
+        if self.resumed is not None:
+            await self._check_resumed(self.resumed)
         async for chunk in self._from_order():
             yield chunk
 
@@ -131,6 +149,18 @@ class EpochSource:
         async with contextlib.aclosing(self._pages()) as pages:
             async for _ in pages:
                 pass
+
+    async def _check_resumed(self, mark: OrderMark) -> None:
+        order = self.s.order
+        shuffled = self.s.options.shuffle
+        same = order.count == mark.count if shuffled else order.count >= mark.count
+        if same and await self._store(order.prefix_digest, mark.count) == mark.digest:
+            return
+        raise UsageError(
+            f"the version's order changed since the state was taken ({mark.count} assets in it "
+            f"then, {order.count} now): resuming epoch {self.epoch} by position would skip or "
+            "repeat assets; start the epoch afresh (without the state)"
+        )
 
     async def _from_order(self) -> AsyncIterator[list[Listed]]:
         s = self.s

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.emulator import Emulator
+from engine.errors import UsageError
 from engine.prefetch import Prefetcher, merge_states
 from tests.prefetch.helpers import listing, settings_for
 
@@ -81,3 +82,52 @@ def test_a_resume_under_a_disk_budget_fetches_nothing_it_evicted(tmp_path: Path)
             rest = [item.asset_id for item in prefetcher]
         assert Counter(first + rest) == Counter(order)
         assert emu.counters.storage_requests == len(order)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_resume_after_the_order_changed_is_refused(tmp_path: Path, shuffle: bool):
+    """A state's positions are those of the order it was taken in. Two assets deleted among
+    those the consumer took shift every later position by two: a resume by position silently
+    skipped two assets (shuffled: skipped and repeated some). It is refused, in one line."""
+    with Emulator(assets=40, seed=74, large_share=0.0, empty_share=0.0).in_thread() as emu:
+        order = listing(emu)
+        settings = settings_for(emu, tmp_path / "d")
+        with Prefetcher(settings, window=6, shuffle=shuffle, seed=4) as prefetcher:
+            first = _take(prefetcher, 15)
+            state = prefetcher.state_dict()
+        emu.delete_assets(first[:2])
+        with Prefetcher(settings, window=6, shuffle=shuffle, seed=4) as prefetcher:
+            prefetcher.load_state_dict(state)
+            with pytest.raises(UsageError, match="changed since the state was taken") as caught:
+                next(iter(prefetcher))
+        assert "\n" not in str(caught.value)
+        # Without the state, the epoch starts afresh over the version as it is now.
+        with Prefetcher(settings, window=6, shuffle=shuffle, seed=4) as prefetcher:
+            now = [item.asset_id for item in prefetcher]
+        assert Counter(now) == Counter(a for a in order if a not in first[:2])
+
+
+def test_a_resume_in_listing_order_takes_assets_added_at_the_end(tmp_path: Path):
+    """Assets added after the state was taken come after every position it knows: the listing
+    order's first positions are unchanged, so the resume goes on, and yields the new ones."""
+    with Emulator(assets=30, seed=75, large_share=0.0, empty_share=0.0).in_thread() as emu:
+        order = listing(emu)
+        settings = settings_for(emu, tmp_path / "d")
+        with Prefetcher(settings, window=6) as prefetcher:
+            first = _take(prefetcher, 12)
+            state = prefetcher.state_dict()
+        added = emu.add_assets(4)
+        assert listing(emu) == order + added
+        with Prefetcher(settings, window=6) as prefetcher:
+            prefetcher.load_state_dict(state)
+            rest = [item.asset_id for item in prefetcher]
+        assert first + rest == order + added
+        # Shuffled, the same change moves every position: refused.
+        with Prefetcher(settings, window=6, shuffle=True, seed=4) as prefetcher:
+            _take(prefetcher, 5)
+            state = prefetcher.state_dict()
+        emu.add_assets(1)
+        with Prefetcher(settings, window=6, shuffle=True, seed=4) as prefetcher:
+            prefetcher.load_state_dict(state)
+            with pytest.raises(UsageError, match="changed since the state was taken"):
+                next(iter(prefetcher))

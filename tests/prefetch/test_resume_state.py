@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.prefetch.order import OrderStore
-from engine.prefetch.resume import EpochProgress, ResumeState, Share, ShareScan, merge_states
+from engine.prefetch.resume import (
+    EpochProgress,
+    OrderMark,
+    ResumeState,
+    Share,
+    ShareScan,
+    merge_states,
+)
 from engine.prefetch.split import Shard, shuffle_key
 
 
@@ -141,6 +148,57 @@ def test_states_are_checked():
     other = EpochProgress(5, Share(Shard(1, 2)), 0, False).state()
     with pytest.raises(ValueError, match="one epoch"):
         merge_states([state, other])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pages=st.lists(st.lists(st.text(min_size=1, max_size=6), max_size=8), max_size=6),
+)
+def test_the_order_mark_is_the_digest_of_the_first_ids(pages):
+    """What a state carries (the store's running mark after each page) is what a resumed epoch
+    computes again from its own store for the same first ids: equal for the same ids in the
+    same order, different for another first id list."""
+    store = OrderStore()
+    marks = [store.listed]
+    try:
+        for page in pages:
+            store.append(page)
+            marks.append(store.listed)
+        for count, digest in marks:
+            assert store.prefix_digest(count) == digest
+        stored = [store.id_at(None, i) for i in range(store.count)]
+        for count, digest in marks:
+            if count:
+                other = OrderStore()
+                try:
+                    other.append([*stored[1:count], "another id"])  # first id gone, one added
+                    assert other.prefix_digest(count) != digest
+                finally:
+                    other.close()
+    finally:
+        store.close()
+
+
+def test_order_marks_are_checked_and_merged():
+    share0, share1 = Share(Shard(0, 2)), Share(Shard(1, 2))
+    near, far = OrderMark(10, "a" * 32), OrderMark(25, "b" * 32)
+    states = [
+        EpochProgress(1, share0, 0, False, order=near).state(),
+        EpochProgress(1, share1, 0, False, order=far).state(),
+    ]
+    # Each worker lists the order itself: the furthest mark covers both shards' positions.
+    assert merge_states(states)["order"] == [25, "b" * 32]
+    assert ResumeState.parse(merge_states(states)).order == far
+    # Two marks of one length that differ are two orders.
+    clash = EpochProgress(1, share1, 0, False, order=OrderMark(10, "c" * 32)).state()
+    with pytest.raises(ValueError, match="one order"):
+        merge_states([states[0], clash])
+    # A state from before marks (no "order") still loads, and is not checked.
+    old = {k: v for k, v in states[0].items() if k != "order"}
+    assert ResumeState.parse(old).order is None
+    for bad in ([10], [-1, "a" * 32], [True, "a" * 32], [3, "short"], "10:abc"):
+        with pytest.raises(ValueError, match="order mark"):
+            ResumeState.parse({**states[0], "order": bad})
 
 
 def test_the_resume_arithmetic_is_pure():
