@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.prefetch_bench [--assets 2000] [--size 128KiB] [--nginx]
         [--window 64] [--concurrency 32] [--step-ms 0] [--repeat 3] [--url-ttl 21600] [--fsync]
-        [--jobs N]
+        [--jobs N [--split]]
 
 A training loop wants its first sample early and then a steady stream. Both ways of feeding it
 run against the same emulated version (loopback only), into fresh folders, in turns:
@@ -22,7 +22,9 @@ on disk already) is timed too. Figures are medians over ``--repeat`` rounds.
 ``--jobs N`` (N >= 2) adds rounds of N prefetchers started together on one fresh DEST (N
 training jobs sharing a cache, each in its own thread), in turns with one job alone: the
 storage bytes served over the version's bytes (1.00: each object fetched once between them) and
-the time to every job's last item.
+the time to every job's last item. With ``--split`` the N take shards of one order, as the
+workers of one DataLoader do (no object is theirs to share: the cost of the look for one
+another's files shows there).
 
 The bytes come from the emulator's own storage (generated, in Python) or, with ``--nginx``,
 from nginx serving files the emulator wrote (Python out of the data plane, as in
@@ -107,14 +109,16 @@ def run_prefetch(settings: Settings, window: int, step_s: float) -> tuple[Timing
     return timings[0], timings[1]
 
 
-def run_jobs(settings: Settings, window: int, jobs: int) -> float:
-    """``jobs`` prefetchers on one DEST at once, one epoch each: seconds to the last item."""
+def run_jobs(settings: Settings, window: int, jobs: int, split: bool) -> float:
+    """``jobs`` prefetchers on one DEST at once, one epoch each (``split``: each its shard of
+    it): seconds to the last item."""
     opened = threading.Barrier(jobs)
     errors: list[BaseException] = []
 
-    def one_job() -> None:
+    def one_job(index: int) -> None:
+        shard = (index, jobs) if split else None
         try:
-            with Prefetcher(settings, window=window) as prefetcher:
+            with Prefetcher(settings, window=window, shard=shard) as prefetcher:
                 opened.wait()
                 for item in prefetcher:  # one epoch
                     assert item.path is not None
@@ -124,7 +128,7 @@ def run_jobs(settings: Settings, window: int, jobs: int) -> float:
             errors.append(exc)
 
     start = time.perf_counter()
-    threads = [threading.Thread(target=one_job) for _ in range(jobs)]
+    threads = [threading.Thread(target=one_job, args=(i,)) for i in range(jobs)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -202,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url-ttl", type=float, default=6 * 3600.0, help="signed URL life (s)")
     parser.add_argument("--fsync", action="store_true", help="durable files (both sides)")
     parser.add_argument("--jobs", type=int, default=1, help="also N prefetchers on one DEST")
+    parser.add_argument("--split", action="store_true", help="the N jobs take shards of one order")
     args = parser.parse_args(argv)
     if not 1 <= args.jobs <= 16:
         parser.error("--jobs in 1..16")
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                     dest = work / f"jobs{jobs}-{round_}"
                     settings = _settings(emu, dest, args.concurrency, args.fsync)
                     before = emu.counters.storage_bytes
-                    seconds = run_jobs(settings, args.window, jobs)
+                    seconds = run_jobs(settings, args.window, jobs, args.split and jobs > 1)
                     shared[jobs].append(
                         (seconds, (emu.counters.storage_bytes - before) / total_bytes)
                     )
@@ -269,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         f"= {last:.2f}"
     )
     if args.jobs > 1:
-        print(f"\n{'one DEST, started together':28} {'last item':>12} {'bytes served':>15}")
+        title = "one DEST, shards of one order" if args.split else "one DEST, started together"
+        print(f"\n{title:28} {'last item':>12} {'bytes served':>15}")
         for jobs, runs in shared.items():
             label = f"{jobs} prefetcher{'s' if jobs > 1 else ''}"
             seconds = statistics.median(r[0] for r in runs)

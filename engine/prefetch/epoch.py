@@ -652,8 +652,16 @@ class EpochRun:
         it)."""
         locks = self.s.fetch_locks
         async with locks.hold(job.asset.id) as held:
-            look = held.waited or not locks.alone()
+            # Reading the row costs a trip to the manifest's thread: made when another process
+            # had the lock, or when another prefetcher is about and a file is at the path (the
+            # workers of one DataLoader fetch disjoint shares: there, nothing is at the path).
+            look = held.waited or (not locks.alone() and self._something_at(job))
             yield held, await self._in_place(job) if look else None
+
+    def _something_at(self, job: AssetJob) -> bool:
+        """Whether anything is at the job's path: one ``lstat`` on the loop, a few microseconds,
+        against the hop to the manifest's thread it saves."""
+        return os.path.lexists(self.s.dest / job.rel_path)
 
     async def _in_place(self, job: AssetJob) -> AssetRow | None:
         s = self.s
