@@ -21,7 +21,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +115,21 @@ class FirstFileProbe:
         return False
 
 
+def tool_pid(parent: int) -> int:
+    """The pid of the process ``parent`` (GNU time) started, once it exists (``parent`` itself
+    if none comes within two seconds)."""
+    for _ in range(200):
+        children = Path(f"/proc/{parent}/task/{parent}/children")
+        try:
+            pids = children.read_text().split()
+        except FileNotFoundError:
+            pids = []
+        if pids:
+            return int(pids[0])
+        time.sleep(0.01)
+    return parent
+
+
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
@@ -128,8 +143,12 @@ def run_measured(
     timeout: float,
     cwd: Path | None = None,
     probe: FirstFileProbe | None = None,
+    during: Callable[[int], contextlib.AbstractContextManager[object]] | None = None,
 ) -> Measurement:
-    """Run ``argv`` to completion (or ``timeout``) and measure it."""
+    """Run ``argv`` to completion (or ``timeout``) and measure it. ``during(pid)``: a context
+    entered once the tool runs (``pid`` is the tool's, not GNU time's) and left when it has
+    ended, e.g. a sampler of its resident size. Its output is in ``log_dir`` (stdout.log,
+    stderr.log)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     timed_out = threading.Event()
     rss_file = log_dir / "maxrss.txt"
@@ -158,9 +177,13 @@ def run_measured(
         timer = threading.Timer(timeout, on_timeout)
         timer.daemon = True
         timer.start()
+        watching = contextlib.ExitStack()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - t0
+            if during is not None:
+                watching.enter_context(during(tool_pid(proc.pid) if exact else proc.pid))
+            with watching:
+                _, status, usage = os.wait4(proc.pid, 0)
+                wall = time.perf_counter() - t0
         except BaseException:
             # Ctrl-C (or anything else): the tool and whatever it spawned go too.
             _kill_group(proc.pid)

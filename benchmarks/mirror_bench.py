@@ -9,8 +9,8 @@
    for the rerun (which made the emulator, not the mirror, set the rerun's pace).
 2. ``assetsync mirror`` runs as a subprocess (token in ``PICSELLIA_TOKEN``, ``-q --json``, default
    settings otherwise) into a fresh folder under ``benchmarks/.work/mirror-bench/`` (or
-   ``--work``), under GNU ``time`` for its peak RSS and CPU (``os.wait4`` when ``time`` is
-   missing); wall time is measured around the process.
+   ``--work``), measured by ``benchmarks.measure.run_measured``: CPU of its process tree from
+   ``os.wait4``, peak RSS from GNU ``time``, wall time around the process.
 3. The output is checked, so a broken run is not counted: exit code 0 and the summary's counts;
    the number of files on disk; ``assetsync manifest export``: one entry per asset, each file's
    size as recorded and as the emulator generated it; SHA-256 of a random sample of files (and
@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import random
-import resource
 import shutil
 import signal
 import subprocess
@@ -50,12 +49,14 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.emulator_proc import EmulatorProcess, emulator_process  # noqa: E402
+from benchmarks.measure import Measurement, run_measured  # noqa: E402
 from engine.emulator import Emulator  # noqa: E402
 
 BIN = Path(sys.executable).parent
 RSS_LIMIT_MB = 300.0
 RERUN_LIMIT = 0.1
-GNU_TIME = Path("/usr/bin/time")
+# A bound on one measured run (a hung run ends the benchmark instead of holding the machine).
+RUN_TIMEOUT = 3600.0
 
 
 def dataset_options(assets: int, seed: int) -> dict[str, Any]:
@@ -155,42 +156,30 @@ def run_mirror(
     env = {**os.environ, "PICSELLIA_TOKEN": info["token"]}
     emulator.control("POST", "counters/reset")
     with tempfile.TemporaryDirectory() as scratch:
-        timing = Path(scratch) / "time"
-        stderr_path = Path(scratch) / "stderr"
-        if GNU_TIME.exists():
-            command = [str(GNU_TIME), "-f", "%e %U %S %M", "-o", str(timing), *command]
         emulator_before = emulator.cpu_seconds()
-        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        with stderr_path.open("wb") as stderr:
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env)
-            stdout, _ = proc.communicate()
-        wall = time.perf_counter() - start
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run = run_measured(command, env=env, log_dir=Path(scratch), timeout=RUN_TIMEOUT)
         emulator_cpu = emulator.cpu_seconds() - emulator_before
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             spy.wait(timeout=120)
-        if proc.returncode != 0:
-            tail = stderr_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{name}: assetsync mirror exited {proc.returncode}:\n{tail}")
-        cpu, peak = cpu_and_peak(timing, children_before, children)
+        check_exit(name, run)
+        stdout = (Path(scratch) / "stdout.log").read_bytes()
     summary = json_summary(stdout)
     counters = emulator.counters()
-    return RunResult(name, wall, cpu, peak, emulator_cpu, summary, counters["requests"])
+    return RunResult(
+        name, run.wall, run.cpu, peak_mb(run), emulator_cpu, summary, counters["requests"]
+    )
 
 
-def cpu_and_peak(
-    timing: Path, before: resource.struct_rusage, after: resource.struct_rusage
-) -> tuple[float, float]:
-    """CPU seconds and peak RSS (MB) of the measured run: from GNU time's output file when it
-    wrapped the run, else from the rusage of our children (the peak may then be overestimated:
-    it is the largest child's ever, the emulator's included)."""
-    if timing.exists():
-        _, user, system, max_kb = timing.read_text().split()[-4:]
-        return float(user) + float(system), int(max_kb) / 1024
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return cpu, after.ru_maxrss / 1024
+def check_exit(name: str, run: Measurement) -> None:
+    if run.timed_out or run.returncode != 0:
+        ended = "timed out" if run.timed_out else f"exited {run.returncode}"
+        raise RuntimeError(f"{name}: assetsync mirror {ended}: {run.log_tail(2000)}")
+
+
+def peak_mb(run: Measurement) -> float:
+    """Peak RSS in MB (without GNU time, the largest child's ever: may be overestimated)."""
+    return run.max_rss_kib / 1024
 
 
 def json_summary(stdout: bytes) -> dict[str, Any]:

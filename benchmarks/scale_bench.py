@@ -33,7 +33,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -49,10 +48,10 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.emulator_proc import EmulatorProcess, emulator_process  # noqa: E402
-from benchmarks.mirror_bench import cpu_and_peak, json_summary  # noqa: E402
+from benchmarks.measure import run_measured  # noqa: E402
+from benchmarks.mirror_bench import RUN_TIMEOUT, check_exit, json_summary, peak_mb  # noqa: E402
 
 BIN = Path(sys.executable).parent
-GNU_TIME = Path("/usr/bin/time")
 FLAT = 0.20  # "flat": the largest size's peak RSS within 20% of the smallest's
 PHASES = ("dry", "mirror", "rerun")
 
@@ -130,20 +129,6 @@ class Run:
         return self.assets / self.wall
 
 
-def _find_child(parent: int) -> int:
-    """The pid of the process ``parent`` (GNU time) started, once it exists."""
-    for _ in range(200):
-        children = Path(f"/proc/{parent}/task/{parent}/children")
-        try:
-            pids = children.read_text().split()
-        except FileNotFoundError:
-            pids = []
-        if pids:
-            return int(pids[0])
-        time.sleep(0.01)
-    return parent
-
-
 def run_phase(phase: str, emulator: EmulatorProcess, dest: Path, assets: int) -> Run:
     info = emulator.info
     command = [
@@ -160,32 +145,25 @@ def run_phase(phase: str, emulator: EmulatorProcess, dest: Path, assets: int) ->
     )
     env = {**os.environ, "PICSELLIA_TOKEN": info["token"]}
     emulator.control("POST", "counters/reset")
+    samplers: list[RssSampler] = []
+
+    def sample(pid: int) -> RssSampler:
+        samplers.append(RssSampler(pid))
+        return samplers[-1]
+
     with tempfile.TemporaryDirectory() as scratch:
-        timing = Path(scratch) / "time"
-        stderr_path = Path(scratch) / "stderr"
-        wrapped = command
-        if GNU_TIME.exists():
-            wrapped = [str(GNU_TIME), "-f", "%e %U %S %M", "-o", str(timing), *command]
         emulator_before = emulator.cpu_seconds()
-        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        with stderr_path.open("wb") as stderr:
-            proc = subprocess.Popen(wrapped, stdout=subprocess.PIPE, stderr=stderr, env=env)
-            pid = _find_child(proc.pid) if GNU_TIME.exists() else proc.pid
-            with RssSampler(pid) as sampler:
-                stdout, _ = proc.communicate()
-        wall = time.perf_counter() - start
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        measured = run_measured(
+            command, env=env, log_dir=Path(scratch), timeout=RUN_TIMEOUT, during=sample
+        )
         emulator_cpu = emulator.cpu_seconds() - emulator_before
-        if proc.returncode != 0:
-            tail = stderr_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{phase} {assets}: assetsync exited {proc.returncode}:\n{tail}")
-        cpu, peak = cpu_and_peak(timing, children_before, children)
+        check_exit(f"{phase} {assets}", measured)
+        stdout = (Path(scratch) / "stdout.log").read_bytes()
     summary = json_summary(stdout)
     counters = emulator.counters()
     run = Run(
-        phase, assets, wall, cpu, peak, emulator_cpu, sampler.quarters(), summary,
-        counters["requests"], shown,
+        phase, assets, measured.wall, measured.cpu, peak_mb(measured), emulator_cpu,
+        samplers[0].quarters(), summary, counters["requests"], shown,
     )  # fmt: skip
     check(run)
     return run
