@@ -583,6 +583,23 @@ class Manifest:
                 _mark_seen(conn, self._lists, run_id, list(dict.fromkeys(seen)))
             return result
 
+    def apply_claims(self, claims: Sequence[AssetUpdate], run_id: int) -> set[str]:
+        """Record path claims (rows of files about to be downloaded) in one transaction, except
+        for the assets whose rows say this very content is in place: another process recorded
+        it since the claims were planned, and a claim would overwrite its row. Under the write
+        lock, no commit comes between that check and the claims. Returns the assets left out."""
+        with self._write("claim paths") as conn:
+            placed: dict[str, str] = {}
+            sql = (
+                "SELECT asset_id, data_id FROM assets WHERE state = 'ok' AND asset_id IN ({marks})"
+            )
+            for query, params in self._lists.chunks(sql, [c.asset_id for c in claims]):
+                placed.update(conn.execute(query, params).fetchall())
+            left_out = {c.asset_id for c in claims if placed.get(c.asset_id) == c.data_id}
+            kept = [c for c in claims if c.asset_id not in left_out]
+            apply_batch(conn, self._lists, kept, run_id, time.time())
+            return left_out
+
     def budget_books(self, doing: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` (one of :mod:`engine.manifest.budget`'s steps) in one write transaction:
         the books of a disk budget shared by prefetchers change only under the write lock."""

@@ -295,13 +295,14 @@ class Session:
                 taken = owners.get(path, mine) != mine or path in folders
                 taken = taken or any(owners.get(p, mine) != mine for p in _prefixes(path))
                 # Since we planned, another process claimed this asset a path of its own (it
-                # may be downloading there now), or put this very content in place: never move
-                # it; planning again adopts that path or that file.
+                # may be downloading there now), or put this very content in place, at another
+                # path or at this one (a claim would overwrite its row with "missing", and a
+                # second download follow): never move it; planning again adopts that file.
                 row = rows.get(mine)
-                if row is not None and row.path is not None and row.path != path:
+                if row is not None and row.path is not None:
                     claimed = row.state == "missing" and row.error == CLAIM_NOTE
                     placed = row.state == "ok" and row.data_id == job.asset.data.id
-                    taken = taken or claimed or placed
+                    taken = taken or placed or (claimed and row.path != path)
                 if taken:
                     conflicts.add(mine)
                     continue
@@ -317,7 +318,7 @@ class Session:
                     )
                 )
             if claims:
-                manifest.apply(claims, self.run_id)
+                conflicts |= manifest.apply_claims(claims, self.run_id)
         return conflicts
 
     # -- closing -------------------------------------------------------------------------------

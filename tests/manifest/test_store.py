@@ -470,3 +470,23 @@ def test_malformed_annotations_are_stored_and_never_fail_a_batch(m: Manifest, ru
     assert stored is not None
     assert stored[0]["lines"][0]["line"] == [[0, None]]  # NaN is not JSON: stored as null
     assert stored[1] == {}
+
+
+def test_claims_never_overwrite_a_row_that_has_this_content_in_place(m: Manifest, run: int) -> None:
+    """A prefetcher claims the paths of the files it is about to download; another may have
+    recorded one of them in place since the claims were planned (a claim over that row said
+    "missing" and made the file be downloaded twice)."""
+    m.apply([update("placed", gen=1), update("changed", gen=1), update("failed", gen=1)], run)
+    m.mark_state("failed", "failed", "503")
+
+    def claim(asset_id: str, gen: int) -> AssetUpdate:
+        return update(asset_id, gen=gen, state="missing", error="claimed", annotations=None)
+
+    claims = [claim("placed", 1), claim("changed", 2), claim("failed", 1), claim("new", 0)]
+    left_out = m.apply_claims(claims, run)
+    assert left_out == {"placed"}
+    rows = m.rows(["placed", "changed", "failed", "new"])
+    assert rows["placed"].state == "ok"  # this very content is in place: untouched
+    assert rows["placed"].size == 1001
+    # Another content, a failure, no row: claimed.
+    assert {rows[a].state for a in ("changed", "failed", "new")} == {"missing"}
