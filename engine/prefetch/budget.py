@@ -33,7 +33,6 @@ mark the asset ``evicted`` in the same transaction.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import functools
 import logging
@@ -55,7 +54,7 @@ from engine.pipeline.dest_files import remove_file
 from engine.pipeline.sharing import NO_FLOCK, open_lock_file
 from engine.pipeline.writer import ManifestAccess
 from engine.prefetch.items import PrefetchStats
-from engine.prefetch.locking import range_lock
+from engine.prefetch.locking import others_hold, range_lock
 from engine.prefetch.window import Pins
 from engine.state_folder import StateFolder
 
@@ -125,17 +124,9 @@ class BudgetSeat:
             self._locks = False
 
     def _alive(self, holder: int, pid: int) -> bool:
-        if self._locks:
-            try:
-                range_lock(self._fd, fcntl.F_WRLCK, holder)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    return True
-                if exc.errno not in NO_FLOCK:
-                    raise
-            else:
-                range_lock(self._fd, fcntl.F_UNLCK, holder)
-                return False
+        held = others_hold(self._fd, holder) if self._locks else None
+        if held is not None:
+            return held
         # No locks here: a process of that pid on this machine stands for the holder.
         return pid_alive(pid)
 

@@ -39,7 +39,7 @@ from engine.errors import UsageError
 from engine.pipeline.sharing import NO_FLOCK, open_lock_file
 from engine.state_folder import StateFolder
 
-__all__ = ["FETCH_RANGE", "FetchLocks", "HeldLock", "range_lock"]
+__all__ = ["FETCH_RANGE", "FetchLocks", "HeldLock", "others_hold", "range_lock"]
 
 log = logging.getLogger("engine.prefetch")
 
@@ -66,17 +66,20 @@ def range_lock(fd: int, op: int, offset: int) -> None:
     fcntl.fcntl(fd, ofd, struct.pack(_FLOCK, op, os.SEEK_SET, offset, 1, 0))
 
 
-def others_hold(fd: int, offset: int) -> bool:
-    """Whether another open file description holds a lock on the byte (True when it cannot be
-    told: without OFD locks, or on a file system without locks)."""
+def others_hold(fd: int, offset: int) -> bool | None:
+    """Whether another open file description holds a lock on the byte (``F_OFD_GETLK``: asked,
+    not taken); None when it cannot be told (no OFD locks here, or no locks on this file
+    system)."""
     ofd = getattr(fcntl, "F_OFD_GETLK", None)
     if ofd is None:
-        return True
+        return None
     probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
     try:
         answer = fcntl.fcntl(fd, ofd, probe)
-    except OSError:
-        return True
+    except OSError as exc:
+        if exc.errno in NO_FLOCK:
+            return None
+        raise
     return bool(struct.unpack(_FLOCK, answer)[0] != fcntl.F_UNLCK)
 
 
@@ -115,13 +118,10 @@ class FetchLocks:
         self._stripes: dict[int, _Stripe] = {}
         self._working = True
         try:
-            range_lock(self._fd, fcntl.F_RDLCK, PRESENCE)
-        except OSError as exc:
-            if exc.errno not in NO_FLOCK:
-                os.close(self._fd)
-                raise UsageError(f"cannot lock {self.path}: {exc.strerror}") from None
-            log.warning("no file locks on %s: downloads are not serialised", self.path)
-            self._working = False
+            self._try_lock(PRESENCE, fcntl.F_RDLCK)  # nobody write-locks it: never refused
+        except UsageError:
+            os.close(self._fd)
+            raise
         self._met_another = False
         self.alone()  # whoever is here already
 
@@ -130,7 +130,8 @@ class FetchLocks:
         opened (asked at the opening and at each call: one that came and went between two calls
         goes unseen), so none can have placed a file planned here from an older manifest."""
         if not self._met_another:
-            self._met_another = not self._working or others_hold(self._fd, PRESENCE)
+            # Cannot tell: as if another were here (the look costs time, never a download).
+            self._met_another = not self._working or others_hold(self._fd, PRESENCE) is not False
         return not self._met_another
 
     @staticmethod
@@ -138,13 +139,13 @@ class FetchLocks:
         digest = hashlib.blake2b(asset_id.encode("utf-8", "surrogatepass"), digest_size=8)
         return int.from_bytes(digest.digest(), "big") % FETCH_RANGE
 
-    def _try_lock(self, index: int) -> bool:
+    def _try_lock(self, index: int, op: int = fcntl.F_WRLCK) -> bool:
         """One attempt at the byte's lock, without waiting: True once it is ours (or when this
         file system has no locks: the claims still keep paths apart)."""
         if not self._working:
             return True
         try:
-            range_lock(self._fd, fcntl.F_WRLCK, index)
+            range_lock(self._fd, op, index)
             return True
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
